@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test notebooks sync clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m dino_lite train --preset cpu-demo --out $(DEMO_OUT)
+	$(BIN)/python -m dino_lite knn --checkpoint $(DEMO_OUT)/checkpoint.pt
+	$(BIN)/python -m dino_lite knn --preset cpu-demo --random-init
+	$(BIN)/python -m dino_lite attention --checkpoint $(DEMO_OUT)/checkpoint.pt --images shapes --out $(DEMO_OUT)/attention
+	$(BIN)/python -m dino_lite attention --preset cpu-demo --random-init --images shapes --out $(DEMO_OUT)/attention-random-init
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+notebooks: $(VENV)/.installed-dev
+	$(BIN)/jupytext --sync notebooks/*.py
+	for nb in notebooks/*.ipynb; do $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+	$(BIN)/jupytext --sync notebooks/*.ipynb
+
+clean:
+	rm -rf runs .pytest_cache

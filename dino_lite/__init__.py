@@ -1,0 +1,8 @@
+"""dino_lite: a compact, readable DINO (self-distillation with no labels) for teaching and research.
+
+Modules, one concept each: ``shapes`` (embedded dataset), ``data`` (datasets and loading),
+``augment`` (multi-crop), ``models`` (backbones, head), ``loss``, ``schedules``, ``train``,
+``evaluate`` (k-NN), ``attention`` (maps, masks, Jaccard), ``checkpoint``, ``config``, ``cli``.
+"""
+
+__version__ = "0.1.0"

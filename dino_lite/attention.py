@@ -1,0 +1,205 @@
+"""Self-attention read-out and the paper's attention-mask evaluation.
+
+A ViT's CLS token gathers information from the patches through self-attention; in DINO-trained
+ViTs the last block's CLS-to-patch attention of each head segments the object without any label.
+Here: maps per head and block, masks keeping the smallest set of patches holding 60% of a map's
+mass, and the Jaccard index of those masks against ground-truth object masks.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import eval_transform, load_rgb
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@contextmanager
+def _capture_attention(vit):
+    """Switch timm's fused attention off and record every block's softmax attention matrix."""
+    records, handles, fused = [], [], []
+    for blk in vit.blocks:
+        fused.append(blk.attn.fused_attn)
+        blk.attn.fused_attn = False
+        handles.append(blk.attn.attn_drop.register_forward_hook(
+            lambda mod, inp, out: records.append(out.detach().float())))
+    try:
+        yield records
+    finally:
+        for blk, f in zip(vit.blocks, fused):
+            blk.attn.fused_attn = f
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def all_attentions(vit, images: torch.Tensor) -> list[torch.Tensor]:
+    """Attention matrices of every block: a list of ``[B, heads, tokens, tokens]`` tensors."""
+    if not hasattr(vit, "blocks"):
+        raise TypeError("attention maps need a ViT backbone (this one has no transformer blocks)")
+    vit.eval()
+    with _capture_attention(vit) as records:
+        vit(images)
+    return list(records)
+
+
+def cls_attention(attn: torch.Tensor, grid: tuple[int, int], prefix_tokens: int = 1) -> torch.Tensor:
+    """CLS query over the patch tokens, as ``[B, heads, h, w]`` maps, from one block's matrix."""
+    b, heads = attn.shape[:2]
+    return attn[:, :, 0, prefix_tokens:].reshape(b, heads, *grid)
+
+
+def attention_maps(vit, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Per-head CLS-to-patch attention of block ``layer`` (default: the last), ``[B, heads, h, w]``."""
+    attn = all_attentions(vit, images)[layer]
+    p = vit.patch_embed.patch_size[0]
+    return cls_attention(attn, (images.shape[-2] // p, images.shape[-1] // p),
+                         getattr(vit, "num_prefix_tokens", 1))
+
+
+def mass_mask(maps: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
+    """Keep the smallest set of patches that holds ``mass`` of each map's attention.
+
+    ``maps`` is ``[..., h, w]``; returns a boolean mask of the same shape. Patches are taken in
+    decreasing attention until their cumulative share reaches ``mass``.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    flat = maps.flatten(-2)
+    flat = flat / flat.sum(-1, keepdim=True).clamp_min(1e-12)
+    vals, idx = flat.sort(-1, descending=True)
+    before = vals.cumsum(-1) - vals                      # share held by strictly larger patches
+    keep_sorted = before < mass - 1e-6
+    keep = torch.zeros_like(keep_sorted).scatter(-1, idx, keep_sorted)
+    return keep.view(maps.shape)
+
+
+def upsample(x: torch.Tensor, size, mode="nearest") -> torch.Tensor:
+    """Resize ``[..., h, w]`` maps or masks to ``size`` (h, w)."""
+    lead = x.shape[:-2]
+    y = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=size, mode=mode)
+    return y.reshape(*lead, *y.shape[-2:])
+
+
+def jaccard(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Intersection over union of boolean masks over the last two dims (pixels outside ``valid``
+    are ignored). An empty union counts as a perfect match."""
+    pred, target = pred.bool(), target.bool()
+    if valid is not None:
+        pred, target = pred & valid, target & valid
+    inter = (pred & target).flatten(-2).sum(-1).float()
+    union = (pred | target).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def centre_prior(grid: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
+    """A Gaussian bump at the image centre: the 'objects are in the middle' baseline map."""
+    ys = torch.linspace(-0.5, 0.5, grid[0])[:, None]
+    xs = torch.linspace(-0.5, 0.5, grid[1])[None, :]
+    return torch.exp(-(ys ** 2 + xs ** 2) / (2 * sigma ** 2))
+
+
+def score_maps(maps: torch.Tensor, gt: torch.Tensor, valid=None, mass: float = 0.6) -> dict:
+    """Jaccard of 60%-mass masks against ground truth ``gt`` ([B, H, W] bool).
+
+    ``jaccard``: mask from the head-averaged map; ``jaccard_best_head``: the best single head per
+    image. Both are means over images, 0 to 1.
+    """
+    size = gt.shape[-2:]
+    mean_mask = upsample(mass_mask(maps.mean(1), mass), size).bool()
+    head_masks = upsample(mass_mask(maps, mass), size).bool()
+    j_mean = jaccard(mean_mask, gt, valid)
+    j_heads = jaccard(head_masks, gt[:, None], None if valid is None else valid[:, None])
+    return {"jaccard": float(j_mean.mean()), "jaccard_best_head": float(j_heads.max(1).values.mean()),
+            "per_image": j_mean.tolist()}
+
+
+def load_mask(path, size: int, trimap: bool = False):
+    """A ground-truth mask resized and centre-cropped like its image: (object, valid) bool arrays.
+
+    Binary masks: nonzero is object. Oxford-IIIT Pet trimaps: 1 = pet, 2 = background and
+    3 = border, which is left out of the score (``valid`` is False there).
+    """
+    m = np.asarray(Image.open(path))
+    if m.ndim == 3:
+        m = m[..., 0]
+    t = torch.from_numpy(m.astype(np.int64))[None, None].float()
+    h, w = m.shape
+    scale = size / min(h, w)
+    t = F.interpolate(t, size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                      mode="nearest")[0, 0]
+    top, left = (t.shape[0] - size) // 2, (t.shape[1] - size) // 2
+    t = t[top:top + size, left:left + size].long()
+    if trimap:
+        return t == 1, t != 3
+    return t != 0, torch.ones_like(t, dtype=torch.bool)
+
+
+def load_image_folder(images_dir, size: int, masks_dir=None, trimap=False, limit=None):
+    """Images of a folder, resized and centre-cropped to ``size`` and normalised, with their
+    masks (a PNG with the same stem in ``masks_dir``) when given.
+
+    Returns ``(tensor [B,3,S,S], names, masks or None, valid or None)``.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder {images_dir} does not exist")
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    files = files[:limit] if limit else files
+    tf = eval_transform(size)
+    x = torch.stack([tf(load_rgb(f)) for f in files])
+    if masks_dir is None:
+        return x, [f.stem for f in files], None, None
+    masks, valid = [], []
+    for f in files:
+        mp = Path(masks_dir) / f"{f.stem}.png"
+        if not mp.exists():
+            raise FileNotFoundError(f"no mask {mp} for image {f}")
+        m, v = load_mask(mp, size, trimap)
+        masks.append(m)
+        valid.append(v)
+    return x, [f.stem for f in files], torch.stack(masks), torch.stack(valid)
+
+
+def overlay_figure(images: torch.Tensor, maps: torch.Tensor, gt=None, mass: float = 0.6,
+                   names=None, max_images: int = 6):
+    """A matplotlib figure: per image, the photo, the head-mean map, its 60% mask and each head."""
+    import matplotlib.pyplot as plt
+
+    from .augment import IMAGENET_MEAN, IMAGENET_STD
+    n = min(len(images), max_images)
+    heads = maps.shape[1]
+    cols = 3 + heads
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    size = images.shape[-2:]
+    for i in range(n):
+        img = (images[i] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        avg = maps[i].mean(0)
+        mask = upsample(mass_mask(avg, mass), size)
+        panels = [(img, names[i] if names else "image"), (upsample(avg, size, "bilinear").numpy(), "mean")]
+        for ax, (p, title) in zip(axes[i], panels):
+            ax.imshow(p)
+            ax.set_title(title, fontsize=7)
+        axes[i, 2].imshow(img)
+        axes[i, 2].imshow(mask.numpy(), alpha=0.5, cmap="autumn")
+        if gt is not None:
+            axes[i, 2].contour(gt[i].float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
+        axes[i, 2].set_title(f"{int(mass * 100)}% mask", fontsize=7)
+        for h in range(heads):
+            axes[i, 3 + h].imshow(upsample(maps[i, h], size, "bilinear").numpy(), cmap="inferno")
+            axes[i, 3 + h].set_title(f"head {h}", fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,160 @@
+"""Command line: ``python -m dino_lite {train,knn,attention,config} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, make_config
+
+
+def _add_model_source(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a dino_lite checkpoint.pt (its teacher backbone is used)")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
+    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _backbone(args):
+    from .checkpoint import teacher_backbone_from_checkpoint
+    from .evaluate import random_init_backbone
+    if args.checkpoint:
+        if args.random_init:
+            raise SystemExit("--random-init goes with --preset, not --checkpoint")
+        return teacher_backbone_from_checkpoint(args.checkpoint)
+    if not args.random_init:
+        raise SystemExit("--preset needs --random-init (or pass --checkpoint PATH)")
+    cfg = make_config(args.preset, sets=args.set)
+    return random_init_backbone(cfg), cfg
+
+
+def cmd_train(args):
+    from .train import train
+    cfg = make_config(args.preset, dict(data=args.data, epochs=args.epochs, minutes=args.minutes,
+                                        max_steps=args.max_steps, seed=args.seed), args.set)
+    if args.epochs is not None and args.minutes is None:
+        cfg.minutes = None                      # --epochs asks for whole epochs, not the preset's budget
+    out = Path(args.out or f"runs/{cfg.name}")
+    trainer = train(cfg, out, resume=args.resume)
+    if trainer.rank == 0:
+        last = trainer.history[-1] if trainer.history else None
+        msg = f"checkpoint: {out / 'checkpoint.pt'} ({trainer.step} steps)"
+        if last:
+            msg += f"; last loss {last['loss']:.3f}, teacher entropy {last['teacher_entropy']:.2f}"
+        print(msg)
+
+
+def cmd_knn(args):
+    from .evaluate import knn_accuracy
+    backbone, cfg = _backbone(args)
+    acc = knn_accuracy(backbone, cfg, data=args.data, k=args.k, temperature=args.temperature,
+                       progress=not args.json)
+    result = {"knn_top1": acc, "k": args.k, "data": args.data or cfg.data,
+              "model": args.checkpoint or f"{args.preset} (random init)"}
+    print(f"k-NN top-1: {acc * 100:.1f}%")
+    if args.json:
+        print(json.dumps(result))
+
+
+def cmd_attention(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    from .attention import attention_maps, load_image_folder, overlay_figure, score_maps
+    backbone, cfg = _backbone(args)
+    size = args.image_size or cfg.image_size
+    if args.images == "shapes":
+        x, names, masks, valid = shapes_attention_set(size, args.limit or 200)
+    else:
+        x, names, masks, valid = load_image_folder(args.images, size, args.masks,
+                                                   args.mask_format == "trimap", args.limit)
+    maps = torch.cat([attention_maps(backbone, x[i:i + 64]) for i in range(0, len(x), 64)])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = overlay_figure(x, maps, masks, names=names)
+    fig.savefig(out / "attention.png", dpi=110)
+    result = {"images": len(x), "figure": str(out / "attention.png")}
+    if masks is not None:
+        scores = score_maps(maps, masks, valid)
+        result.update(jaccard=scores["jaccard"], jaccard_best_head=scores["jaccard_best_head"])
+        print(f"attention Jaccard (head mean): {scores['jaccard']:.3f}, "
+              f"best head: {scores['jaccard_best_head']:.3f} over {len(x)} images")
+    print(f"figure: {out / 'attention.png'}")
+    if args.json:
+        print(json.dumps(result))
+
+
+def shapes_attention_set(size: int, n: int):
+    """The first ``n`` embedded test images at ``size`` px, normalised, with their object masks."""
+    from .augment import normalize
+    from .data import DATA_ROOT
+    from .shapes import generate
+    images, _, masks = generate("test", 64, cache_dir=DATA_ROOT / "cache")
+    x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255
+    m = torch.from_numpy(masks[:n])[:, None].float()
+    if size != 64:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        m = torch.nn.functional.interpolate(m, size=(size, size), mode="area")
+    return normalize(x), [f"test_{i}" for i in range(len(x))], m[:, 0] > 0.5, None
+
+
+def cmd_config(args):
+    cfg = make_config(args.preset, sets=args.set)
+    print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m dino_lite", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train DINO")
+    t.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    t.add_argument("--data", help="shapes, a folder with train/ and val/, or cifar10/stl10/imagenette")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="time budget; schedules fit the steps that fit")
+    budget.add_argument("--epochs", type=int)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--out", help="run directory (default runs/PRESET)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    t.set_defaults(func=cmd_train)
+
+    k = sub.add_parser("knn", help="weighted k-NN top-1 of frozen features")
+    _add_model_source(k)
+    k.add_argument("--data", help="dataset spec (default: the one the model was trained on)")
+    k.add_argument("--k", type=int, default=20)
+    k.add_argument("--temperature", type=float, default=0.07)
+    k.set_defaults(func=cmd_knn)
+
+    a = sub.add_parser("attention", help="last-block attention maps, masks and Jaccard")
+    _add_model_source(a)
+    a.add_argument("--images", required=True, help="a folder of images, or 'shapes'")
+    a.add_argument("--masks", help="folder of PNG masks named like the images")
+    a.add_argument("--mask-format", choices=["binary", "trimap"], default="binary",
+                   help="binary: nonzero = object; trimap (Oxford-IIIT Pet): 1 = object, 3 ignored")
+    a.add_argument("--image-size", type=int)
+    a.add_argument("--limit", type=int, help="use at most this many images")
+    a.add_argument("--out", default="runs/attention")
+    a.set_defaults(func=cmd_attention)
+
+    c = sub.add_parser("config", help="print the resolved configuration")
+    c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

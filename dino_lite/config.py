@@ -1,0 +1,163 @@
+"""Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Config:
+    # data
+    data: str = "shapes"               # "shapes", a folder with train/ and val/ (or test/), or cifar10/stl10/imagenette
+    image_size: int = 64               # size images are resized to for evaluation (global crop size by default)
+    global_size: int = 64              # global crop side (px)
+    local_size: int = 32               # local crop side (px)
+    n_local: int = 6                   # local crops per image
+    global_scale: tuple = (0.4, 1.0)
+    local_scale: tuple = (0.05, 0.4)
+    # model
+    arch: str = "vit_tiny"             # vit_mini | vit_tiny | vit_small | vit_base | resnet18 | resnet50
+    patch_size: int = 8
+    depth: int | None = None           # ViT depth override (None: the architecture's own)
+    drop_path: float = 0.1
+    out_dim: int = 65536               # K, the number of prototypes
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    head_layers: int = 3
+    head_bn: bool = False              # BatchNorm between the head's hidden layers (use_bn_in_head)
+    norm_last_layer: bool = True       # freeze the weight norm of the last layer at 1
+    freeze_last_layer: float = 1.0     # epochs during which the last layer gets no update
+    # optimisation
+    batch_size: int = 64
+    epochs: int = 100
+    lr: float = 0.0005                 # at batch 256; scaled linearly with the global batch
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    momentum_teacher: float = 0.996
+    # loss
+    out_temp_student: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 0
+    center_momentum: float = 0.9
+    # machinery
+    bf16: bool = True                  # bfloat16 autocast for forward passes
+    fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, explicit on CPU
+    num_workers: int = 2
+    seed: int = 0
+    minutes: float | None = None       # time budget: schedules laid out over the steps that fit
+    max_steps: int | None = None
+    name: str = "custom"
+    notes: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+    def validate(self) -> "Config":
+        archs = ("vit_mini", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
+        if self.arch not in archs:
+            raise ValueError(f"arch must be one of {archs}, got {self.arch!r}")
+        for k in ("global_size", "local_size", "image_size", "batch_size", "out_dim", "epochs"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        if self.arch.startswith("vit"):
+            for k in ("global_size", "local_size", "image_size"):
+                if getattr(self, k) % self.patch_size:
+                    raise ValueError(f"{k}={getattr(self, k)} is not a multiple of patch_size={self.patch_size}")
+        if self.fused_attention not in ("auto", "on", "off"):
+            raise ValueError(f"fused_attention must be auto, on or off, got {self.fused_attention!r}")
+        if self.n_local < 0:
+            raise ValueError(f"n_local must be >= 0, got {self.n_local}")
+        if not 0 <= self.momentum_teacher <= 1:
+            raise ValueError(f"momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    # The `make demo` run: the embedded dataset on a 2-core CPU in a few minutes.
+    "cpu-demo": dict(
+        data="shapes", image_size=64, global_size=64, local_size=32, n_local=4, arch="vit_mini",
+        patch_size=8, depth=4, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,
+        epochs=30, lr=0.002, warmup_epochs=3, momentum_teacher=0.996, teacher_temp=0.04,
+        warmup_teacher_temp=0.04, freeze_last_layer=0, minutes=4, num_workers=0,
+        notes="CPU recipe: small ViT, small head, K=1024; see README"),
+    "cifar10": dict(
+        data="cifar10", image_size=32, global_size=32, local_size=16, n_local=4, arch="vit_tiny",
+        patch_size=4, depth=6, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,
+        epochs=100, lr=0.002, warmup_epochs=2, momentum_teacher=0.99, freeze_last_layer=0,
+        num_workers=1),
+    "tinyimagenet": dict(
+        data="../shared/data/tinyimagenet-dev20", image_size=32, global_size=32, local_size=16,
+        n_local=4, arch="vit_tiny", patch_size=4, depth=6, drop_path=0.0, out_dim=1024,
+        head_hidden=512, batch_size=64, epochs=100, lr=0.002, warmup_epochs=2,
+        momentum_teacher=0.99, freeze_last_layer=0, num_workers=1),
+    # The paper's ViT-S/16 recipe, unchanged (reference defaults; 16 GPUs x 64 = batch 1024).
+    "imagenet-vits16": dict(
+        data="imagenet", image_size=224, global_size=224, local_size=96, n_local=8,
+        arch="vit_small", patch_size=16, drop_path=0.1, out_dim=65536, head_hidden=2048,
+        head_bottleneck=256, norm_last_layer=True, freeze_last_layer=1, batch_size=1024,
+        epochs=100, lr=0.0005, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04,
+        weight_decay_end=0.4, clip_grad=3.0, momentum_teacher=0.996, teacher_temp=0.04,
+        warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9,
+        global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), bf16=True, num_workers=10),
+}
+
+
+def _parse_value(name: str, text: str):
+    typ = {f.name: f.type for f in fields(Config)}[name]
+    typ = str(typ)
+    if text.lower() in ("none", "null") and "None" in typ:
+        return None
+    if "bool" in typ:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} expects true/false, got {text!r}")
+    if "tuple" in typ:
+        return tuple(float(x) for x in text.strip("()[] ").split(","))
+    if "int" in typ and "float" not in typ:
+        return int(text)
+    if "float" in typ:
+        return float(text)
+    return text
+
+
+def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
+                sets: list[str] | None = None) -> Config:
+    """Resolve a preset, then ``overrides`` (a dict), then ``sets`` (``["key=value", ...]``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = {**PRESETS[preset], "name": preset}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    names = {f.name for f in fields(Config)}
+    for item in sets or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names:
+            raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
+        values[key] = _parse_value(key, text.strip())
+    return Config.from_dict(values).validate()

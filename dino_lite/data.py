@@ -1,0 +1,169 @@
+"""Datasets and augmentations: the embedded shapes, image folders, torchvision datasets, multi-crop.
+
+A data *spec* is ``shapes`` (the embedded dataset), a folder holding ``train/`` and ``val/`` (or
+``test/``) class subfolders, or a torchvision dataset name (``cifar10``, ``stl10``, ``imagenette``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .shapes import ShapesDataset
+
+TORCHVISION_DATASETS = ("cifar10", "stl10", "imagenette")
+DATA_ROOT = Path(os.environ.get("DINO_LITE_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+class ImageLoadError(RuntimeError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def load_rgb(path) -> Image.Image:
+    """Open any image as 8-bit RGB: grayscale, 16-bit, palette and RGBA (composited on white) too."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "F"):
+                a = np.asarray(im, dtype=np.float32)
+                a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255
+                im = Image.fromarray(a.astype(np.uint8))
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            if im.mode in ("RGBA", "LA"):
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, im)
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises several types; the path is what the user needs
+        raise ImageLoadError(f"cannot read image {path}: {e}") from e
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder with RGB conversion and errors that name the folder or file."""
+
+    def __init__(self, root, transform=None):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        try:
+            super().__init__(str(root), transform=transform, loader=load_rgb)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"no images found in {root}: expected one subfolder per class holding image "
+                f"files ({e})") from e
+
+
+def _folder_split(root: Path, train: bool) -> Path:
+    if train:
+        return root / "train"
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"{root} has no val/ or test/ folder for evaluation")
+
+
+def _torchvision_dataset(name, train, transform, root):
+    root = Path(root) / name
+    try:
+        if name == "cifar10":
+            return torchvision.datasets.CIFAR10(root, train=train, transform=transform, download=True)
+        if name == "stl10":
+            return torchvision.datasets.STL10(root, split="train" if train else "test",
+                                              transform=transform, download=True)
+        return torchvision.datasets.Imagenette(root, split="train" if train else "val", size="160px",
+                                               transform=transform,
+                                               download=not (root / "imagenette2-160").exists())
+    except Exception as e:
+        raise RuntimeError(
+            f"could not load torchvision dataset {name!r} into {root}: {e}. It is downloaded on "
+            f"first use, which needs internet; offline, copy it there or pass a folder with "
+            f"--data PATH") from e
+
+
+def build_dataset(spec: str, train: bool, transform=None, root=DATA_ROOT, image_size: int = 64):
+    """The dataset named by ``spec`` (see module doc), returning ``(image, label)`` pairs."""
+    if spec == "shapes":
+        return ShapesDataset("train" if train else "test", size=max(64, image_size),
+                             transform=transform, cache_dir=Path(root) / "cache")
+    if spec in TORCHVISION_DATASETS:
+        return _torchvision_dataset(spec, train, transform, root)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ImageFolder(path / "train" if train else _folder_split(path, False), transform)
+    if spec == "imagenet":
+        raise FileNotFoundError("the imagenet presets need --data /path/to/imagenet, a folder with "
+                                "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (see README)")
+    raise FileNotFoundError(f"data spec {spec!r} is neither 'shapes', a torchvision dataset "
+                            f"{TORCHVISION_DATASETS}, nor an existing folder")
+
+
+def eval_transform(size: int):
+    """Resize and centre-crop to ``size`` (the 256/224 ratio for large images), then normalise."""
+    resize = int(round(size * 256 / 224)) if size >= 128 else size
+    return T.Compose([T.ToImage(), T.Resize(resize, antialias=True), T.CenterCrop(size),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def seed_for(*parts) -> int:
+    """A 63-bit seed derived from any tuple of values (stable across processes and runs)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class SeededViews(torch.utils.data.Dataset):
+    """Applies a random transform with randomness fixed by ``(seed, epoch, index)``.
+
+    The views of sample ``i`` in epoch ``e`` are the same whichever worker draws them and
+    whether training ran straight through or was resumed: that is what makes resume exact.
+    """
+
+    def __init__(self, dataset, transform, seed=0):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        img, label = self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(self.seed, self.epoch, i))
+            return self.transform(img), label
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Seeded permutation per epoch, split across ranks, able to start at any batch of the epoch."""
+
+    def __init__(self, n, batch_size, seed=0, rank=0, world_size=1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+        self.batches_per_epoch = n // (batch_size * world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"dataset of {n} images is smaller than one global batch "
+                             f"({batch_size} x {world_size} processes)")
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(seed_for(self.seed, self.epoch) % 2**62)
+        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.batch_size * self.world_size]
+        mine = perm[self.rank::self.world_size][self.start_batch * self.batch_size:]
+        return iter(mine.tolist())
+
+    def __len__(self):
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def collate_views(batch):
+    """Stack a batch of (list of uint8 views, label) into (list of [B, C, H, W] tensors, labels)."""
+    views = [torch.stack(v) for v in zip(*[b[0] for b in batch])]
+    return views, torch.tensor([b[1] for b in batch])

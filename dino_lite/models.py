@@ -1,0 +1,141 @@
+"""Backbones (timm ViTs, torchvision ResNets), the DINO projection head and the multi-crop wrapper."""
+
+from __future__ import annotations
+
+import copy
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from timm.layers import DropPath
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+
+
+def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, drop_path=0.0,
+                   fused_attention=True):
+    """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
+
+    ViTs come from timm with ``dynamic_img_size`` so global and local crops of different sizes
+    share the position embedding (interpolated); the output is the final-norm CLS token.
+    ``fused_attention=False`` selects timm's explicit softmax attention, which on CPU is ~2.6x
+    faster than the fused kernel for the short sequences of small images (benchmarks/).
+    ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
+    """
+    if arch in VIT_SIZES:
+        width, default_depth, heads = VIT_SIZES[arch]
+        model = timm.create_model(
+            "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
+            patch_size=patch_size, embed_dim=width, depth=depth or default_depth, num_heads=heads,
+            drop_path_rate=drop_path, dynamic_img_size=True)
+        for blk in model.blocks:
+            blk.attn.fused_attn = fused_attention
+        model.embed_dim = width
+        return model
+    if arch in ("resnet18", "resnet50"):
+        model = getattr(torchvision.models, arch)(weights=None)
+        if img_size < 100:
+            model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+        model.embed_dim = model.fc.in_features
+        model.fc = nn.Identity()
+        return model
+    raise ValueError(f"unknown arch {arch!r}; choose from {sorted(VIT_SIZES) + ['resnet18', 'resnet50']}")
+
+
+class DINOHead(nn.Module):
+    """MLP -> bottleneck -> L2 normalisation -> weight-normalised linear layer to K prototypes.
+
+    With ``norm_last_layer`` the weight norm g of the last layer is fixed at 1, so every logit is
+    a cosine similarity between the image's bottleneck vector and one prototype.
+    """
+
+    def __init__(self, in_dim, out_dim, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
+                 norm_last_layer=True, use_bn=False):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers = []
+        for i in range(nlayers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < nlayers - 1:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(dims[i + 1]))
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        g = self.last_layer.parametrizations.weight.original0
+        g.data.fill_(1.0)
+        g.requires_grad_(not norm_last_layer)
+
+    def forward(self, x):
+        x = self.mlp(x)
+        # Logits are cosines in [-1, 1] later divided by a temperature as low as 0.04: bf16's
+        # 8-bit mantissa would add +-0.2 noise to the teacher's softmax, so this part stays fp32.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.last_layer(F.normalize(x.float(), dim=-1))
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head over a list of crops: one backbone pass per run of same-size crops.
+
+    Returns one ``[batch, K]`` logits tensor per crop, in the order the crops were given.
+    """
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, crops):
+        feats, start = [], 0
+        while start < len(crops):
+            end = start
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            feats.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        return self.head(torch.cat(feats)).chunk(len(crops))
+
+
+def use_fused_attention(cfg) -> bool:
+    """``auto``: fused attention on GPUs, explicit attention on CPUs (faster there, see above)."""
+    if cfg.fused_attention == "auto":
+        return torch.cuda.is_available()
+    return cfg.fused_attention == "on"
+
+
+def build_student_teacher(cfg):
+    """Student and teacher networks; the teacher is a deep copy that never receives gradients."""
+    backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
+                              use_fused_attention(cfg))
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
+                    cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
+    student = MultiCropWrapper(backbone, head)
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for m in teacher.modules():           # the teacher averages the student; it does not drop paths
+        if isinstance(m, DropPath):
+            m.drop_prob = 0.0
+    return student, teacher
+
+
+@torch.no_grad()
+def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
+    """EMA step: theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+def build_eval_backbone(cfg):
+    """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
+    return build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, 0.0,
+                          use_fused_attention(cfg))

@@ -1,0 +1,273 @@
+"""DINO training: student learns to match an EMA teacher across multi-crop views.
+
+One step: the teacher sees the 2 global crops, the student sees all crops; the loss compares
+every teacher view with every *other* student view; the student takes an AdamW step; the teacher
+moves towards the student by EMA; the center moves towards the mean teacher output.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .augment import MultiCrop, photometric
+from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
+from .loss import DINOLoss
+from .models import build_student_teacher, update_teacher
+from .schedules import cosine_schedule
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+PROBE_STEPS = (2, 3)     # untimed warm-up steps, then timed steps, for the --minutes estimate
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
+
+
+def distributed_setup():
+    """(rank, world_size, device) from torchrun's environment; NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, device
+
+
+def param_groups(model):
+    """AdamW groups: weight decay on weight matrices only, none on biases and norm parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+
+
+def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
+    """Per-step arrays. Warm-ups are given in epochs of the full recipe; a shorter run (time
+    budget or --max-steps) compresses the whole recipe, warm-ups included, into its steps."""
+    def steps(epochs):
+        return int(round(epochs / cfg.epochs * total_steps))
+    return {
+        "lr": cosine_schedule(cfg.lr * global_batch / 256, cfg.min_lr, total_steps,
+                              steps(cfg.warmup_epochs)),
+        "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps),
+        "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, total_steps),
+        "freeze_last_layer": steps(cfg.freeze_last_layer),
+        "teacher_temp_warmup": steps(cfg.warmup_teacher_temp_epochs),
+    }
+
+
+class DINOTrainer:
+    """Everything one run needs; ``run()`` trains until the step budget is spent."""
+
+    def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+        self.rank, self.world, self.device = distributed_setup()
+        self.out = Path(out_dir)
+        self.progress, self.on_step = progress and self.rank == 0, on_step
+        ckpt = None
+        if resume and (self.out / CHECKPOINT).exists():
+            ckpt = load_checkpoint(self.out / CHECKPOINT)
+            cfg = Config.from_dict(ckpt["config"])
+        self.cfg = cfg.validate()
+        torch.manual_seed(cfg.seed)
+
+        base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+        crops = MultiCrop(cfg.global_size, cfg.local_size, cfg.n_local, cfg.global_scale,
+                          cfg.local_scale)
+        self.dataset = SeededViews(base, crops, cfg.seed)
+        self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+            collate_fn=collate_views, pin_memory=self.device.type == "cuda")
+
+        self.student, self.teacher = build_student_teacher(cfg)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        self.student_ddp = self.student
+        if self.world > 1:
+            self.student_ddp = torch.nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student))
+
+        if ckpt is not None:
+            self.total_steps = ckpt["total_steps"]
+        else:
+            self.total_steps = cfg.epochs * self.steps_per_epoch
+            if cfg.max_steps:
+                self.total_steps = min(self.total_steps, cfg.max_steps)
+            if cfg.minutes:
+                self.total_steps = min(self.total_steps, self._steps_that_fit(cfg.minutes))
+        self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size * self.world)
+        self.loss_fn = DINOLoss(cfg.out_dim, self.total_steps, cfg.warmup_teacher_temp,
+                                cfg.teacher_temp, self.sched["teacher_temp_warmup"],
+                                cfg.out_temp_student, cfg.center_momentum).to(self.device)
+        self.step = 0
+        if ckpt is not None:
+            self.student.load_state_dict(ckpt["student"])
+            self.teacher.load_state_dict(ckpt["teacher"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.loss_fn.load_state_dict(ckpt["loss"])
+            self.step = ckpt["step"]
+            torch.set_rng_state(ckpt["rng"])
+
+    # -- one step -------------------------------------------------------------------------
+    def autocast(self):
+        if not self.cfg.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self, views, step, student, teacher, loss_fn, optimizer):
+        """One DINO step on ``views`` (list of crop batches, globals first); returns the record."""
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, self.rank))
+        views = photometric(views, gen)
+        for group in optimizer.param_groups:
+            group["lr"] = float(self.sched["lr"][step])
+            if not group.get("no_decay"):
+                group["weight_decay"] = float(self.sched["wd"][step])
+        with self.autocast():
+            with torch.no_grad():
+                teacher_out = teacher(views[:2])
+            student_out = (self.student_ddp if student is self.student else student)(views)
+        stats = loss_fn.diagnostics(student_out, teacher_out, step)
+        loss = loss_fn(student_out, teacher_out, step)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {step}; training stopped. The last good checkpoint "
+                f"is kept at {self.out / CHECKPOINT} (if one was written); try a lower lr.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), self.cfg.clip_grad)
+        if step < self.sched["freeze_last_layer"]:
+            for p in student.head.last_layer.parameters():
+                p.grad = None
+        optimizer.step()
+        momentum = float(self.sched["momentum"][step])
+        update_teacher(student, teacher, momentum)
+        return {"step": step, "loss": loss.item(), "lr": float(self.sched["lr"][step]),
+                "wd": float(self.sched["wd"][step]), "momentum": momentum,
+                "teacher_temp": loss_fn.teacher_temp(step), **stats}
+
+    def _steps_that_fit(self, minutes):
+        """Time a few throw-away steps on copies of the models and extrapolate to the budget."""
+        start = time.perf_counter()
+        student, teacher = copy.deepcopy(self.student), copy.deepcopy(self.teacher)
+        optimizer = torch.optim.AdamW(param_groups(student))
+        n = sum(PROBE_STEPS)
+        self.sched = make_schedules(self.cfg, n, self.cfg.batch_size * self.world)
+        loss_fn = DINOLoss(self.cfg.out_dim, n).to(self.device)
+        self.sampler.set_epoch(0)
+        it = iter(self.loader)
+        t0 = None
+        for i in range(n):
+            if i == PROBE_STEPS[0]:
+                t0 = time.perf_counter()
+            self.train_step(next(it)[0], i, student, teacher, loss_fn, optimizer)
+        per_step = (time.perf_counter() - t0) / PROBE_STEPS[1]
+        del it
+        remaining = minutes * 60 - (time.perf_counter() - start)
+        steps = max(1, int(remaining / per_step))
+        if self.rank == 0:
+            print(f"time budget {minutes:g} min: {per_step * 1000:.0f} ms/step -> {steps} steps")
+        if self.world > 1:                      # every rank must run the same number of steps
+            t = torch.tensor([steps], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            steps = int(t.item())
+        return steps
+
+    # -- the run --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(),
+                "step": self.step, "total_steps": self.total_steps, "config": self.cfg.to_dict(),
+                "rng": torch.get_rng_state()}
+
+    def save(self):
+        if self.rank == 0:
+            save_checkpoint(self.state(), self.out / CHECKPOINT)
+
+    def _open_log(self):
+        log = self.out / LOG
+        if self.step > 0 and log.exists():        # drop records past the checkpoint we resume from
+            keep = [line for line in log.read_text().splitlines()
+                    if line and json.loads(line)["step"] < self.step]
+            log.write_text("".join(k + "\n" for k in keep))
+        elif self.step == 0 and log.exists():
+            log.unlink()
+        return open(log, "a")
+
+    def run(self) -> list[dict]:
+        """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.out / "config.json").write_text(self.cfg.to_json())
+        log = self._open_log() if self.rank == 0 else None
+        history = []
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="DINO", disable=not self.progress,
+                   dynamic_ncols=True)
+        self.student.train()
+        self.teacher.train()
+        try:
+            while self.step < self.total_steps:
+                epoch, start_batch = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start_batch)
+                self.dataset.epoch = epoch
+                for views, _ in self.loader:
+                    rec = self.train_step(views, self.step, self.student, self.teacher,
+                                          self.loss_fn, self.optimizer)
+                    rec["epoch"] = epoch
+                    self.step += 1
+                    history.append(rec)
+                    if log:
+                        log.write(json.dumps(rec) + "\n")
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", H_t=f"{rec['teacher_entropy']:.2f}",
+                                    refresh=False)
+                    if self.on_step:
+                        self.on_step(rec)
+                    if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+        except KeyboardInterrupt:
+            self.save()
+            print(f"interrupted at step {self.step}; checkpoint saved, continue with --resume")
+            raise
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        return history
+
+
+def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+    """Train DINO with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log)."""
+    trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step)
+    trainer.history = trainer.run()
+    return trainer
+
+
+def read_log(out_dir) -> list[dict]:
+    """The per-step records of a run directory."""
+    return [json.loads(line) for line in (Path(out_dir) / LOG).read_text().splitlines() if line]

@@ -1,0 +1,85 @@
+"""Attention masks (60%-mass rule), Jaccard, attention read-out and weighted k-NN."""
+
+import pytest
+import torch
+
+from dino_lite.attention import attention_maps, all_attentions, jaccard, mass_mask, score_maps
+from dino_lite.evaluate import knn_classify
+from dino_lite.models import build_backbone
+
+
+def test_mass_mask_keeps_smallest_set_reaching_60_percent():
+    m = torch.tensor([[0.5, 0.3], [0.15, 0.05]])
+    assert mass_mask(m, 0.6).tolist() == [[True, True], [False, False]]    # 0.5 < 0.6, 0.8 >= 0.6
+    assert mass_mask(m, 0.5).tolist() == [[True, False], [False, False]]   # 0.5 alone reaches 0.5
+    assert mass_mask(m, 1.0).all()
+    # scale does not matter: the rule works on shares of the total
+    assert torch.equal(mass_mask(m * 7, 0.6), mass_mask(m, 0.6))
+
+
+def test_mass_mask_uniform_map_keeps_60_percent_of_patches():
+    keep = mass_mask(torch.ones(3, 10, 10), 0.6)
+    assert keep.shape == (3, 10, 10)
+    assert keep.flatten(1).sum(1).tolist() == [60, 60, 60]
+
+
+def test_mass_mask_rejects_bad_mass():
+    with pytest.raises(ValueError):
+        mass_mask(torch.ones(2, 2), 1.5)
+
+
+def test_jaccard():
+    a = torch.zeros(4, 4, dtype=torch.bool)
+    b = torch.zeros(4, 4, dtype=torch.bool)
+    a[:2] = True        # 8 pixels
+    b[1:3] = True       # 8 pixels, overlap 4
+    assert jaccard(a, b).item() == pytest.approx(4 / 12)
+    valid = torch.ones(4, 4, dtype=torch.bool)
+    valid[2] = False    # ignore the row only b covers
+    assert jaccard(a, b, valid).item() == pytest.approx(4 / 8)
+
+
+def test_attention_readout_rows_are_distributions():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2)
+    x = torch.randn(3, 3, 32, 32)
+    fused_before = [blk.attn.fused_attn for blk in vit.blocks]
+    attn = all_attentions(vit, x)
+    assert [blk.attn.fused_attn for blk in vit.blocks] == fused_before   # fast path restored
+    assert len(attn) == 2 and attn[-1].shape == (3, 4, 17, 17)
+    assert torch.allclose(attn[-1].sum(-1), torch.ones(3, 4, 17), atol=1e-5)
+    maps = attention_maps(vit, x)
+    assert maps.shape == (3, 4, 4, 4)
+    assert torch.allclose(maps, attn[-1][:, :, 0, 1:].reshape(3, 4, 4, 4))
+
+
+def test_score_maps_perfect_and_best_head():
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, :4, :4] = True
+    good = torch.zeros(4, 4)
+    good[:2, :2] = 1.0                            # all attention on the object quadrant
+    bad = torch.zeros(4, 4)
+    bad[2:, 2:] = 1.0
+    maps = torch.stack([good, bad])[None]         # [1 image, 2 heads, 4, 4]
+    s = score_maps(maps, gt)
+    assert s["jaccard_best_head"] == pytest.approx(1.0)
+    assert s["jaccard"] < 1.0
+
+
+def test_knn_with_fewer_test_images_than_k():
+    torch.manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
+    labels = torch.arange(10) % 2
+    test = train[:3] + 0.001
+    preds = knn_classify(train, labels, torch.nn.functional.normalize(test, dim=1), k=20)
+    assert preds.shape == (3,)
+    assert preds.tolist() == labels[:3].tolist()
+
+
+def test_knn_weighted_vote_prefers_closer_neighbours():
+    train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    labels = torch.tensor([0, 1, 1])
+    # two class-1 neighbours at cosine 0.6 lose to one class-0 neighbour at cosine 1.0 at T = 0.07
+    assert knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), k=3).item() == 0
+    # with a very high temperature the weights flatten and the majority wins
+    assert knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), k=3, temperature=100).item() == 1

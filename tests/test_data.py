@@ -1,0 +1,118 @@
+"""Data: the embedded dataset, odd and broken images, empty folders, augmentation, sampling."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dino_lite.augment import MultiCrop, photometric
+from dino_lite.data import EpochSampler, ImageFolder, ImageLoadError, build_dataset, load_rgb
+from dino_lite.shapes import CLASSES, generate, render
+
+
+def test_shapes_are_deterministic_and_masked():
+    a, la, ma = render(0, "train", 7, 48)
+    b, lb, mb = render(0, "train", 7, 48)
+    c, _, _ = render(1, "train", 7, 48)
+    assert np.array_equal(a, b) and la == lb and np.array_equal(ma, mb)
+    assert not np.array_equal(a, c)
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8 and ma.dtype == bool
+    assert 0.03 < ma.mean() < 0.8            # the object is there, and it is not the whole image
+
+
+def test_shapes_cover_all_classes_and_splits_differ(tmp_path):
+    imgs, labels, masks = generate("train", 32, n=200, cache_dir=tmp_path)
+    assert set(labels.tolist()) == set(range(len(CLASSES)))
+    test_imgs, _, _ = generate("test", 32, n=20, cache_dir=tmp_path)
+    assert not np.array_equal(imgs[:20], test_imgs)
+    again = generate("train", 32, n=200, cache_dir=tmp_path)       # from the cache
+    assert np.array_equal(again[0], imgs)
+
+
+def test_generate_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        generate("validation", 32, n=1)
+    with pytest.raises(ValueError):
+        generate("train", 4, n=1)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "1", "CMYK"])
+def test_odd_image_modes_load_as_rgb(tmp_path, mode):
+    img = Image.new("RGB", (5, 3), (200, 30, 60)).convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "CMYK") else "x.png")
+    img.save(path)
+    out = load_rgb(path)
+    assert out.mode == "RGB" and out.size == (5, 3)
+
+
+def test_rgba_transparent_pixels_become_white(tmp_path):
+    Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    bad = tmp_path / "train" / "cat" / "broken.jpg"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    ds = ImageFolder(tmp_path / "train")
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        ds[0]
+
+
+def test_empty_folder_gives_a_clear_error(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        build_dataset(str(tmp_path), train=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolder(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        build_dataset("no-such-dataset", train=True)
+
+
+def test_missing_eval_split_is_named(tmp_path, tiny_folder):
+    import shutil
+    shutil.copytree(tiny_folder / "train", tmp_path / "train")
+    with pytest.raises(FileNotFoundError, match="val/ or test/"):
+        build_dataset(str(tmp_path), train=False)
+
+
+def test_tiny_and_odd_images_survive_multicrop():
+    crops = MultiCrop(32, 16, n_local=3)
+    for img in (Image.new("RGB", (1, 1)), Image.new("RGB", (3, 200)), Image.new("RGB", (500, 7))):
+        views = crops(img)
+        assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+        assert all(v.dtype == torch.uint8 for v in views)
+
+
+def test_photometric_is_seeded_and_normalised():
+    views = [torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    views += [torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)]
+    a = photometric(views, torch.Generator().manual_seed(3))
+    b = photometric(views, torch.Generator().manual_seed(3))
+    c = photometric(views, torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert a[2].shape == (8, 3, 16, 16) and a[0].dtype == torch.float32
+    assert -2.2 < float(a[0].min()) and float(a[0].max()) < 2.7       # ImageNet-normalised range
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_order():
+    s = EpochSampler(100, batch_size=8, seed=1)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_epoch(3, start_batch=5)
+    assert list(s) == full[40:]
+    s.set_epoch(4)
+    assert list(s) != full
+    assert len(full) == 96                          # drop the last partial batch
+
+
+def test_sampler_splits_across_ranks():
+    parts = [list(EpochSampler(64, 4, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert not set(parts[0]) & set(parts[1])
+    assert len(parts[0]) == len(parts[1]) == 32
+
+
+def test_sampler_rejects_dataset_smaller_than_a_batch():
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        EpochSampler(3, batch_size=8)

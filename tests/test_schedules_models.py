@@ -1,0 +1,95 @@
+"""Schedules at their endpoints, the head's frozen weight norm, the EMA teacher, multi-crop passes."""
+
+import numpy as np
+import pytest
+import torch
+
+from dino_lite.models import DINOHead, MultiCropWrapper, build_backbone, update_teacher
+from dino_lite.schedules import cosine_schedule
+from dino_lite.train import make_schedules, param_groups
+from tests.conftest import tiny_config
+
+
+def test_cosine_schedule_endpoints_and_warmup():
+    s = cosine_schedule(1.0, 0.1, total_steps=100, warmup_steps=10)
+    assert len(s) == 100
+    assert s[0] == 0.0
+    assert s[10] == pytest.approx(1.0)                 # warm-up ends at the base value
+    assert s[-1] == pytest.approx(0.1)                 # cosine ends at the final value
+    assert np.all(np.diff(s[:11]) > 0) and np.all(np.diff(s[10:]) <= 1e-12)
+
+
+def test_momentum_schedule_goes_from_0996_to_1():
+    cfg = tiny_config("unused")
+    sched = make_schedules(cfg.__class__(**{**cfg.to_dict(), "momentum_teacher": 0.996}), 500, 256)
+    assert sched["momentum"][0] == pytest.approx(0.996)
+    assert sched["momentum"][-1] == pytest.approx(1.0)
+    assert sched["wd"][0] == pytest.approx(cfg.weight_decay)
+    assert sched["wd"][-1] == pytest.approx(cfg.weight_decay_end)
+
+
+def test_compressed_run_scales_warmup():
+    cfg = tiny_config("unused", epochs=100, warmup_epochs=10, lr=0.0005)
+    sched = make_schedules(cfg, 1000, 512)          # a 1000-step budget for a 100-epoch recipe
+    assert int(np.argmax(sched["lr"])) == 100       # warm-up is 10% of the steps, as in the recipe
+    assert sched["lr"].max() == pytest.approx(0.0005 * 512 / 256)   # linear scaling rule
+
+
+def test_last_layer_weight_norm_stays_one_after_a_step():
+    head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8, norm_last_layer=True)
+    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=0.1)
+    head(torch.randn(4, 16)).pow(2).sum().backward()
+    opt.step()
+    norms = head.last_layer.weight.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    free = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_logits_are_cosines():
+    head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8)
+    out = head(torch.randn(64, 16) * 100)
+    assert out.abs().max() <= 1 + 1e-5
+
+
+def test_ema_update():
+    s, t = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.fill_(1.0)
+        for p in t.parameters():
+            p.fill_(0.0)
+    update_teacher(s, t, 0.9)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in t.parameters())
+    update_teacher(s, t, 1.0)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in t.parameters())
+
+
+def test_teacher_is_a_frozen_deep_copy():
+    from dino_lite.models import build_student_teacher
+    s, t = build_student_teacher(tiny_config("unused"))
+    assert s is not t and s.backbone is not t.backbone
+    for (n1, p1), (n2, p2) in zip(s.named_parameters(), t.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2) and p1.data_ptr() != p2.data_ptr()
+        assert not p2.requires_grad
+
+
+def test_multicrop_wrapper_one_backbone_pass_per_resolution():
+    backbone = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    calls = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    wrapper = MultiCropWrapper(backbone, DINOHead(128, 10, 16, 8))
+    crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
+    out = wrapper(crops)
+    assert len(out) == 5 and all(o.shape == (2, 10) for o in out)
+    assert calls == [torch.Size([4, 3, 32, 32]), torch.Size([6, 3, 16, 16])]
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    decay, no_decay = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert any("norm" in names[id(p)] for p in no_decay["params"])
+    assert all(names[id(p)].endswith("bias") or p.ndim <= 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0

@@ -1,0 +1,85 @@
+"""Training: the loss goes down, resume is exact, a NaN stops cleanly, checkpoints load safely."""
+
+import json
+
+import pytest
+import torch
+
+from dino_lite.checkpoint import load_backbone_state, load_checkpoint, strip_prefixes
+from dino_lite.models import build_backbone
+from dino_lite.train import CHECKPOINT, DINOTrainer, NonFiniteLossError, read_log, train
+from tests.conftest import tiny_config
+
+
+def test_short_run_lowers_the_loss(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, epochs=8, lr=0.004, out_dim=32, teacher_temp=0.04)
+    trainer = train(cfg, tmp_path, progress=False)
+    losses = [r["loss"] for r in trainer.history]
+    assert len(losses) == 8 * (96 // 16)
+    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6 - 0.05
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == list(range(len(losses)))
+    for key in ("loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl"):
+        assert key in log[0]
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)     # 6 steps per epoch: stop mid-epoch
+    straight = train(cfg, tmp_path / "a", progress=False)
+
+    def interrupt(rec):                                      # Ctrl-C after 4 steps
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", progress=False, on_step=interrupt)
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 9
+    for (name, a), b in zip(straight.teacher.state_dict().items(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(straight.loss_fn.center, resumed.loss_fn.center)
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, epochs=3)
+    trainer = DINOTrainer(cfg.__class__(**{**cfg.to_dict(), "epochs": 6}), tmp_path, progress=False)
+
+    def poison(rec):                          # corrupt the weights after step 20 (epoch 4)
+        if rec["step"] == 20:
+            with torch.no_grad():
+                for p in trainer.student.parameters():
+                    p.fill_(float("nan"))
+    trainer.on_step = poison
+    with pytest.raises(NonFiniteLossError, match="at step 21"):
+        trainer.run()
+    kept = load_checkpoint(tmp_path / CHECKPOINT)
+    assert kept["step"] == 18                 # the end of epoch 3, the last one before the NaN
+    assert all(torch.isfinite(v).all() for v in kept["student"].values() if v.is_floating_point())
+
+
+def test_checkpoint_is_plain_data_loaded_weights_only(tiny_folder, tmp_path):
+    train(tiny_config(tiny_folder, epochs=1), tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT
+    ckpt = torch.load(path, weights_only=True)
+    assert {"student", "teacher", "optimizer", "loss", "step", "total_steps", "config"} <= set(ckpt)
+    assert not list(tmp_path.glob(".*tmp*"))                    # the atomic write left no temp file
+    json.dumps(ckpt["config"])
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "backbone.", "module.backbone."])
+def test_backbone_weights_load_with_any_prefix(prefix):
+    src = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    sd = {prefix + k: v for k, v in src.state_dict().items()}
+    sd[prefix.replace("backbone.", "") + "head.mlp.0.weight"] = torch.zeros(2, 2)   # a DINO head key
+    dst = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    load_backbone_state(dst, sd)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
+def test_mismatched_weights_name_the_keys():
+    src = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2)
+    dst = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    with pytest.raises(KeyError, match="unexpected.*blocks.1"):
+        load_backbone_state(dst, src.state_dict())
+    assert strip_prefixes({"module.backbone.x": 1}) == {"x": 1}
