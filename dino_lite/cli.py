@@ -36,8 +36,9 @@ def _backbone(args):
 
 def cmd_train(args):
     from .train import train
-    cfg = make_config(args.preset, dict(data=args.data, epochs=args.epochs, minutes=args.minutes,
-                                        max_steps=args.max_steps, seed=args.seed), args.set)
+    given = dict(data=args.data, epochs=args.epochs, minutes=args.minutes,
+                 max_steps=args.max_steps, seed=args.seed)
+    cfg = make_config(args.preset, {k: v for k, v in given.items() if v is not None}, args.set)
     if args.epochs is not None and args.minutes is None:
         cfg.minutes = None                      # --epochs asks for whole epochs, not the preset's budget
     out = Path(args.out or f"runs/{cfg.name}")
@@ -65,7 +66,8 @@ def cmd_knn(args):
 def cmd_attention(args):
     import matplotlib
     matplotlib.use("Agg")
-    from .attention import attention_maps, load_image_folder, overlay_figure, score_maps
+    from .attention import (attention_maps, load_image_folder, overlay_figure, score_maps,
+                            shapes_attention_set)
     backbone, cfg = _backbone(args)
     size = args.image_size or cfg.image_size
     if args.images == "shapes":
@@ -87,20 +89,6 @@ def cmd_attention(args):
     print(f"figure: {out / 'attention.png'}")
     if args.json:
         print(json.dumps(result))
-
-
-def shapes_attention_set(size: int, n: int):
-    """The first ``n`` embedded test images at ``size`` px, normalised, with their object masks."""
-    from .augment import normalize
-    from .data import DATA_ROOT
-    from .shapes import generate
-    images, _, masks = generate("test", 64, cache_dir=DATA_ROOT / "cache")
-    x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255
-    m = torch.from_numpy(masks[:n])[:, None].float()
-    if size != 64:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        m = torch.nn.functional.interpolate(m, size=(size, size), mode="area")
-    return normalize(x), [f"test_{i}" for i in range(len(x))], m[:, 0] > 0.5, None
 
 
 def cmd_config(args):

@@ -21,6 +21,7 @@ class Config:
     arch: str = "vit_tiny"             # vit_mini | vit_tiny | vit_small | vit_base | resnet18 | resnet50
     patch_size: int = 8
     depth: int | None = None           # ViT depth override (None: the architecture's own)
+    stem: str = "patch"                # ViT patch embedding: "patch" (linear, the paper's) or "conv"
     drop_path: float = 0.1
     out_dim: int = 65536               # K, the number of prototypes
     head_hidden: int = 2048
@@ -81,6 +82,8 @@ class Config:
             for k in ("global_size", "local_size", "image_size"):
                 if getattr(self, k) % self.patch_size:
                     raise ValueError(f"{k}={getattr(self, k)} is not a multiple of patch_size={self.patch_size}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.fused_attention not in ("auto", "on", "off"):
             raise ValueError(f"fused_attention must be auto, on or off, got {self.fused_attention!r}")
         if self.n_local < 0:
@@ -98,10 +101,11 @@ PRESETS: dict[str, dict] = {
     # The `make demo` run: the embedded dataset on a 2-core CPU in a few minutes.
     "cpu-demo": dict(
         data="shapes", image_size=64, global_size=64, local_size=32, n_local=4, arch="vit_mini",
-        patch_size=8, depth=4, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,
-        epochs=30, lr=0.002, warmup_epochs=3, momentum_teacher=0.996, teacher_temp=0.04,
-        warmup_teacher_temp=0.04, freeze_last_layer=0, minutes=4, num_workers=0,
-        notes="CPU recipe: small ViT, small head, K=1024; see README"),
+        patch_size=8, depth=4, stem="conv", drop_path=0.0, out_dim=1024, head_hidden=512,
+        head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
+        momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
+        local_scale=(0.15, 0.5), minutes=6, num_workers=0,
+        notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95); see README"),
     "cifar10": dict(
         data="cifar10", image_size=32, global_size=32, local_size=16, n_local=4, arch="vit_tiny",
         patch_size=4, depth=6, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,
@@ -150,7 +154,7 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = {**PRESETS[preset], "name": preset}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update(overrides or {})
     names = {f.name for f in fields(Config)}
     for item in sets or []:
         if "=" not in item:

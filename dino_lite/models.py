@@ -15,14 +15,35 @@ from torch.nn.utils.parametrizations import weight_norm
 VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
+def conv_stem(width: int, patch_size: int) -> nn.Sequential:
+    """A convolutional patch embedding (Xiao et al. 2021, "Early convolutions help transformers
+    see better"): stride-2 3x3 convolutions until the patch stride, then a 1x1 projection.
+
+    It replaces the single strided ``patch x patch`` convolution and makes small ViTs trained
+    from scratch on small data optimise far faster (measured in the README); tokens still map
+    one-to-one to image patches, so attention maps read the same way.
+    """
+    n = patch_size.bit_length() - 1
+    if patch_size < 2 or 2 ** n != patch_size:
+        raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
+    layers, c_in = [], 3
+    for i in range(n):
+        c_out = max(16, width // 2 ** (n - 1 - i))
+        layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        c_in = c_out
+    layers.append(nn.Conv2d(c_in, width, 1))
+    return nn.Sequential(*layers)
+
+
 def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, drop_path=0.0,
-                   fused_attention=True):
+                   fused_attention=True, stem="patch"):
     """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
 
     ViTs come from timm with ``dynamic_img_size`` so global and local crops of different sizes
     share the position embedding (interpolated); the output is the final-norm CLS token.
     ``fused_attention=False`` selects timm's explicit softmax attention, which on CPU is ~2.6x
     faster than the fused kernel for the short sequences of small images (benchmarks/).
+    ``stem="conv"`` swaps the linear patch embedding for :func:`conv_stem`.
     ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
     """
     if arch in VIT_SIZES:
@@ -31,6 +52,10 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
             "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
             patch_size=patch_size, embed_dim=width, depth=depth or default_depth, num_heads=heads,
             drop_path_rate=drop_path, dynamic_img_size=True)
+        if stem == "conv":
+            model.patch_embed.proj = conv_stem(width, patch_size)
+        elif stem != "patch":
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         for blk in model.blocks:
             blk.attn.fused_attn = fused_attention
         model.embed_dim = width
@@ -113,7 +138,7 @@ def use_fused_attention(cfg) -> bool:
 def build_student_teacher(cfg):
     """Student and teacher networks; the teacher is a deep copy that never receives gradients."""
     backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              use_fused_attention(cfg))
+                              use_fused_attention(cfg), cfg.stem)
     head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
     student = MultiCropWrapper(backbone, head)
@@ -138,4 +163,4 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
 def build_eval_backbone(cfg):
     """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
     return build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, 0.0,
-                          use_fused_attention(cfg))
+                          use_fused_attention(cfg), cfg.stem)
