@@ -2,8 +2,8 @@
 
 Every image is a pure function of ``(seed, split, index)``, so the dataset needs no download
 and every machine sees the same pixels. Classes differ only by *shape*: colour, size, position
-and rotation are random, and the background is a random smooth colour field with a random
-texture plus a few distractor strokes and blobs. Each image comes with the pixel mask of its
+and rotation are random, and the background is a random smooth colour field with generic
+noise texture plus a few distractor strokes and blobs. Each image comes with the pixel mask of its
 labelled object, which is what attention maps are scored against.
 """
 
@@ -84,24 +84,22 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _background(rng, size):
-    """Smooth random colour field plus a random texture (stripes, checks or dots)."""
+    """Smooth random colour field plus multi-scale noise ("clouds" and grain).
+
+    The texture is deliberately generic: every image has the same kind of clutter, so the
+    one thing two crops of an image share, and other images do not, is the object.
+    """
     coarse = rng.uniform(0, 1, (3, 4, 4)).astype(np.float32)
     field = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None], size=(size, size),
                                             mode="bicubic", align_corners=True)[0].numpy()
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 9)
-    kind = rng.integers(3)
-    t = xx * np.cos(angle) + yy * np.sin(angle)
-    if kind == 0:
-        tex = np.sin(2 * np.pi * freq * t)
-    elif kind == 1:
-        s = xx * -np.sin(angle) + yy * np.cos(angle)
-        tex = np.sign(np.sin(2 * np.pi * freq * t) * np.sin(2 * np.pi * freq * s))
-    else:
-        tex = rng.normal(0, 1, (size, size)).astype(np.float32).clip(-2, 2) / 2
+    clouds = rng.normal(0, 1, (1, 1, 12, 12)).astype(np.float32)
+    clouds = torch.nn.functional.interpolate(torch.from_numpy(clouds), size=(size, size),
+                                             mode="bicubic", align_corners=True)[0, 0].numpy()
+    grain = rng.normal(0, 1, (size, size)).astype(np.float32).clip(-2, 2)
+    tex = 0.5 * clouds + 0.5 * grain
     gray = field.mean(0, keepdims=True)
     field = gray + rng.uniform(0.2, 0.5) * (field - gray)            # muted colours
-    img = 0.5 * field + 0.25 + 0.12 * tex[None] * rng.uniform(0.5, 1.0)
+    img = 0.5 * field + 0.25 + 0.1 * tex[None] * rng.uniform(0.5, 1.0)
     return np.clip(img, 0, 1)
 
 
@@ -135,7 +133,7 @@ def render(seed: int, split: str, index: int, size: int = 64):
             inside = _polygon(a, b, pts)
         _paint(img, _coverage(inside, size) * 0.8, rng.uniform(0, 1, 3))
 
-    scale = rng.uniform(0.4, 0.62)                                        # object radius / half-side
+    scale = rng.uniform(0.55, 0.8)                                        # object radius / half-side
     cx, cy = rng.uniform(-1 + scale, 1 - scale, 2)
     ang = rng.uniform(0, 2 * np.pi)
     du, dv = (gx - cx) / scale, (gy - cy) / scale
