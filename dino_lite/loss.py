@@ -76,7 +76,7 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_logits):
         batch = torch.cat([t.float() for t in teacher_logits])
         batch_sum = batch.sum(0, keepdim=True)
-        count = torch.tensor(float(len(batch)))
+        count = torch.tensor(float(len(batch)), device=batch.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)

@@ -56,8 +56,8 @@ def test_attention_readout_rows_are_distributions():
 def test_score_maps_perfect_and_best_head():
     gt = torch.zeros(1, 8, 8, dtype=torch.bool)
     gt[0, :4, :4] = True
-    good = torch.zeros(4, 4)
-    good[:2, :2] = 1.0                            # all attention on the object quadrant
+    good = torch.full((4, 4), 0.03)               # 36% of the mass spread over the background,
+    good[:2, :2] = 0.16                           # 64% on the object quadrant: all 4 patches kept
     bad = torch.zeros(4, 4)
     bad[2:, 2:] = 1.0
     maps = torch.stack([good, bad])[None]         # [1 image, 2 heads, 4, 4]
