@@ -203,3 +203,52 @@ def overlay_figure(images: torch.Tensor, maps: torch.Tensor, gt=None, mass: floa
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def shapes_attention_set(size: int, n: int):
+    """The first ``n`` embedded test images at ``size`` px, normalised, with their object masks."""
+    from .augment import normalize
+    from .data import DATA_ROOT
+    from .shapes import generate
+    images, _, masks = generate("test", 64, cache_dir=DATA_ROOT / "cache")
+    x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255
+    m = torch.from_numpy(masks[:n])[:, None].float()
+    if size != 64:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        m = torch.nn.functional.interpolate(m, size=(size, size), mode="area")
+    return normalize(x), [f"test_{i}" for i in range(len(x))], m[:, 0] > 0.5, None
+
+
+class AttentionCache:
+    """CLS attention maps of every block for a fixed set of images, computed once per image.
+
+    Interactive explorers ask for many (image, layer, head) combinations; each image goes
+    through the network only the first time it is shown.
+    """
+
+    def __init__(self, vit, images: torch.Tensor):
+        self.vit, self.images, self._maps = vit, images, {}
+        p = vit.patch_embed.patch_size[0]
+        self.grid = (images.shape[-2] // p, images.shape[-1] // p)
+
+    def __call__(self, index: int) -> torch.Tensor:
+        """``[layers, heads, h, w]`` maps of image ``index``."""
+        if index not in self._maps:
+            attns = all_attentions(self.vit, self.images[index:index + 1])
+            prefix = getattr(self.vit, "num_prefix_tokens", 1)
+            self._maps[index] = torch.stack([cls_attention(a, self.grid, prefix)[0] for a in attns])
+        return self._maps[index]
+
+
+def published_dino(name: str = "vit_small_patch16_224.dino"):
+    """The paper's released ViT weights through timm (needs internet the first time).
+
+    Raises ``RuntimeError`` with a clear message when the weights cannot be fetched.
+    """
+    import timm
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0).eval()
+    except Exception as err:                     # no network, no hub cache, proxy errors...
+        raise RuntimeError(f"could not load the published DINO weights {name!r} "
+                           f"(offline or hub unreachable: {type(err).__name__}). "
+                           "Use a local checkpoint instead.") from err
