@@ -28,10 +28,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
 
+# Re-execute every notebook from its .py twin and store the outputs (figures) in the .ipynb.
 notebooks: $(VENV)/.installed-dev
-	$(BIN)/jupytext --sync notebooks/*.py
-	for nb in notebooks/*.ipynb; do $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
-	$(BIN)/jupytext --sync notebooks/*.ipynb
+	for nb in notebooks/*.py; do $(BIN)/jupytext --to ipynb --update --execute $$nb || exit 1; done
 
 clean:
 	rm -rf runs .pytest_cache
