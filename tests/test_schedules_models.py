@@ -93,3 +93,13 @@ def test_no_weight_decay_on_biases_and_norms():
     assert any("norm" in names[id(p)] for p in no_decay["params"])
     assert all(names[id(p)].endswith("bias") or p.ndim <= 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_conv_stem_keeps_one_token_per_patch():
+    from dino_lite.attention import attention_maps
+    vit = build_backbone("vit_mini", patch_size=8, img_size=64, depth=1, stem="conv").eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert vit.forward_features(x).shape[1] == 1 + 8 * 8
+    assert attention_maps(vit, x).shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_backbone("vit_mini", patch_size=6, img_size=48, stem="conv")

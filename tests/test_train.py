@@ -86,3 +86,14 @@ def test_mismatched_weights_name_the_keys():
     with pytest.raises(KeyError, match="unexpected.*blocks.1"):
         load_backbone_state(dst, src.state_dict())
     assert strip_prefixes({"module.backbone.x": 1}) == {"x": 1}
+
+
+def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_folder, tmp_path):
+    losses = {}
+    for bf16 in (False, True):
+        trainer = DINOTrainer(tiny_config(tiny_folder, bf16=bf16), tmp_path / str(bf16), progress=False)
+        views, _ = next(iter(trainer.loader))
+        rec = trainer.train_step(views, 0, trainer.student, trainer.teacher, trainer.loss_fn,
+                                 trainer.optimizer)
+        losses[bf16] = rec["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)

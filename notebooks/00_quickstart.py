@@ -1,0 +1,121 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Quickstart: DINO in a few minutes on a CPU
+#
+# The whole story on one page. We train a small Vision Transformer with DINO on the embedded
+# shapes dataset (ten shapes on cluttered backgrounds, no labels used for training), then ask
+# the two questions the paper asks:
+#
+# 1. **Do the features know the classes?** A weighted k-NN classifier on frozen features,
+#    against the same network with random weights.
+# 2. **Does the last layer's attention find the object?** The CLS token's attention, thresholded
+#    to keep 60% of its mass, scored against the true object masks (Jaccard index).
+#
+# The run is cached in `runs/notebooks/`: notebooks 05 and 06 reuse it.
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from dino_lite.attention import attention_maps, overlay_figure, score_maps, shapes_attention_set
+from dino_lite.checkpoint import teacher_backbone_from_checkpoint
+from dino_lite.config import make_config
+from dino_lite.evaluate import knn_accuracy, random_init_backbone
+from dino_lite.train import CHECKPOINT, read_log, train
+
+torch.set_num_threads(2)
+MINUTES = 2.5        # knob: the training budget; 8-10 minutes gives clearly better features
+RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{MINUTES}min"
+
+# %% [markdown]
+# ## Train
+# `train` lays the cosine schedules out over the number of steps that fit in `MINUTES`
+# (estimated from the first steps) and writes a checkpoint; a second call resumes, so a finished
+# run is simply reloaded.
+
+# %%
+cfg = make_config("cpu-demo", dict(minutes=MINUTES))
+train(cfg, RUN, resume=True)
+log = read_log(RUN)
+steps = [r["step"] for r in log]
+fig, axes = plt.subplots(1, 3, figsize=(13, 3))
+axes[0].plot(steps, [r["loss"] for r in log])
+axes[0].set(title="DINO loss", xlabel="step")
+axes[1].plot(steps, [r["teacher_entropy"] for r in log])
+axes[1].axhline(torch.log(torch.tensor(float(cfg.out_dim))).item(), ls=":", c="gray")
+axes[1].set(title="teacher entropy (dotted: ln K, uniform)", xlabel="step")
+axes[2].plot(steps, [r["kl"] for r in log])
+axes[2].set(title="KL(teacher || student)", xlabel="step")
+plt.show()
+
+# %% [markdown]
+# ## k-NN: trained teacher against random initialisation
+
+# %%
+backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
+random_backbone = random_init_backbone(cfg)
+knn_trained = knn_accuracy(backbone, cfg)
+knn_random = knn_accuracy(random_backbone, cfg)
+print(f"k-NN top-1: trained {knn_trained:.1%}   random init {knn_random:.1%}   (10 classes: chance 10%)")
+
+# %% [markdown]
+# ## Attention maps of the last block
+# Per test image: the image, the head-averaged CLS attention, its 60%-mass mask (cyan: the true
+# object outline) and every head.
+
+# %%
+images, names, masks, _ = shapes_attention_set(cfg.image_size, 200)
+maps_trained = attention_maps(backbone, images)
+maps_random = attention_maps(random_backbone, images)
+overlay_figure(images, maps_trained, masks, names=names, max_images=4)
+plt.show()
+jac_trained = score_maps(maps_trained, masks)["jaccard"]
+jac_random = score_maps(maps_random, masks)["jaccard"]
+print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.3f}   random init {jac_random:.3f}")
+
+# %% [markdown]
+# ## Reading the result, honestly
+# Two findings, one good and one open:
+#
+# * **Attention finds the objects.** With no label and no mask, the last block's CLS attention
+#   traces the shapes' outlines, and its 60% mask overlaps the true object about twice as well as
+#   a random network's (the Jaccard numbers above).
+# * **The CLS features do not (yet) encode shape.** At this CPU budget k-NN on the trained
+#   features is *below* random initialisation. Probing what they encode shows why: they become
+#   invariant to the augmentations but keep the object's *brightness and contrast*, a nuisance
+#   factor that both views share, rather than its shape. Finding a short CPU recipe that learns
+#   shape is the open problem described in the README's Results.
+#
+# ## Check
+# The claims that hold, asserted: DINO's attention overlaps the objects better than a random
+# network's; centering and sharpening together kept the teacher away from both collapses (its
+# entropy stays between one-hot and uniform, and the student still has something to learn,
+# KL > 0); and the CLS attention over patches is a (partial) probability distribution.
+
+# %%
+import math
+
+tail = log[-50:]
+entropy_end = sum(r["teacher_entropy"] for r in tail) / len(tail)
+kl_end = sum(r["kl"] for r in tail) / len(tail)
+print(f"final teacher entropy {entropy_end:.2f} (ln K = {math.log(cfg.out_dim):.2f}), KL {kl_end:.3f}")
+assert jac_trained > jac_random + 0.05, (jac_trained, jac_random)
+assert 0.1 * math.log(cfg.out_dim) < entropy_end < 0.9 * math.log(cfg.out_dim), entropy_end
+assert kl_end > 0.05, kl_end
+patch_mass = maps_trained.sum((-2, -1))          # CLS attention to patches: the rest goes to CLS itself
+assert (maps_trained >= 0).all() and (patch_mass <= 1 + 1e-4).all() and (patch_mass > 0).all()
+print("all checks passed")

@@ -1,0 +1,120 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Train and evaluate: k-NN and linear probe against random initialisation
+#
+# Self-supervised features are judged *frozen*: no fine-tuning, just a simple classifier on
+# top. The paper uses two:
+#
+# * **weighted k-NN** (k = 20, temperature 0.07, cosine similarity on L2-normalised CLS
+#   features): each of the 20 most similar training images votes with weight `exp(sim / 0.07)`;
+# * **linear probe**: a linear classifier trained on the frozen features.
+#
+# Every number is read against the same network with random weights: on small images a random
+# network is a surprisingly strong baseline, and only the gap is DINO's doing.
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import clear_output, display
+
+from dino_lite.checkpoint import teacher_backbone_from_checkpoint
+from dino_lite.config import make_config
+from dino_lite.data import build_dataset, eval_transform
+from dino_lite.evaluate import extract_features, knn_classify, linear_probe, random_init_backbone
+from dino_lite.train import CHECKPOINT, read_log, train
+
+torch.set_num_threads(2)
+MINUTES = 2.5        # knob: the same run as 00_quickstart (reused when it exists); try 10
+RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{MINUTES}min"
+
+# %% [markdown]
+# ## A run with a live loss plot
+# `train` calls `on_step` after every step; here it redraws the loss every 20 steps. When the
+# run already exists (from notebook 00) it is reloaded and the plot shows its log.
+
+# %%
+history = []
+fig, ax = plt.subplots(figsize=(7, 3))
+handle = display(fig, display_id=True)
+
+
+def live_plot(record):
+    history.append(record)
+    if record["step"] % 20 == 0:
+        ax.clear()
+        ax.plot([r["step"] for r in history], [r["loss"] for r in history])
+        ax.set(title=f"step {record['step']}: loss {record['loss']:.3f}", xlabel="step", ylabel="DINO loss")
+        handle.update(fig)
+
+
+train(make_config("cpu-demo", dict(minutes=MINUTES)), RUN, resume=True, on_step=live_plot)
+log = read_log(RUN)
+ax.clear()
+ax.plot([r["step"] for r in log], [r["loss"] for r in log])
+ax.set(title=f"{len(log)} steps, final loss {log[-1]['loss']:.3f}", xlabel="step", ylabel="DINO loss")
+handle.update(fig)
+plt.close(fig)
+
+# %% [markdown]
+# ## Features once, two classifiers
+# Features of the 5000 training and 1000 test images are computed once per network and cached
+# in memory; the k-NN and the 100-epoch linear probe then take seconds.
+
+# %%
+backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
+tf = eval_transform(cfg.image_size)
+train_set = build_dataset(cfg.data, train=True, transform=tf, image_size=cfg.image_size)
+test_set = build_dataset(cfg.data, train=False, transform=tf, image_size=cfg.image_size)
+results = {}
+for name, net in (("DINO (trained)", backbone), ("random init", random_init_backbone(cfg))):
+    ftr, ltr = extract_features(net, train_set)
+    fte, lte = extract_features(net, test_set)
+    knn = float((knn_classify(ftr, ltr, fte) == lte).float().mean())
+    lin = linear_probe(ftr, ltr, fte, lte, epochs=100)
+    results[name] = (knn, lin)
+    print(f"{name:15s} k-NN {knn:6.1%}   linear {lin:6.1%}")
+
+# %%
+fig, ax = plt.subplots(figsize=(5, 3))
+names = list(results)
+for i, metric in enumerate(("k-NN", "linear")):
+    ax.bar([j + 0.38 * i for j in range(len(names))], [results[n][i] * 100 for n in names], 0.38, label=metric)
+ax.set_xticks([0.19, 1.19], names)
+ax.axhline(10, ls=":", c="gray")
+ax.set(ylabel="top-1 (%)", title="frozen features, 10 shape classes (dotted: chance)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## Reading the numbers next to the paper
+# The paper's ViT-S/16 reaches 74.5% k-NN and 77.0% linear on ImageNet after 100-800 epochs on
+# 16 GPUs; the supervised ViT-S reaches 79.8%. Here a 4-block ViT trains for minutes on 5000
+# synthetic images, and at this budget its features do **not** yet beat random initialisation
+# (the open problem described in the README's Results). A random ViT is a strong baseline on
+# small images: its features already separate the classes well above the 10% chance level,
+# which is why every DINO number must be read against it.
+#
+# ## Check
+# Both classifiers work on frozen features (a random network's linear probe is well above
+# chance), and the k-NN result does not depend on how many test images are scored at once.
+
+# %%
+(knn_t, lin_t), (knn_r, lin_r) = results["DINO (trained)"], results["random init"]
+assert lin_r > 0.15 and knn_r > 0.12, results
+one_at_a_time = torch.cat([knn_classify(ftr, ltr, fte[i:i + 1]) for i in range(50)])
+assert torch.equal(one_at_a_time, knn_classify(ftr, ltr, fte[:50]))
+print("all checks passed")
