@@ -38,17 +38,17 @@ from dino_lite.evaluate import knn_accuracy, random_init_backbone
 from dino_lite.train import CHECKPOINT, read_log, train
 
 torch.set_num_threads(2)
-MINUTES = 2.5        # knob: the training budget; 8-10 minutes gives clearly better features
-RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{MINUTES}min"
+STEPS = 360          # knob: training steps (about 2.5 minutes here); 2000+ gives a longer, better run
+RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
 
 # %% [markdown]
 # ## Train
-# `train` lays the cosine schedules out over the number of steps that fit in `MINUTES`
-# (estimated from the first steps) and writes a checkpoint; a second call resumes, so a finished
-# run is simply reloaded.
+# `train` lays the cosine schedules out over `STEPS` steps (the command line's `--minutes`
+# instead fits them to a time budget) and writes a checkpoint; a second call resumes, so a
+# finished run is simply reloaded.
 
 # %%
-cfg = make_config("cpu-demo", dict(minutes=MINUTES))
+cfg = make_config("cpu-demo", dict(minutes=None, max_steps=STEPS))
 train(cfg, RUN, resume=True)
 log = read_log(RUN)
 steps = [r["step"] for r in log]

@@ -38,8 +38,8 @@ from dino_lite.evaluate import extract_features, knn_classify, linear_probe, ran
 from dino_lite.train import CHECKPOINT, read_log, train
 
 torch.set_num_threads(2)
-MINUTES = 2.5        # knob: the same run as 00_quickstart (reused when it exists); try 10
-RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{MINUTES}min"
+STEPS = 360          # knob: training steps (about 2.5 minutes here); 2000+ gives a longer, better run
+RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
 
 # %% [markdown]
 # ## A run with a live loss plot
@@ -61,7 +61,7 @@ def live_plot(record):
         handle.update(fig)
 
 
-train(make_config("cpu-demo", dict(minutes=MINUTES)), RUN, resume=True, on_step=live_plot)
+train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume=True, on_step=live_plot)
 log = read_log(RUN)
 ax.clear()
 ax.plot([r["step"] for r in log], [r["loss"] for r in log])

@@ -39,9 +39,9 @@ from dino_lite.evaluate import random_init_backbone
 from dino_lite.train import CHECKPOINT, train
 
 torch.set_num_threads(2)
-MINUTES = 2.5        # knob: the same run as 00_quickstart (reused when it exists)
-RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{MINUTES}min"
-train(make_config("cpu-demo", dict(minutes=MINUTES)), RUN, resume=True, progress=False)
+STEPS = 360          # knob: training steps (about 2.5 minutes here); 2000+ gives a longer, better run
+RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
+train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume=True, progress=False)
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
 images, names, masks, _ = shapes_attention_set(cfg.image_size, 200)
 
