@@ -36,6 +36,7 @@ from dino_lite.attention import (AttentionCache, attention_maps, centre_prior, m
                                  upsample)
 from dino_lite.augment import IMAGENET_MEAN, IMAGENET_STD
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
+from dino_lite.data import eval_transform
 from dino_lite.config import make_config
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.train import CHECKPOINT, train
@@ -101,6 +102,7 @@ plt.show()
 
 # %%
 import ipywidgets as widgets
+from PIL import Image
 from skimage import data as skdata
 
 SOURCE = "local"     # knob: "local" (this project's checkpoint) or "published" (DINO ViT-S/16)
@@ -109,10 +111,7 @@ if SOURCE == "published":
     try:
         model = published_dino()
         photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee()]
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        pics = torch.stack([(torch.nn.functional.interpolate(torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255,
-                                                             size=(224, 224), mode="bilinear", antialias=True)[0] - mean) / std
-                            for p in photos])
+        pics = torch.stack([eval_transform(224)(Image.fromarray(p)) for p in photos])
     except RuntimeError as err:
         print(err)
         model, pics = backbone, images[:16]
