@@ -44,12 +44,33 @@ class MultiCrop:
                 + [self.local_crop(img) for _ in range(self.n_local)])
 
 
+class BatchRandom:
+    """Random numbers for this process's rows of a global batch.
+
+    Every process draws the numbers of the whole global batch from the same seed and keeps its
+    own ``rows``, so an image gets the same augmentation on 1 process or on N.
+    """
+
+    def __init__(self, seed: int, rows: slice | None = None, total: int | None = None):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows, self.total = rows, total
+
+    def rand(self, n):
+        if self.rows is None:
+            return torch.rand(n, generator=self.generator)
+        return torch.rand(self.total, generator=self.generator)[self.rows]
+
+
+def _rand(n, g):
+    return g.rand(n) if isinstance(g, BatchRandom) else torch.rand(n, generator=g)
+
+
 def _uniform(n, lo, hi, g, device):
-    return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device)
+    return (_rand(n, g) * (hi - lo) + lo).to(device)
 
 
 def _bernoulli(n, p, g, device):
-    return (torch.rand(n, generator=g) < p).to(device)
+    return (_rand(n, g) < p).to(device)
 
 
 def _gray(x):
@@ -118,8 +139,11 @@ def normalize(x):
     return (x - mean) / std
 
 
-def photometric(views, generator: torch.Generator):
-    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches."""
+def photometric(views, generator):
+    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches.
+
+    ``generator`` is a ``torch.Generator`` or a ``BatchRandom`` (for one rank's share of a batch).
+    """
     out = []
     for i, v in enumerate(views):
         blur_p, solar_p = POLICY["global1" if i == 0 else "global2" if i == 1 else "local"]

@@ -31,7 +31,8 @@ class Config:
     norm_last_layer: bool = True       # freeze the weight norm of the last layer at 1
     freeze_last_layer: float = 1.0     # epochs during which the last layer gets no update
     # optimisation
-    batch_size: int = 64
+    optimizer: str = "adamw"           # adamw (ViTs) | sgd (momentum 0.9; the reference ResNet-50 run)
+    batch_size: int = 64               # global batch, split evenly over the processes
     epochs: int = 100
     lr: float = 0.0005                 # at batch 256; scaled linearly with the global batch
     min_lr: float = 1e-6
@@ -49,6 +50,7 @@ class Config:
     # machinery
     bf16: bool = True                  # bfloat16 autocast for forward passes
     fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, explicit on CPU
+    compile: bool = False              # torch.compile the backbones (GPU runs; keys stay unchanged)
     num_workers: int = 2
     seed: int = 0
     minutes: float | None = None       # time budget: schedules laid out over the steps that fit
@@ -82,6 +84,8 @@ class Config:
             for k in ("global_size", "local_size", "image_size"):
                 if getattr(self, k) % self.patch_size:
                     raise ValueError(f"{k}={getattr(self, k)} is not a multiple of patch_size={self.patch_size}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.fused_attention not in ("auto", "on", "off"):
@@ -96,6 +100,15 @@ class Config:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         return self
 
+
+_IMAGENET = dict(
+    data="imagenet", image_size=224, global_size=224, local_size=96, n_local=8,
+    arch="vit_small", patch_size=16, drop_path=0.1, out_dim=65536, head_hidden=2048,
+    head_bottleneck=256, norm_last_layer=True, freeze_last_layer=1, batch_size=1024,
+    epochs=100, lr=0.0005, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04,
+    weight_decay_end=0.4, clip_grad=3.0, momentum_teacher=0.996, teacher_temp=0.04,
+    warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9,
+    global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), bf16=True, num_workers=10)
 
 PRESETS: dict[str, dict] = {
     # The `make demo` run: the embedded dataset on a 2-core CPU in a few minutes.
@@ -118,14 +131,15 @@ PRESETS: dict[str, dict] = {
         warmup_epochs=5, momentum_teacher=0.95, freeze_last_layer=0, local_scale=(0.15, 0.5),
         num_workers=1, notes="the cpu-demo recipe on 64 px photos"),
     # The paper's ViT-S/16 recipe, unchanged (reference defaults; 16 GPUs x 64 = batch 1024).
-    "imagenet-vits16": dict(
-        data="imagenet", image_size=224, global_size=224, local_size=96, n_local=8,
-        arch="vit_small", patch_size=16, drop_path=0.1, out_dim=65536, head_hidden=2048,
-        head_bottleneck=256, norm_last_layer=True, freeze_last_layer=1, batch_size=1024,
-        epochs=100, lr=0.0005, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04,
-        weight_decay_end=0.4, clip_grad=3.0, momentum_teacher=0.996, teacher_temp=0.04,
-        warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9,
-        global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), bf16=True, num_workers=10),
+    "imagenet-vits16": _IMAGENET,
+    # The same recipe for the paper's other backbones (ViT-S/8, ViT-B/16, ViT-B/8).
+    "imagenet-vits8": {**_IMAGENET, "patch_size": 8},
+    "imagenet-vitb16": {**_IMAGENET, "arch": "vit_base"},
+    "imagenet-vitb8": {**_IMAGENET, "arch": "vit_base", "patch_size": 8},
+    # The reference ResNet-50 command: SGD, weight decay 1e-4 throughout, tighter crop scales.
+    "imagenet-resnet50": {**_IMAGENET, "arch": "resnet50", "optimizer": "sgd", "drop_path": 0.0,
+                          "weight_decay": 1e-4, "weight_decay_end": 1e-4,
+                          "global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14)},
 }
 
 

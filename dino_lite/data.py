@@ -1,7 +1,8 @@
 """Datasets and augmentations: the embedded shapes, image folders, torchvision datasets, multi-crop.
 
 A data *spec* is ``shapes`` (the embedded dataset), a folder holding ``train/`` and ``val/`` (or
-``test/``) class subfolders, or a torchvision dataset name (``cifar10``, ``stl10``, ``imagenette``).
+``test/``) class subfolders, a torchvision dataset name (``cifar10``, ``stl10``, ``imagenette``),
+or ``fake`` (generated noise images at the preset's size, for measuring throughput).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .shapes import ShapesDataset
 
 TORCHVISION_DATASETS = ("cifar10", "stl10", "imagenette")
+FAKE_SIZES = {True: 20000, False: 1000}   # the `fake` spec: random-noise images, for throughput runs
 DATA_ROOT = Path(os.environ.get("DINO_LITE_DATA", Path(__file__).resolve().parent.parent / "data"))
 
 
@@ -96,14 +98,18 @@ def build_dataset(spec: str, train: bool, transform=None, root=DATA_ROOT, image_
                              transform=transform, cache_dir=Path(root) / "cache")
     if spec in TORCHVISION_DATASETS:
         return _torchvision_dataset(spec, train, transform, root)
+    if spec == "fake":
+        return torchvision.datasets.FakeData(FAKE_SIZES[train], (3, image_size, image_size), 10,
+                                             transform=transform,
+                                             random_offset=0 if train else FAKE_SIZES[True])
     path = Path(spec).expanduser()
     if path.is_dir():
         return ImageFolder(path / "train" if train else _folder_split(path, False), transform)
     if spec == "imagenet":
         raise FileNotFoundError("the imagenet presets need --data /path/to/imagenet, a folder with "
                                 "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (see README)")
-    raise FileNotFoundError(f"data spec {spec!r} is neither 'shapes', a torchvision dataset "
-                            f"{TORCHVISION_DATASETS}, nor an existing folder")
+    raise FileNotFoundError(f"data spec {spec!r} is neither 'shapes', 'fake', a torchvision "
+                            f"dataset {TORCHVISION_DATASETS}, nor an existing folder")
 
 
 def eval_transform(size: int):
@@ -139,28 +145,36 @@ class SeededViews(torch.utils.data.Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Seeded permutation per epoch, split across ranks, able to start at any batch of the epoch."""
+    """Seeded permutation per epoch, split across ranks, able to start at any batch of the epoch.
+
+    ``batch_size`` is the *global* batch: each of the ``world_size`` ranks draws
+    ``batch_size // world_size`` images, and together they see the same images, batch by batch,
+    as one process would.
+    """
 
     def __init__(self, n, batch_size, seed=0, rank=0, world_size=1):
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} does not split evenly over "
+                             f"{world_size} processes")
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.local_batch = batch_size // world_size
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 0, 0
-        self.batches_per_epoch = n // (batch_size * world_size)
+        self.batches_per_epoch = n // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(f"dataset of {n} images is smaller than one global batch "
-                             f"({batch_size} x {world_size} processes)")
+            raise ValueError(f"dataset of {n} images is smaller than one global batch ({batch_size})")
 
     def set_epoch(self, epoch, start_batch=0):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(seed_for(self.seed, self.epoch) % 2**62)
-        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.batch_size * self.world_size]
-        mine = perm[self.rank::self.world_size][self.start_batch * self.batch_size:]
-        return iter(mine.tolist())
+        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.batch_size]
+        batches = perm.view(self.batches_per_epoch, self.world_size, self.local_batch)
+        return iter(batches[self.start_batch:, self.rank].reshape(-1).tolist())
 
     def __len__(self):
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+        return (self.batches_per_epoch - self.start_batch) * self.local_batch
 
 
 def collate_views(batch):

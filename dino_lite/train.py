@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .augment import MultiCrop, photometric
+from .augment import BatchRandom, MultiCrop, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
 from .loss import DINOLoss
 from .models import build_student_teacher, update_teacher
@@ -61,6 +61,13 @@ def param_groups(model):
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
 
 
+def build_optimizer(cfg: Config, model):
+    """AdamW (the ViT recipe) or SGD with momentum 0.9; lr and weight decay are set every step."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups(model), lr=0.0, momentum=0.9)
+    return torch.optim.AdamW(param_groups(model))
+
+
 def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
     """Per-step arrays. Warm-ups are given in epochs of the full recipe; a shorter run (time
     budget or --max-steps) compresses the whole recipe, warm-ups included, into its steps."""
@@ -97,17 +104,26 @@ class DINOTrainer:
         self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+            self.dataset, self.sampler.local_batch, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_views, pin_memory=self.device.type == "cuda")
 
         self.student, self.teacher = build_student_teacher(cfg)
+        if self.world > 1 and self.device.type == "cuda":   # BatchNorm over the global batch
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.student.to(self.device)
         self.teacher.to(self.device)
+        if self.device.type == "cuda" and cfg.arch.startswith("resnet"):   # faster convolutions
+            self.student.to(memory_format=torch.channels_last)
+            self.teacher.to(memory_format=torch.channels_last)
+        if cfg.compile:                 # in place, so state_dict keys keep their names
+            self.student.backbone.compile()
+            self.teacher.backbone.compile()
         self.student_ddp = self.student
         if self.world > 1:
             self.student_ddp = torch.nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student))
+        self.optimizer = build_optimizer(cfg, self.student)
 
         if ckpt is not None:
             self.total_steps = ckpt["total_steps"]
@@ -117,7 +133,7 @@ class DINOTrainer:
                 self.total_steps = min(self.total_steps, cfg.max_steps)
             if cfg.minutes:
                 self.total_steps = min(self.total_steps, self._steps_that_fit(cfg.minutes))
-        self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size * self.world)
+        self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size)
         self.loss_fn = DINOLoss(cfg.out_dim, self.total_steps, cfg.warmup_teacher_temp,
                                 cfg.teacher_temp, self.sched["teacher_temp_warmup"],
                                 cfg.out_temp_student, cfg.center_momentum).to(self.device)
@@ -139,8 +155,11 @@ class DINOTrainer:
     def train_step(self, views, step, student, teacher, loss_fn, optimizer):
         """One DINO step on ``views`` (list of crop batches, globals first); returns the record."""
         views = [v.to(self.device, non_blocking=True) for v in views]
-        gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, self.rank))
-        views = photometric(views, gen)
+        local = len(views[0])
+        rows = slice(self.rank * local, (self.rank + 1) * local)
+        # one draw for the global batch, the same on every rank (the trailing 0 keeps the
+        # augmentations, hence the results, of single-process runs made before scale-out)
+        views = photometric(views, BatchRandom(seed_for(self.cfg.seed, step, 0), rows, local * self.world))
         for group in optimizer.param_groups:
             group["lr"] = float(self.sched["lr"][step])
             if not group.get("no_decay"):
@@ -151,9 +170,15 @@ class DINOTrainer:
             student_out = (self.student_ddp if student is self.student else student)(views)
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
-        if not math.isfinite(loss.item()):
+        logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["kl"]])
+        if self.world > 1:                      # log the global batch's means; stop on every rank
+            logged = logged.to(self.device)
+            dist.all_reduce(logged)
+            logged = logged.cpu() / self.world
+        loss_value, stats["teacher_entropy"], stats["kl"] = logged.tolist()
+        if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {step}; training stopped. The last good checkpoint "
+                f"loss is {loss_value} at step {step}; training stopped. The last good checkpoint "
                 f"is kept at {self.out / CHECKPOINT} (if one was written); try a lower lr.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,7 +190,7 @@ class DINOTrainer:
         optimizer.step()
         momentum = float(self.sched["momentum"][step])
         update_teacher(student, teacher, momentum)
-        return {"step": step, "loss": loss.item(), "lr": float(self.sched["lr"][step]),
+        return {"step": step, "loss": loss_value, "lr": float(self.sched["lr"][step]),
                 "wd": float(self.sched["wd"][step]), "momentum": momentum,
                 "teacher_temp": loss_fn.teacher_temp(step), **stats}
 
@@ -173,9 +198,9 @@ class DINOTrainer:
         """Time a few throw-away steps on copies of the models and extrapolate to the budget."""
         start = time.perf_counter()
         student, teacher = copy.deepcopy(self.student), copy.deepcopy(self.teacher)
-        optimizer = torch.optim.AdamW(param_groups(student))
+        optimizer = build_optimizer(self.cfg, student)
         n = sum(PROBE_STEPS)
-        self.sched = make_schedules(self.cfg, n, self.cfg.batch_size * self.world)
+        self.sched = make_schedules(self.cfg, n, self.cfg.batch_size)
         loss_fn = DINOLoss(self.cfg.out_dim, n).to(self.device)
         self.sampler.set_epoch(0)
         it = iter(self.loader)

@@ -116,3 +116,27 @@ def test_sampler_splits_across_ranks():
 def test_sampler_rejects_dataset_smaller_than_a_batch():
     with pytest.raises(ValueError, match="smaller than one global batch"):
         EpochSampler(3, batch_size=8)
+
+
+def test_ranks_together_draw_the_single_process_batches():
+    """The global batch is split, not multiplied: rank shards of batch b make up batch b of 1 process."""
+    one = list(EpochSampler(64, 8, seed=2))
+    parts = [list(EpochSampler(64, 8, seed=2, rank=r, world_size=2)) for r in range(2)]
+    for b in range(8):
+        assert sorted(parts[0][4 * b:4 * b + 4] + parts[1][4 * b:4 * b + 4]) == sorted(one[8 * b:8 * b + 8])
+    with pytest.raises(ValueError, match="split evenly"):
+        EpochSampler(64, 9, world_size=2)
+
+
+def test_batch_random_gives_each_rank_its_rows_of_the_global_draw():
+    from dino_lite.augment import BatchRandom
+    whole = BatchRandom(7).rand(6)
+    halves = [BatchRandom(7, slice(3 * r, 3 * r + 3), 6).rand(3) for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole)
+
+
+def test_fake_spec_gives_generated_images_at_the_preset_size():
+    from dino_lite.data import build_dataset
+    ds = build_dataset("fake", train=False, image_size=48)
+    img, label = ds[0]
+    assert img.size == (48, 48) and 0 <= label < 10
