@@ -1,16 +1,31 @@
-"""Checkpoints: written atomically, read without unpickling code, loaded into backbones by key."""
+"""Checkpoints: written atomically, read without unpickling code, loaded into backbones by key.
+
+Besides our own ``checkpoint.pt``, :func:`backbone_from_checkpoint` reads the official DINO
+releases (backbone-only ``dino_*_pretrain.pth``, or ``*_full_checkpoint.pth`` holding student,
+teacher and ``args``) and timm's ``vit_*.dino`` state dicts: the architecture is read off the
+tensor shapes, and ``module.`` / ``backbone.`` prefixes are stripped.
+"""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from .config import Config
-from .models import build_eval_backbone
+from .config import Config, make_config
+from .models import VIT_SIZES, build_eval_backbone
 
 PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+class CheckpointKeyError(KeyError):
+    """Weights whose keys do not fit; the message names them (printed plainly, unlike KeyError)."""
+
+    def __str__(self):
+        return str(self.args[0])
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -28,8 +43,9 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:   # the official full checkpoints store their argparse.Namespace of arguments
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
 
@@ -55,17 +71,65 @@ def load_backbone_state(backbone: torch.nn.Module, state_dict: dict, strict: boo
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if strict and (missing or unexpected):
-        raise KeyError(f"backbone weights do not match: missing {missing[:8]}"
+        raise CheckpointKeyError(f"backbone weights do not match: missing {missing[:8]}"
                        f"{' ...' if len(missing) > 8 else ''} unexpected {unexpected[:8]}"
                        f"{' ...' if len(unexpected) > 8 else ''}")
     return backbone.load_state_dict(sd, strict=strict)
 
 
-def teacher_backbone_from_checkpoint(path):
+def infer_config(state_dict: dict) -> Config:
+    """The ``imagenet-*`` config whose backbone has the shapes of ``state_dict`` (stripped keys):
+    ViT width, depth, patch size and image size, or a ResNet-50."""
+    sd = state_dict
+    if "patch_embed.proj.weight" in sd:
+        width, _, patch, _ = sd["patch_embed.proj.weight"].shape
+        archs = {w: name for name, (w, _, _) in VIT_SIZES.items()}
+        if width not in archs:
+            raise CheckpointKeyError(f"no ViT of width {width} here; known widths {sorted(archs)}")
+        depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        side = math.isqrt(sd["pos_embed"].shape[1] - 1) * patch
+        return make_config("imagenet-vits16", {
+            "arch": archs[width], "patch_size": patch, "depth": depth, "image_size": side,
+            "global_size": side, "local_size": 96 if 96 % patch == 0 else patch * 6})
+    if "layer4.2.conv3.weight" in sd and "layer4.0.downsample.0.weight" in sd:
+        return make_config("imagenet-resnet50")
+    raise CheckpointKeyError("cannot tell the architecture of these weights: expected a ViT "
+                   "(patch_embed.proj.weight, pos_embed, blocks.N.*) or a ResNet-50 (layer4.*); "
+                   f"first keys: {list(sd)[:6]}")
+
+
+def _unwrap(obj: dict) -> dict:
+    """The backbone's tensors inside a checkpoint of any of the known layouts."""
+    for key in ("teacher", "state_dict", "model"):          # full checkpoints, common wrappers
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointKeyError(f"no backbone state dict found; top-level keys: {list(obj)[:8]}")
+    return {k: v for k, v in strip_prefixes(obj).items() if not k.startswith("head.")}
+
+
+def backbone_from_checkpoint(path):
+    """A ready-to-evaluate backbone and its config from ``path``: a dino_lite checkpoint (teacher),
+    an official DINO backbone or full checkpoint, or a timm ``.dino`` state dict."""
+    obj = load_checkpoint(path)
+    if "config" in obj and "teacher" in obj:
+        return teacher_backbone_from_checkpoint(path, obj)
+    sd = _unwrap(obj)
+    cfg = infer_config(sd)
+    backbone = build_eval_backbone(cfg)
+    try:
+        load_backbone_state(backbone, sd)
+    except CheckpointKeyError as e:
+        raise CheckpointKeyError(f"{path}: {e}") from None
+    return backbone.eval(), cfg
+
+
+def teacher_backbone_from_checkpoint(path, ckpt=None):
     """The trained teacher backbone of a dino_lite checkpoint, with the config it was trained with."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if "config" not in ckpt or "teacher" not in ckpt:
-        raise KeyError(f"{path} is not a dino_lite training checkpoint (no 'config'/'teacher' keys)")
+        raise CheckpointKeyError(f"{path} is not a dino_lite training checkpoint (no 'config'/'teacher' keys)")
     cfg = Config.from_dict(ckpt["config"])
     backbone = build_eval_backbone(cfg)
     load_backbone_state(backbone, {k: v for k, v in ckpt["teacher"].items()
