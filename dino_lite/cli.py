@@ -1,9 +1,10 @@
-"""Command line: ``python -m dino_lite {train,knn,attention,config} ...``."""
+"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,config} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,16 +23,34 @@ def _add_model_source(p):
 
 
 def _backbone(args):
-    from .checkpoint import teacher_backbone_from_checkpoint
+    """The backbone to evaluate, on this process's device (sharded evaluation under torchrun)."""
+    from .checkpoint import backbone_from_checkpoint
     from .evaluate import random_init_backbone
+    from .train import distributed_setup
+    rank, _, device = distributed_setup()
+    args.rank = rank
     if args.checkpoint:
         if args.random_init:
             raise SystemExit("--random-init goes with --preset, not --checkpoint")
-        return teacher_backbone_from_checkpoint(args.checkpoint)
-    if not args.random_init:
+        backbone, cfg = backbone_from_checkpoint(args.checkpoint)
+    elif not args.random_init:
         raise SystemExit("--preset needs --random-init (or pass --checkpoint PATH)")
-    cfg = make_config(args.preset, sets=args.set)
-    return random_init_backbone(cfg), cfg
+    else:
+        cfg = make_config(args.preset, sets=args.set)
+        backbone = random_init_backbone(cfg)
+    return backbone.to(device), cfg
+
+
+def _report(args, name, value, **extra):
+    """Print the result on rank 0, and with --json a last line holding one JSON object."""
+    if args.rank > 0:
+        return
+    label = {"knn_top1": "k-NN top-1", "linear_top1": "linear-probe top-1",
+             "finetune_top1": "fine-tune top-1"}[name]
+    print(f"{label}: {value * 100:.1f}%")
+    if args.json:
+        print(json.dumps({name: value, "data": args.data, **extra,
+                          "model": args.checkpoint or f"{args.preset} (random init)"}))
 
 
 def cmd_train(args):
@@ -39,8 +58,8 @@ def cmd_train(args):
     given = dict(data=args.data, epochs=args.epochs, minutes=args.minutes,
                  max_steps=args.max_steps, seed=args.seed)
     cfg = make_config(args.preset, {k: v for k, v in given.items() if v is not None}, args.set)
-    if args.epochs is not None and args.minutes is None:
-        cfg.minutes = None                      # --epochs asks for whole epochs, not the preset's budget
+    if (args.epochs is not None or args.max_steps is not None) and args.minutes is None:
+        cfg.minutes = None      # --epochs / --max-steps ask for a length, not the preset's time budget
     out = Path(args.out or f"runs/{cfg.name}")
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
@@ -54,13 +73,29 @@ def cmd_train(args):
 def cmd_knn(args):
     from .evaluate import knn_accuracy
     backbone, cfg = _backbone(args)
+    args.data = args.data or cfg.data
     acc = knn_accuracy(backbone, cfg, data=args.data, k=args.k, temperature=args.temperature,
                        progress=not args.json)
-    result = {"knn_top1": acc, "k": args.k, "data": args.data or cfg.data,
-              "model": args.checkpoint or f"{args.preset} (random init)"}
-    print(f"k-NN top-1: {acc * 100:.1f}%")
-    if args.json:
-        print(json.dumps(result))
+    _report(args, "knn_top1", acc, k=args.k)
+
+
+def cmd_linear(args):
+    from .evaluate import linear_accuracy
+    backbone, cfg = _backbone(args)
+    args.data = args.data or cfg.data
+    acc = linear_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
+                          progress=not args.json)
+    _report(args, "linear_top1", acc, epochs=args.epochs)
+
+
+def cmd_finetune(args):
+    from .evaluate import finetune_accuracy
+    backbone, cfg = _backbone(args)
+    args.data = args.data or cfg.data
+    acc = finetune_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, max_steps=args.max_steps,
+                            progress=not args.json)
+    _report(args, "finetune_top1", acc, epochs=args.epochs, max_steps=args.max_steps)
 
 
 def cmd_attention(args):
@@ -98,6 +133,7 @@ def cmd_config(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m dino_lite", description=__doc__)
+    p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train DINO")
@@ -120,6 +156,22 @@ def build_parser():
     k.add_argument("--temperature", type=float, default=0.07)
     k.set_defaults(func=cmd_knn)
 
+    lin = sub.add_parser("linear", help="linear probe on frozen features (CLS + mean patch token)")
+    _add_model_source(lin)
+    lin.add_argument("--data", help="dataset spec (default: the one the model was trained on)")
+    lin.add_argument("--epochs", type=int, default=100)
+    lin.add_argument("--lr", type=float, default=0.1, help="SGD lr on standardised features")
+    lin.set_defaults(func=cmd_linear)
+
+    f = sub.add_parser("finetune", help="backbone + new linear head trained end to end")
+    _add_model_source(f)
+    f.add_argument("--data", help="labelled dataset spec (default: the one the model was trained on)")
+    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--max-steps", type=int, help="stop after this many steps")
+    f.add_argument("--lr", type=float, default=1e-4, help="AdamW lr at batch 256 (scaled linearly)")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.set_defaults(func=cmd_finetune)
+
     a = sub.add_parser("attention", help="last-block attention maps, masks and Jaccard")
     _add_model_source(a)
     a.add_argument("--images", required=True, help="a folder of images, or 'shapes'")
@@ -141,6 +193,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.local_rank is not None:          # torch.distributed.launch style; torchrun sets the env
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:

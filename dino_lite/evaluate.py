@@ -1,30 +1,69 @@
-"""Frozen-feature evaluation: weighted k-NN on L2-normalised CLS features (the paper's protocol)."""
+"""Evaluation: weighted k-NN and linear probe on frozen features, and end-to-end fine-tuning.
+
+Under ``torchrun`` feature extraction is sharded: each rank embeds every ``world``-th image and
+the features are gathered back in dataset order, so every rank holds the same full arrays.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
+from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .config import Config
 from .data import build_dataset, eval_transform
 from .models import build_eval_backbone
 
 
+def _world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_in_order(x, n):
+    """All-gather rank shards taken as ``range(rank, n, world)`` and interleave them back."""
+    rank, world = _world()
+    if world == 1:
+        return x
+    size = -(-n // world)
+    padded = torch.zeros((size,) + tuple(x.shape[1:]), dtype=x.dtype)
+    padded[:len(x)] = x
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    parts = [torch.empty_like(padded, device=device) for _ in range(world)]
+    dist.all_gather(parts, padded.to(device))
+    return torch.stack([p.cpu() for p in parts], 1).reshape((size * world,) + tuple(x.shape[1:]))[:n]
+
+
+def embed(backbone, x, pool="cls"):
+    """Features of a batch: the CLS token (``"cls"``), or CLS concatenated with the mean patch
+    token (``"cls+avg"``, the reference linear protocol for ViT-S). CNNs return their pooled map."""
+    if pool == "cls" or not hasattr(backbone, "forward_features"):
+        return backbone(x)
+    tokens = backbone.forward_features(x)
+    prefix = getattr(backbone, "num_prefix_tokens", 1)
+    return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], -1)
+
+
 @torch.no_grad()
 def extract_features(backbone, dataset, batch_size=256, num_workers=0, bf16=True, progress=False,
-                     desc="features"):
-    """L2-normalised backbone features and labels for every image of ``dataset``."""
+                     desc="features", pool="cls", normalize=True):
+    """Backbone features (L2-normalised by default) and labels for every image of ``dataset``."""
     backbone.eval()
     device = next(backbone.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size, num_workers=num_workers)
+    rank, world = _world()
+    shard = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(shard, batch_size, num_workers=num_workers)
     feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for x, y in tqdm(loader, desc=desc, disable=not progress or rank > 0, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            f = backbone(x.to(device))
-        feats.append(F.normalize(f.float(), dim=-1).cpu())
+            f = embed(backbone, x.to(device), pool).float()
+        feats.append((F.normalize(f, dim=-1) if normalize else f).cpu())
         labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels)
+    return _gather_in_order(torch.cat(feats), len(dataset)), _gather_in_order(torch.cat(labels), len(dataset))
 
 
 @torch.no_grad()
@@ -49,13 +88,18 @@ def knn_classify(train_feats, train_labels, test_feats, k=20, temperature=0.07, 
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
+def _eval_splits(cfg: Config, data=None, transform=None):
+    data = data or cfg.data
+    tf = transform or eval_transform(cfg.image_size)
+    return (build_dataset(data, train=True, transform=tf, image_size=cfg.image_size),
+            build_dataset(data, train=False, transform=eval_transform(cfg.image_size),
+                          image_size=cfg.image_size))
+
+
 def knn_accuracy(backbone, cfg: Config, data=None, k=20, temperature=0.07, progress=False,
                  max_train=None):
     """k-NN top-1 (0 to 1) of ``backbone`` on the train/test splits of ``data`` (default cfg.data)."""
-    data = data or cfg.data
-    tf = eval_transform(cfg.image_size)
-    train_set = build_dataset(data, train=True, transform=tf, image_size=cfg.image_size)
-    test_set = build_dataset(data, train=False, transform=tf, image_size=cfg.image_size)
+    train_set, test_set = _eval_splits(cfg, data)
     if max_train is not None and len(train_set) > max_train:
         g = torch.Generator().manual_seed(0)
         train_set = torch.utils.data.Subset(train_set, torch.randperm(len(train_set), generator=g)[:max_train].tolist())
@@ -63,6 +107,16 @@ def knn_accuracy(backbone, cfg: Config, data=None, k=20, temperature=0.07, progr
     fte, lte = extract_features(backbone, test_set, progress=progress, desc="test features")
     preds = knn_classify(ftr, ltr, fte, k, temperature)
     return float((preds == lte).float().mean())
+
+
+def linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1, progress=False) -> float:
+    """Linear-probe top-1 (0 to 1): frozen backbone, CLS + mean patch token, cached features."""
+    train_set, test_set = _eval_splits(cfg, data)
+    ftr, ltr = extract_features(backbone, train_set, progress=progress, desc="train features",
+                                pool="cls+avg", normalize=False)
+    fte, lte = extract_features(backbone, test_set, progress=progress, desc="test features",
+                                pool="cls+avg", normalize=False)
+    return linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)
 
 
 def random_init_backbone(cfg: Config, seed: int | None = None):
@@ -95,3 +149,50 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, epochs=100,
             sched.step()
     with torch.no_grad():
         return float((clf(xte).argmax(1) == test_labels).float().mean())
+
+
+def finetune_accuracy(backbone, cfg: Config, data=None, epochs=10, lr=1e-4, batch_size=64,
+                      weight_decay=0.05, max_steps=None, progress=False, seed=0) -> float:
+    """Fine-tuning transfer: the backbone plus a new linear head, trained end to end (AdamW,
+    cosine lr, random-resized crops and flips), then top-1 (0 to 1) on the test split."""
+    torch.manual_seed(seed)
+    size = cfg.image_size
+    train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(size, (0.35, 1.0), antialias=True),
+                          T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
+                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train_set, test_set = _eval_splits(cfg, data, train_tf)
+    num_classes = (len(getattr(train_set, "classes", None) or [])
+                   or getattr(train_set, "num_classes", 0)
+                   or int(max(int(y) for _, y in train_set)) + 1)
+    device = next(backbone.parameters()).device
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.embed_dim, num_classes)).to(device)
+    loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr * batch_size / 256, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr * batch_size / 256, total_steps=steps,
+                                                pct_start=0.1)
+    bar = tqdm(total=steps, desc="fine-tune", disable=not progress)
+    model.train()
+    step = 0
+    while step < steps:
+        for x, y in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x.to(device)), torch.as_tensor(y).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if step >= steps:
+                break
+    bar.close()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(test_set, 256):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                correct += (model(x.to(device)).argmax(1).cpu() == torch.as_tensor(y)).sum().item()
+    return correct / len(test_set)
