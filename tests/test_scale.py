@@ -1,0 +1,176 @@
+"""Scale-out: torchrun with 2 CPU processes matches 1 process, the launcher, SLURM requeue,
+the paper's presets and loading official DINO / timm checkpoints."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dino_lite.checkpoint import backbone_from_checkpoint, infer_config
+from dino_lite.cli import main
+from dino_lite.config import make_config
+from dino_lite.launch import SlurmTrain, launch
+from dino_lite.models import build_backbone
+from dino_lite.train import read_log
+
+NO_BN_FP32 = ["--set", "stem=patch", "--set", "head_bn=false", "--set", "bf16=false"]
+TINY = ["image_size=32", "global_size=32", "local_size=16", "n_local=2", "depth=2", "out_dim=64",
+        "head_hidden=64", "head_bottleneck=32", "batch_size=16", "num_workers=0"]
+
+
+def _train_cmd(data, out, steps):
+    args = ["train", "--preset", "cpu-demo", "--data", str(data), "--max-steps", str(steps),
+            "--out", str(out)]
+    return args + [a for s in TINY for a in ("--set", s)]
+
+
+def _torchrun(args, timeout=300):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "dino_lite",
+                           *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp2")
+    r = _torchrun(_train_cmd(tiny_folder, out, 8) + NO_BN_FP32)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, tiny_folder,
+                                                                     tmp_path):
+    """Same images, augmentations and init on 1 or 2 processes: without BatchNorm, in fp32, the
+    runs agree up to the order of floating-point sums."""
+    main(_train_cmd(tiny_folder, tmp_path, 8) + NO_BN_FP32)
+    one, two = read_log(tmp_path), read_log(two_process_run)
+    assert [r["step"] for r in two] == list(range(8))
+    assert list(two_process_run.glob("*.pt")) == [two_process_run / "checkpoint.pt"]
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
+    assert max(diffs) < 1e-3, diffs
+
+
+def test_cpu_demo_on_two_processes_tracks_one_process(tmp_path):
+    """The cpu-demo preset itself (conv stem and head with BatchNorm, whose statistics are per
+    process on CPU: SyncBatchNorm is GPU-only) stays within a small tolerance of 1 process."""
+    from dino_lite.data import build_dataset
+    build_dataset("shapes", train=True), build_dataset("shapes", train=False)   # cache once
+    base = ["train", "--preset", "cpu-demo", "--max-steps", "10"]
+    r = _torchrun(base + ["--out", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    main(base + ["--out", str(tmp_path / "one")])
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert len(one) == len(two) == 10
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 0.05
+
+
+def test_knn_under_torchrun_gathers_features_of_every_image(two_process_run, capsys):
+    ckpt = str(two_process_run / "checkpoint.pt")
+    r = _torchrun(["knn", "--checkpoint", ckpt, "--json"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1                                   # rank 0 alone reports
+    main(["knn", "--checkpoint", ckpt, "--json"])
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(lines[0])["knn_top1"] == pytest.approx(single["knn_top1"], abs=1e-6)
+
+
+def test_linear_and_finetune_run_on_the_checkpoint(two_process_run, capsys):
+    ckpt = str(two_process_run / "checkpoint.pt")
+    main(["linear", "--checkpoint", ckpt, "--epochs", "5", "--json"])
+    lin = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    main(["finetune", "--checkpoint", ckpt, "--max-steps", "3", "--json"])
+    ft = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= lin["linear_top1"] <= 1 and 0 <= ft["finetune_top1"] <= 1
+
+
+def test_launcher_prints_the_8_gpu_imagenet_command():
+    plan = launch("imagenet-vits16", gpus=8, epochs=100, data="/datasets/imagenet")
+    assert str(plan) == ("torchrun --standalone --nproc_per_node=8 -m dino_lite train --preset "
+                         "imagenet-vits16 --out runs/imagenet-vits16 --data /datasets/imagenet "
+                         "--epochs 100")
+    assert plan.processes == 8 and plan.config.batch_size == 1024 and plan.config.epochs == 100
+    multi = launch("imagenet-vitb16", gpus=8, nodes=2)
+    assert "--nnodes=2" in str(multi) and multi.processes == 16
+    with pytest.raises(ValueError, match="does not split"):
+        launch("cpu-demo", gpus=3)
+    with pytest.raises(ValueError, match="backend"):
+        launch("cpu-demo", backend="mpi")
+
+
+def test_slurm_job_requeues_itself_with_resume():
+    job = SlurmTrain(["train", "--preset", "cpu-demo", "--out", "runs/x"])
+    again = job.checkpoint()
+    assert again.function.train_args[-1] == "--resume"
+    assert again.function.checkpoint().function.train_args.count("--resume") == 1
+
+
+def test_slurm_job_trains_through_submitit(tiny_folder, tmp_path):
+    pytest.importorskip("submitit")
+    job = launch("cpu-demo", TINY, data=str(tiny_folder), out=tmp_path, max_steps=3,
+                 backend="slurm", run=True, slurm={"cluster": "debug"})
+    job.result()
+    assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("preset,arch,patch", [("imagenet-vits16", "vit_small", 16),
+                                               ("imagenet-vits8", "vit_small", 8),
+                                               ("imagenet-vitb16", "vit_base", 16),
+                                               ("imagenet-vitb8", "vit_base", 8),
+                                               ("imagenet-resnet50", "resnet50", 16)])
+def test_paper_presets(preset, arch, patch):
+    cfg = make_config(preset)
+    assert (cfg.arch, cfg.batch_size, cfg.epochs, cfg.out_dim) == (arch, 1024, 100, 65536)
+    if arch.startswith("vit"):
+        assert cfg.patch_size == patch and cfg.optimizer == "adamw" and cfg.lr == 0.0005
+    else:
+        assert cfg.optimizer == "sgd" and cfg.global_scale == (0.14, 1.0)
+
+
+def _vit_tiny16():
+    torch.manual_seed(0)
+    return build_backbone("vit_tiny", 16, 224)
+
+
+def test_official_full_checkpoint_loads_into_our_backbone(tmp_path):
+    """The layout of dino_*_full_checkpoint.pth: DDP student, teacher with head, argparse args."""
+    ref = _vit_tiny16()
+    sd = ref.state_dict()
+    head = {"head.mlp.0.weight": torch.zeros(8, 192), "head.last_layer.weight_g": torch.ones(1, 8)}
+    torch.save({"student": {f"module.backbone.{k}": v for k, v in sd.items()},
+                "teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **head},
+                "epoch": 100, "args": argparse.Namespace(arch="vit_tiny", patch_size=16),
+                "dino_loss": {"center": torch.zeros(1, 8)}}, tmp_path / "full.pth")
+    backbone, cfg = backbone_from_checkpoint(tmp_path / "full.pth")
+    assert (cfg.arch, cfg.patch_size, cfg.global_size) == ("vit_tiny", 16, 224)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(backbone(x), ref.eval()(x), atol=1e-5)
+
+
+def test_official_backbone_and_timm_state_dicts_load(tmp_path):
+    sd = _vit_tiny16().state_dict()
+    torch.save(sd, tmp_path / "dino_vittiny16_pretrain.pth")            # official backbone-only
+    torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "ddp.pth")
+    for name in ("dino_vittiny16_pretrain.pth", "ddp.pth"):
+        backbone, cfg = backbone_from_checkpoint(tmp_path / name)
+        assert cfg.arch == "vit_tiny" and cfg.depth == 12
+    assert infer_config({k: v for k, v in sd.items()}).image_size == 224
+
+
+def test_mismatched_weights_name_the_keys(tmp_path):
+    sd = _vit_tiny16().state_dict()
+    sd["blocks.0.attn.extra"] = torch.zeros(1)
+    del sd["norm.weight"]
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(KeyError, match=r"missing \['norm.weight'\].*unexpected \['blocks.0.attn.extra'\]"):
+        backbone_from_checkpoint(tmp_path / "bad.pth")
+    torch.save({"weights": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(KeyError, match="no backbone state dict"):
+        backbone_from_checkpoint(tmp_path / "odd.pth")
