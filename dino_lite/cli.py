@@ -38,6 +38,8 @@ def _backbone(args):
     else:
         cfg = make_config(args.preset, sets=args.set)
         backbone = random_init_backbone(cfg)
+    if "data" in vars(args):                  # evaluation commands default to the training data
+        args.data = args.data or cfg.data
     return backbone.to(device), cfg
 
 
@@ -53,13 +55,19 @@ def _report(args, name, value, **extra):
                           "model": args.checkpoint or f"{args.preset} (random init)"}))
 
 
+def train_config(preset, sets=(), **given):
+    """The config `train` runs: the preset, the given options that are not None, then ``sets``."""
+    cfg = make_config(preset, {k: v for k, v in given.items() if v is not None}, list(sets))
+    if (given.get("epochs") is not None or given.get("max_steps") is not None) \
+            and given.get("minutes") is None:
+        cfg.minutes = None      # --epochs / --max-steps ask for a length, not the preset's time budget
+    return cfg
+
+
 def cmd_train(args):
     from .train import train
-    given = dict(data=args.data, epochs=args.epochs, minutes=args.minutes,
-                 max_steps=args.max_steps, seed=args.seed)
-    cfg = make_config(args.preset, {k: v for k, v in given.items() if v is not None}, args.set)
-    if (args.epochs is not None or args.max_steps is not None) and args.minutes is None:
-        cfg.minutes = None      # --epochs / --max-steps ask for a length, not the preset's time budget
+    cfg = train_config(args.preset, args.set, data=args.data, epochs=args.epochs,
+                       minutes=args.minutes, max_steps=args.max_steps, seed=args.seed)
     out = Path(args.out or f"runs/{cfg.name}")
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
@@ -73,7 +81,6 @@ def cmd_train(args):
 def cmd_knn(args):
     from .evaluate import knn_accuracy
     backbone, cfg = _backbone(args)
-    args.data = args.data or cfg.data
     acc = knn_accuracy(backbone, cfg, data=args.data, k=args.k, temperature=args.temperature,
                        progress=not args.json)
     _report(args, "knn_top1", acc, k=args.k)
@@ -82,7 +89,6 @@ def cmd_knn(args):
 def cmd_linear(args):
     from .evaluate import linear_accuracy
     backbone, cfg = _backbone(args)
-    args.data = args.data or cfg.data
     acc = linear_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
                           progress=not args.json)
     _report(args, "linear_top1", acc, epochs=args.epochs)
@@ -91,7 +97,6 @@ def cmd_linear(args):
 def cmd_finetune(args):
     from .evaluate import finetune_accuracy
     backbone, cfg = _backbone(args)
-    args.data = args.data or cfg.data
     acc = finetune_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
                             batch_size=args.batch_size, max_steps=args.max_steps,
                             progress=not args.json)

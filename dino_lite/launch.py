@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, make_config
+from .config import Config
 
 
 @dataclass
@@ -55,11 +55,8 @@ def launch(preset: str = "imagenet-vits16", sets=(), *, gpus: int = 1, nodes: in
         raise ValueError(f"backend must be 'torchrun' or 'slurm', got {backend!r}")
     if gpus < 1 or nodes < 1:
         raise ValueError(f"need at least one node and one process per node, got {nodes} x {gpus}")
-    over = {k: v for k, v in dict(data=data, epochs=epochs, max_steps=max_steps).items()
-            if v is not None}
-    cfg = make_config(preset, over, list(sets))
-    if epochs is not None or max_steps is not None:
-        cfg.minutes = None
+    from .cli import train_config
+    cfg = train_config(preset, sets, data=data, epochs=epochs, max_steps=max_steps)
     world = gpus * nodes
     if cfg.batch_size % world:
         raise ValueError(f"global batch {cfg.batch_size} does not split over {world} processes; "
