@@ -61,16 +61,12 @@ class BatchRandom:
         return torch.rand(self.total, generator=self.generator)[self.rows]
 
 
-def _rand(n, g):
-    return g.rand(n) if isinstance(g, BatchRandom) else torch.rand(n, generator=g)
-
-
 def _uniform(n, lo, hi, g, device):
-    return (_rand(n, g) * (hi - lo) + lo).to(device)
+    return (g.rand(n) * (hi - lo) + lo).to(device)
 
 
 def _bernoulli(n, p, g, device):
-    return (_rand(n, g) < p).to(device)
+    return (g.rand(n) < p).to(device)
 
 
 def _gray(x):
@@ -139,11 +135,8 @@ def normalize(x):
     return (x - mean) / std
 
 
-def photometric(views, generator):
-    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches.
-
-    ``generator`` is a ``torch.Generator`` or a ``BatchRandom`` (for one rank's share of a batch).
-    """
+def photometric(views, generator: BatchRandom):
+    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches."""
     out = []
     for i, v in enumerate(views):
         blur_p, solar_p = POLICY["global1" if i == 0 else "global2" if i == 1 else "local"]
