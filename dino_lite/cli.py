@@ -1,4 +1,4 @@
-"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,config} ...``."""
+"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,ablate,config} ...``."""
 
 from __future__ import annotations
 
@@ -131,6 +131,22 @@ def cmd_attention(args):
         print(json.dumps(result))
 
 
+def cmd_ablate(args):
+    from .ablate import parse_rows, run_ablation
+    rows = parse_rows(args.rows)
+    cfg = train_config(args.preset, args.set, data=args.data, minutes=args.minutes,
+                       max_steps=args.max_steps, seed=args.seed)
+    out = Path(args.out or f"runs/ablate-{cfg.name}")
+    summary = run_ablation(cfg, rows, out, eval_every=args.eval_every, progress=not args.json)
+    print((out / "ablation.md").read_text())
+    print(f"table: {out / 'ablation.md'} and {out / 'ablation.json'}")
+    if args.json:
+        keep = ("name", "knn_top1", "linear_top1", "collapsed", "steps")
+        print(json.dumps({"rows": [{k: r[k] for k in keep} for r in summary["rows"]],
+                          "random_init": summary["random_init"], "data": cfg.data,
+                          "table": str(out / "ablation.md")}))
+
+
 def cmd_config(args):
     cfg = make_config(args.preset, sets=args.set)
     print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
@@ -187,6 +203,20 @@ def build_parser():
     a.add_argument("--limit", type=int, help="use at most this many images")
     a.add_argument("--out", default="runs/attention")
     a.set_defaults(func=cmd_attention)
+
+    ab = sub.add_parser("ablate", help="the paper's ablation rows, same seed and budget each")
+    ab.add_argument("--rows", default="all", help="'all' or comma-separated row names (see README)")
+    ab.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS), help="the base recipe")
+    ab.add_argument("--data", help="dataset spec (default: the preset's)")
+    ab_budget = ab.add_mutually_exclusive_group(required=True)
+    ab_budget.add_argument("--minutes", type=float, help="time budget per row")
+    ab_budget.add_argument("--max-steps", type=int, help="steps per row (deterministic)")
+    ab.add_argument("--eval-every", type=int, help="also record the teacher's k-NN every N steps")
+    ab.add_argument("--seed", type=int)
+    ab.add_argument("--out", help="output directory (default runs/ablate-PRESET)")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ab.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ab.set_defaults(func=cmd_ablate)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

@@ -6,6 +6,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 
+# the choices of the ablation switches (see the Config fields below)
+TEACHERS = ("momentum", "student_copy", "previous_iteration", "previous_epoch")
+CENTERINGS = ("center", "sinkhorn_knopp", "none")
+LOSSES = ("ce", "mse", "infonce")
+
 
 @dataclass
 class Config:
@@ -14,7 +19,7 @@ class Config:
     image_size: int = 64               # size images are resized to for evaluation (global crop size by default)
     global_size: int = 64              # global crop side (px)
     local_size: int = 32               # local crop side (px)
-    n_local: int = 6                   # local crops per image
+    n_local: int = 6                   # local crops per image; 0 turns multi-crop off (2 global crops)
     global_scale: tuple = (0.4, 1.0)
     local_scale: tuple = (0.05, 0.4)
     # model
@@ -47,6 +52,12 @@ class Config:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: float = 0
     center_momentum: float = 0.9
+    # ablation switches: each paper row of the DINO / BYOL / MoCo v2 / SwAV table is a setting
+    teacher: str = "momentum"          # momentum (EMA, DINO) | student_copy | previous_iteration | previous_epoch
+    centering: str = "center"          # center (DINO) | sinkhorn_knopp (SwAV, 3 iterations) | none
+    sharpening: bool = True            # False: the teacher uses the student's temperature
+    loss: str = "ce"                   # ce (DINO) | mse (BYOL, normalised outputs) | infonce (MoCo v2)
+    predictor: bool = False            # BYOL's MLP predictor on the student's output
     # machinery
     bf16: bool = True                  # bfloat16 autocast for forward passes
     fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, explicit on CPU
@@ -90,6 +101,9 @@ class Config:
             raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.fused_attention not in ("auto", "on", "off"):
             raise ValueError(f"fused_attention must be auto, on or off, got {self.fused_attention!r}")
+        for name, allowed in (("teacher", TEACHERS), ("centering", CENTERINGS), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:

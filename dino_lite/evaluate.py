@@ -119,6 +119,22 @@ def linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1, progre
     return linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)
 
 
+def knn_and_linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1,
+                            progress=False) -> dict:
+    """Both protocols from one pass over the data: ``knn_top1`` on the L2-normalised CLS token
+    and ``linear_top1`` on CLS + mean patch token (the CLS token is the first half)."""
+    train_set, test_set = _eval_splits(cfg, data)
+    feats = {}
+    for split, dataset in (("train", train_set), ("test", test_set)):
+        feats[split] = extract_features(backbone, dataset, progress=progress, pool="cls+avg",
+                                        normalize=False, desc=f"{split} features")
+    (ftr, ltr), (fte, lte) = feats["train"], feats["test"]
+    dim = backbone.embed_dim if hasattr(backbone, "forward_features") else ftr.shape[1]
+    preds = knn_classify(F.normalize(ftr[:, :dim], dim=-1), ltr, F.normalize(fte[:, :dim], dim=-1))
+    return {"knn_top1": float((preds == lte).float().mean()),
+            "linear_top1": linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)}
+
+
 def random_init_backbone(cfg: Config, seed: int | None = None):
     """A randomly initialised backbone of the same preset: the baseline every number is read against."""
     torch.manual_seed(cfg.seed if seed is None else seed)

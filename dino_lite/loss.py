@@ -5,6 +5,9 @@ H(P_t, P_s) = -sum_k P_t[k] log P_s[k], where the student is softened by ``stude
 teacher is *centred* (a running mean C is subtracted) and *sharpened* (a low ``teacher_temp``).
 Centering alone pushes P_t towards uniform, sharpening alone towards one-hot; together they
 balance, which is what keeps DINO from collapsing.
+
+The ablation table swaps parts of this: SwAV's Sinkhorn-Knopp equipartition for the center, and
+BYOL's MSE or MoCo v2's InfoNCE for the cross-entropy (``DINOLoss(centering=..., loss=...)``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .config import CENTERINGS, LOSSES
 from .schedules import teacher_temperature_schedule
+
+
+def _pairs(n_teacher, n_student):
+    """Every (teacher view, student view) pair of *different* views; the same crop seen by
+    both would be trivially matched, so it is skipped."""
+    return [(t, s) for t in range(n_teacher) for s in range(n_student) if s != t]
+
+
+def cross_entropy_loss(student_logits, targets, student_temp=0.1):
+    """Mean over view pairs of H(target_t, softmax(student_s / student_temp))."""
+    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_logits]
+    pairs = _pairs(len(targets), len(log_probs))
+    if not pairs:
+        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
+    return sum((-(targets[t] * log_probs[s]).sum(-1)).mean() for t, s in pairs) / len(pairs)
 
 
 def dino_loss(student_logits, teacher_logits, center, student_temp=0.1, teacher_temp=0.04):
@@ -27,17 +46,70 @@ def dino_loss(student_logits, teacher_logits, center, student_temp=0.1, teacher_
     """
     targets = [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1)
                for t in teacher_logits]
-    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_logits]
-    total, pairs = 0.0, 0
-    for ti, p_t in enumerate(targets):
-        for si, log_p_s in enumerate(log_probs):
-            if si == ti:          # same crop seen by both: trivially matched, skip it
-                continue
-            total = total + (-(p_t * log_p_s).sum(-1)).mean()
-            pairs += 1
-    if pairs == 0:
-        raise ValueError("dino_loss needs at least two views (one teacher and one other student view)")
-    return total / pairs
+    return cross_entropy_loss(student_logits, targets, student_temp)
+
+
+def mse_loss(student_out, teacher_out):
+    """BYOL's loss: squared distance of L2-normalised outputs (= 2 - 2 cos), over view pairs."""
+    pairs = _pairs(len(teacher_out), len(student_out))
+    if not pairs:
+        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
+    s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
+    t_n = [F.normalize(t.detach().float(), dim=-1) for t in teacher_out]
+    return sum(((s_n[s] - t_n[t]) ** 2).sum(-1).mean() for t, s in pairs) / len(pairs)
+
+
+def _all_gather(x):
+    """Concatenate ``x`` from every process (no gradient); this process's rows come at
+    ``rank * len(x)``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts), dist.get_rank() * len(x)
+
+
+def info_nce_loss(student_out, teacher_out, temperature=0.2):
+    """MoCo v2's contrastive loss: the student view must pick its own image's teacher view out
+    of the teacher's whole (global) batch; the other images are the negatives."""
+    pairs = _pairs(len(teacher_out), len(student_out))
+    if not pairs:
+        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
+    s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
+    gathered = [_all_gather(F.normalize(t.detach().float(), dim=-1)) for t in teacher_out]
+    total = 0.0
+    for t, s in pairs:
+        keys, offset = gathered[t]
+        labels = torch.arange(len(s_n[s]), device=keys.device) + offset
+        total = total + F.cross_entropy(s_n[s] @ keys.T / temperature, labels)
+    return total / len(pairs)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits, temp=0.04, iterations=3):
+    """SwAV's targets: ``exp(logits / temp)`` rescaled so that every prototype receives an equal
+    share of the (global) batch and every image's row sums to one. This equipartition replaces
+    centering as the force against collapse."""
+    logits = teacher_logits.float() / temp
+    peak = logits.max()
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    q = torch.exp(logits - peak).T                      # [K, batch]
+    batch = torch.tensor(float(q.shape[1]), device=q.device)
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(batch)
+        dist.all_reduce(total)
+    q /= total
+    k = q.shape[0]
+    for _ in range(iterations):
+        rows = q.sum(1, keepdim=True)                   # mass per prototype
+        if distributed:
+            dist.all_reduce(rows)
+        q /= rows * k
+        q /= q.sum(0, keepdim=True) * batch             # mass per image
+    return (q * batch).T
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -50,25 +122,53 @@ class DINOLoss(nn.Module):
 
     ``forward`` returns the loss for one step and updates the center afterwards with
     ``C <- m C + (1 - m) mean(teacher logits)``, averaged over all processes when distributed.
+
+    The ablation switches: ``centering`` is ``"center"`` (DINO), ``"sinkhorn_knopp"`` (SwAV's
+    equipartition, 3 iterations, instead of the center) or ``"none"``; ``sharpening=False`` gives
+    the teacher the student's temperature; ``loss`` is ``"ce"`` (DINO), ``"mse"`` (BYOL) or
+    ``"infonce"`` (MoCo v2). MSE and InfoNCE compare the outputs directly, so centering and
+    temperatures do not enter them (the center is still tracked for the diagnostics).
     """
 
     def __init__(self, out_dim, total_steps, warmup_teacher_temp=0.04, teacher_temp=0.04,
-                 warmup_teacher_temp_steps=0, student_temp=0.1, center_momentum=0.9):
+                 warmup_teacher_temp_steps=0, student_temp=0.1, center_momentum=0.9,
+                 centering="center", sharpening=True, loss="ce"):
         super().__init__()
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering, self.loss = centering, loss
         self.register_buffer("center", torch.zeros(1, out_dim))
+        if not sharpening:
+            warmup_teacher_temp = teacher_temp = student_temp
         self.teacher_temps = teacher_temperature_schedule(
             warmup_teacher_temp, teacher_temp, total_steps, warmup_teacher_temp_steps)
 
     def teacher_temp(self, step: int) -> float:
         return float(self.teacher_temps[min(step, len(self.teacher_temps) - 1)])
 
+    @torch.no_grad()
+    def targets(self, teacher_logits, step: int):
+        """The teacher's distributions P_t, one ``[batch, K]`` tensor per global view."""
+        temp = self.teacher_temp(step)
+        if self.centering == "sinkhorn_knopp":
+            return [sinkhorn_knopp(t, temp) for t in teacher_logits]
+        center = self.center if self.centering == "center" else 0.0
+        return [F.softmax((t.float() - center) / temp, dim=-1) for t in teacher_logits]
+
     def forward(self, student_logits, teacher_logits, step: int):
-        loss = dino_loss(student_logits, teacher_logits, self.center, self.student_temp,
-                         self.teacher_temp(step))
+        if self.loss == "mse":
+            loss = mse_loss(student_logits, teacher_logits)
+        elif self.loss == "infonce":
+            loss = info_nce_loss(student_logits, teacher_logits)
+        else:
+            loss = cross_entropy_loss(student_logits, self.targets(teacher_logits, step),
+                                      self.student_temp)
         self.update_center(teacher_logits)
         return loss
 
@@ -84,15 +184,24 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def diagnostics(self, student_logits, teacher_logits, step: int) -> dict:
-        """Teacher entropy and KL(teacher || student), the two curves of the paper's Fig. 7.
+        """Teacher entropy and KL(teacher || student), the two curves of the paper's Fig. 7, and
+        the entropy of the batch-mean teacher distribution. A collapsed teacher says the same
+        thing for every image, so the two entropies meet: both at ln K (uniform collapse) or
+        both near 0 (one prototype wins); a healthy one is sharp per image, spread over the batch.
 
-        Call it *before* ``forward`` so that it sees the center the loss used.
+        Call it *before* ``forward`` so that it sees the center the loss used. For the MSE and
+        InfoNCE losses the teacher's distribution is the centred, sharpened softmax DINO would
+        use: a probe of how much the teacher's outputs still tell images apart.
         """
-        p_t = [F.softmax((t.float() - self.center) / self.teacher_temp(step), -1)
-               for t in teacher_logits]
+        if self.loss == "ce":
+            p_t = self.targets(teacher_logits, step)
+        else:
+            p_t = [F.softmax((t.float() - self.center) / self.teacher_temp(step), -1)
+                   for t in teacher_logits]
         log_p_s = [F.log_softmax(s.float() / self.student_temp, -1) for s in student_logits]
         ent = torch.stack([entropy(p) for p in p_t]).mean()
-        kls = [(p * (torch.log(p.clamp_min(1e-12)) - log_p_s[i])).sum(-1).mean()
-               for j, p in enumerate(p_t) for i in range(len(log_p_s)) if i != j]
-        return {"teacher_entropy": float(ent), "kl": float(torch.stack(kls).mean()),
-                "max_entropy": float(np.log(p_t[0].shape[-1]))}
+        batch_ent = torch.stack([entropy(p.mean(0, keepdim=True)) for p in p_t]).mean()
+        kls = [(p_t[t] * (torch.log(p_t[t].clamp_min(1e-12)) - log_p_s[s])).sum(-1).mean()
+               for t, s in _pairs(len(p_t), len(log_p_s))]
+        return {"teacher_entropy": float(ent), "teacher_batch_entropy": float(batch_ent),
+                "kl": float(torch.stack(kls).mean()), "max_entropy": float(np.log(p_t[0].shape[-1]))}

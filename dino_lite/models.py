@@ -107,15 +107,21 @@ class DINOHead(nn.Module):
             return self.last_layer(F.normalize(x.float(), dim=-1))
 
 
-class MultiCropWrapper(nn.Module):
-    """Backbone + head over a list of crops: one backbone pass per run of same-size crops.
+def predictor_mlp(dim, hidden_dim):
+    """BYOL's predictor: a 2-layer MLP with BatchNorm, from the output space back to itself.
+    Only the student has one, so the student must *predict* the teacher rather than copy it."""
+    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
+                         nn.Linear(hidden_dim, dim))
 
-    Returns one ``[batch, K]`` logits tensor per crop, in the order the crops were given.
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
+    of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given.
     """
 
-    def __init__(self, backbone, head):
+    def __init__(self, backbone, head, predictor=None):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.predictor = backbone, head, predictor
 
     def forward(self, crops):
         feats, start = [], 0
@@ -125,7 +131,11 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             feats.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        return self.head(torch.cat(feats)).chunk(len(crops))
+        out = self.head(torch.cat(feats))
+        if self.predictor is not None:
+            with torch.autocast(out.device.type, enabled=False):
+                out = self.predictor(out)
+        return out.chunk(len(crops))
 
 
 def use_fused_attention(cfg) -> bool:
@@ -143,6 +153,8 @@ def build_student_teacher(cfg):
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
     student = MultiCropWrapper(backbone, head)
     teacher = copy.deepcopy(student)
+    if cfg.predictor:
+        student.predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden)
     for p in teacher.parameters():
         p.requires_grad_(False)
     for m in teacher.modules():           # the teacher averages the student; it does not drop paths
@@ -153,9 +165,13 @@ def build_student_teacher(cfg):
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
-    """EMA step: theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter."""
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
+    """EMA step: theta_t <- m * theta_t + (1 - m) * theta_s, for every teacher parameter
+    (matched by name; the student's predictor has no teacher counterpart). m = 0 copies."""
+    student_params = dict(student.named_parameters())
+    t_params, s_params = [], []
+    for name, p in teacher.named_parameters():
+        t_params.append(p)
+        s_params.append(student_params[name].detach())
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 

@@ -3,6 +3,8 @@
 One step: the teacher sees the 2 global crops, the student sees all crops; the loss compares
 every teacher view with every *other* student view; the student takes an AdamW step; the teacher
 moves towards the student by EMA; the center moves towards the mean teacher output.
+``cfg.teacher`` swaps the EMA for the paper's other teachers (student copy, previous iteration,
+previous epoch); see :meth:`DINOTrainer.teacher_momentum`.
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
     }
 
 
+def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
+    """The loss module of ``cfg``: temperatures, center and the ablation switches."""
+    return DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                    sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
+                    cfg.centering, cfg.sharpening, cfg.loss)
+
+
 class DINOTrainer:
     """Everything one run needs; ``run()`` trains until the step budget is spent."""
 
@@ -134,9 +143,7 @@ class DINOTrainer:
             if cfg.minutes:
                 self.total_steps = min(self.total_steps, self._steps_that_fit(cfg.minutes))
         self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size)
-        self.loss_fn = DINOLoss(cfg.out_dim, self.total_steps, cfg.warmup_teacher_temp,
-                                cfg.teacher_temp, self.sched["teacher_temp_warmup"],
-                                cfg.out_temp_student, cfg.center_momentum).to(self.device)
+        self.loss_fn = build_loss(cfg, self.total_steps, self.sched).to(self.device)
         self.step = 0
         if ckpt is not None:
             self.student.load_state_dict(ckpt["student"])
@@ -170,12 +177,13 @@ class DINOTrainer:
             student_out = (self.student_ddp if student is self.student else student)(views)
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
-        logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["kl"]])
+        logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
+                               stats["kl"]])
         if self.world > 1:                      # log the global batch's means; stop on every rank
             logged = logged.to(self.device)
             dist.all_reduce(logged)
             logged = logged.cpu() / self.world
-        loss_value, stats["teacher_entropy"], stats["kl"] = logged.tolist()
+        loss_value, stats["teacher_entropy"], stats["teacher_batch_entropy"], stats["kl"] = logged.tolist()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {step}; training stopped. The last good checkpoint "
@@ -187,12 +195,29 @@ class DINOTrainer:
         if step < self.sched["freeze_last_layer"]:
             for p in student.head.last_layer.parameters():
                 p.grad = None
+        if self.cfg.teacher == "previous_iteration":    # the teacher keeps this step's weights
+            update_teacher(student, teacher, 0.0)
         optimizer.step()
-        momentum = float(self.sched["momentum"][step])
-        update_teacher(student, teacher, momentum)
+        momentum = self.teacher_momentum(step)
+        if momentum < 1.0:
+            update_teacher(student, teacher, momentum)
         return {"step": step, "loss": loss_value, "lr": float(self.sched["lr"][step]),
                 "wd": float(self.sched["wd"][step]), "momentum": momentum,
                 "teacher_temp": loss_fn.teacher_temp(step), **stats}
+
+    def teacher_momentum(self, step: int) -> float:
+        """The EMA coefficient applied to the teacher after ``step``: the cosine schedule for the
+        momentum teacher; 0 (copy the student) every step for ``student_copy`` and at the end of
+        each epoch for ``previous_epoch``; 1 (keep) otherwise. ``previous_iteration`` copies the
+        student *before* its update instead, so the teacher always lags one step."""
+        teacher = self.cfg.teacher
+        if teacher == "momentum":
+            return float(self.sched["momentum"][step])
+        if teacher == "student_copy":
+            return 0.0
+        if teacher == "previous_epoch" and (step + 1) % self.steps_per_epoch == 0:
+            return 0.0
+        return 1.0
 
     def _steps_that_fit(self, minutes):
         """Time a few throw-away steps on copies of the models and extrapolate to the budget."""
@@ -201,7 +226,7 @@ class DINOTrainer:
         optimizer = build_optimizer(self.cfg, student)
         n = sum(PROBE_STEPS)
         self.sched = make_schedules(self.cfg, n, self.cfg.batch_size)
-        loss_fn = DINOLoss(self.cfg.out_dim, n).to(self.device)
+        loss_fn = build_loss(self.cfg, n, self.sched).to(self.device)
         self.sampler.set_epoch(0)
         it = iter(self.loader)
         t0 = None

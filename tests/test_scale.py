@@ -56,6 +56,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     assert max(diffs) < 1e-3, diffs
 
 
+@pytest.mark.parametrize("switch", ["centering=sinkhorn_knopp", "loss=infonce"])
+def test_global_batch_losses_match_across_processes(switch, tiny_folder, tmp_path):
+    """Sinkhorn-Knopp's equipartition and InfoNCE's negatives span the global batch: with the
+    rows split over 2 processes the losses equal the 1-process run's."""
+    args = _train_cmd(tiny_folder, tmp_path / "two", 4) + NO_BN_FP32 + ["--set", switch]
+    r = _torchrun(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    main(_train_cmd(tiny_folder, tmp_path / "one", 4) + NO_BN_FP32 + ["--set", switch])
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert len(two) == 4
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-3
+
+
 def test_cpu_demo_on_two_processes_tracks_one_process(tmp_path):
     """The cpu-demo preset itself (conv stem and head with BatchNorm, whose statistics are per
     process on CPU: SyncBatchNorm is GPU-only) stays within a small tolerance of 1 process."""

@@ -1,0 +1,196 @@
+"""The paper's ablation table in miniature: DINO and the variants that amount to BYOL, MoCo v2
+and SwAV, each a set of config switches, trained with the same seed and budget.
+
+Every row is trained into ``OUT/<row>/``, then scored by k-NN and a linear probe on the teacher
+backbone, and judged *collapsed* when the teacher's output no longer depends on the image (see
+:func:`collapse_verdict`). Finished rows are kept in ``OUT/<row>/result.json`` and reused, so an
+interrupted table continues where it stopped; rows with the same configuration are run once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config, make_config
+from .evaluate import knn_accuracy, knn_and_linear_accuracy, random_init_backbone
+
+# name -> config overrides. The first nine are the paper's ablation rows (Mom. / SK / MC / Loss /
+# Pred.), the last four its teacher variants (the momentum row is DINO itself).
+ROWS: dict[str, dict] = {
+    "dino": {},
+    "no_momentum": {"teacher": "student_copy"},
+    "sinkhorn_knopp": {"centering": "sinkhorn_knopp"},
+    "no_multicrop": {"n_local": 0},
+    "mse": {"loss": "mse"},
+    "predictor": {"predictor": True},
+    "byol": {"n_local": 0, "loss": "mse", "predictor": True},
+    "moco_v2": {"n_local": 0, "loss": "infonce"},
+    "swav": {"teacher": "student_copy", "centering": "sinkhorn_knopp"},
+    "teacher_student_copy": {"teacher": "student_copy"},
+    "teacher_previous_iteration": {"teacher": "previous_iteration"},
+    "teacher_previous_epoch": {"teacher": "previous_epoch"},
+    "teacher_momentum": {},
+}
+
+# the paper's numbers (ViT-S, 300 epochs, ImageNet): k-NN and linear top-1 in %; None = not given
+PAPER: dict[str, tuple] = {
+    "dino": (72.8, 76.1), "no_momentum": (0.1, 0.1), "sinkhorn_knopp": (72.2, 76.0),
+    "no_multicrop": (67.9, 72.5), "mse": (52.6, 62.4), "predictor": (71.8, 75.6),
+    "byol": (66.6, 71.4), "moco_v2": (62.0, 71.6), "swav": (64.7, 71.8),
+    "teacher_student_copy": (0.1, None), "teacher_previous_iteration": (0.1, None),
+    "teacher_previous_epoch": (66.6, None), "teacher_momentum": (72.8, None),
+}
+
+COLLAPSE_INFORMATION = 0.1    # collapsed: the teacher tells images apart by less than 10% of ln K
+
+
+def parse_rows(text: str) -> list[str]:
+    """``"all"`` or a comma-separated list of row names."""
+    names = list(ROWS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or not names:
+        raise ValueError(f"unknown ablation rows {unknown or text!r}; choose 'all' or from {list(ROWS)}")
+    return names
+
+
+def row_config(base: Config, name: str) -> Config:
+    """``base`` with the row's switches applied (and validated)."""
+    return Config.from_dict({**base.to_dict(), **ROWS[name], "name": f"{base.name}-{name}"}).validate()
+
+
+def collapse_verdict(history: list[dict], tail: float = 0.1) -> bool:
+    """Collapsed when, over the last ``tail`` of the run, the entropy of the batch-mean teacher
+    distribution exceeds the mean per-image entropy by less than 10% of ln K: the teacher gives
+    (almost) every image the same distribution, be it uniform or one-hot. This difference is
+    the mutual information between image and teacher prototype within a batch."""
+    last = history[-max(1, int(len(history) * tail)):]
+    info = sum(r["teacher_batch_entropy"] - r["teacher_entropy"] for r in last) / len(last)
+    return info < COLLAPSE_INFORMATION * last[-1]["max_entropy"]
+
+
+def notebook_base(steps: int, repo_root=".."):
+    """The small-budget base of notebooks 04 and 07: the tinyimagenet recipe for ``steps`` steps
+    on ``../shared/data/tinyimagenet-dev20`` when that folder exists (real photos, where the
+    claims are checked), else the cpu-demo recipe on the embedded shapes. Returns
+    ``(config, on_real_data)``."""
+    data = Path(repo_root) / make_config("tinyimagenet").data
+    if data.is_dir():
+        return make_config("tinyimagenet", dict(data=str(data), max_steps=steps)), True
+    print(f"{data} is absent: using the embedded shapes instead (the claims are not checked)")
+    return make_config("cpu-demo", dict(minutes=None, max_steps=steps)), False
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True,
+            on_step=None) -> dict:
+    """Train one row and score it. With ``eval_every`` the teacher's k-NN is also measured
+    every that many steps (on at most ``knn_max_train`` training images) for the curves."""
+    from .train import DINOTrainer
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    curve = []
+
+    def hook(rec):
+        if on_step:
+            on_step(rec)
+        step = rec["step"] + 1
+        if eval_every and (step % eval_every == 0 or step == trainer.total_steps):
+            backbone, rng = trainer.teacher.backbone, torch.get_rng_state()
+            acc = knn_accuracy(backbone, cfg, max_train=knn_max_train)
+            backbone.train()
+            torch.set_rng_state(rng)
+            curve.append([step, acc])
+
+    trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook)
+    if eval_every:
+        curve.append([0, knn_accuracy(trainer.teacher.backbone, cfg, max_train=knn_max_train)])
+        trainer.teacher.backbone.train()
+    history = trainer.run()
+    train_minutes = (time.perf_counter() - start) / 60
+    scores = knn_and_linear_accuracy(trainer.teacher.backbone, cfg)
+    keep = ("step", "loss", "teacher_entropy", "teacher_batch_entropy", "kl")
+    return {**scores, "collapsed": collapse_verdict(history), "steps": trainer.step,
+            "train_minutes": round(train_minutes, 2),
+            "final_teacher_entropy": history[-1]["teacher_entropy"],
+            "max_entropy": history[-1]["max_entropy"], "knn_curve": curve,
+            "history": [{k: r[k] for k in keep} for r in history], "config": cfg.to_dict()}
+
+
+def _switches(cfg: Config) -> dict:
+    return {"teacher": cfg.teacher, "centering": cfg.centering, "multi_crop": cfg.n_local > 0,
+            "loss": cfg.loss, "predictor": cfg.predictor}
+
+
+def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=None,
+                 progress=True) -> dict:
+    """Train and score every row of ``rows`` with ``base``'s seed and budget; returns the table
+    (also written to ``OUT/ablation.json`` and ``OUT/ablation.md``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    def key(config: dict) -> str:       # a run is identified by its configuration (not its name)
+        return json.dumps({**config, "name": None, "eval_every": eval_every}, sort_keys=True)
+
+    saved = {}                          # results already in OUT, from this or another table
+    for path in sorted(out_dir.glob("*/result.json")):
+        result = json.loads(path.read_text())
+        if result.get("eval_every") == eval_every:
+            saved.setdefault(key(result["config"]), (path, result))
+    done: dict[str, dict] = {}          # so that identical rows run once
+    table = []
+    for i, name in enumerate(rows):
+        cfg = row_config(base, name)
+        k = key(cfg.to_dict())
+        if k not in done and k in saved:
+            print(f"[{i + 1}/{len(rows)}] {name}: reusing {saved[k][0]}")
+            done[k] = saved[k][1]
+        if k not in done:
+            print(f"[{i + 1}/{len(rows)}] {name}: {ROWS[name] or 'the DINO recipe'}")
+            done[k] = {**run_row(cfg, out_dir / name, eval_every, knn_max_train, progress),
+                       "eval_every": eval_every}
+            _write_json(out_dir / name / "result.json", done[k])
+        result = done[k]
+        paper_knn, paper_linear = PAPER[name]
+        table.append({"name": name, "knn_top1": result["knn_top1"],
+                      "linear_top1": result["linear_top1"], "collapsed": result["collapsed"],
+                      "steps": result["steps"], "train_minutes": result["train_minutes"],
+                      **_switches(cfg), "paper_knn": paper_knn, "paper_linear": paper_linear,
+                      "knn_curve": result["knn_curve"], "history": result["history"],
+                      "max_entropy": result["max_entropy"]})
+    random_init = knn_and_linear_accuracy(random_init_backbone(base), base)
+    summary = {"data": base.data, "preset": base.name, "seed": base.seed, "minutes": base.minutes,
+               "max_steps": base.max_steps, "random_init": random_init, "rows": table}
+    _write_json(out_dir / "ablation.json", summary)
+    (out_dir / "ablation.md").write_text(markdown_table(summary))
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """Our numbers beside the paper's, one line per row, plus the random-init baseline."""
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    def paper(x):
+        return "-" if x is None else f"{x:.1f}"
+    lines = ["| Row | Teacher | SK | MC | Loss | Pred. | steps | k-NN | Linear | collapsed "
+             "| paper k-NN | paper Linear |",
+             "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for r in summary["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['teacher']} | {'yes' if r['centering'] == 'sinkhorn_knopp' else 'no'} "
+            f"| {'yes' if r['multi_crop'] else 'no'} | {r['loss']} | {'yes' if r['predictor'] else 'no'} "
+            f"| {r['steps']} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} "
+            f"| {'yes' if r['collapsed'] else 'no'} | {paper(r['paper_knn'])} | {paper(r['paper_linear'])} |")
+    ri = summary["random_init"]
+    lines.append(f"| random init | - | - | - | - | - | 0 | {pct(ri['knn_top1'])} "
+                 f"| {pct(ri['linear_top1'])} | - | - | - |")
+    return "\n".join(lines) + "\n"
