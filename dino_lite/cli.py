@@ -141,7 +141,7 @@ def cmd_ablate(args):
     print((out / "ablation.md").read_text())
     print(f"table: {out / 'ablation.md'} and {out / 'ablation.json'}")
     if args.json:
-        keep = ("name", "knn_top1", "linear_top1", "collapsed", "steps")
+        keep = ("name", "knn_top1", "linear_top1", "collapsed", "information", "steps")
         print(json.dumps({"rows": [{k: r[k] for k in keep} for r in summary["rows"]],
                           "random_init": summary["random_init"], "data": cfg.data,
                           "table": str(out / "ablation.md")}))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
-from dino_lite.ablate import ROWS, collapse_verdict, parse_rows, row_config
+from dino_lite.ablate import ROWS, collapse_verdict, parse_rows, row_config, teacher_information
 from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.loss import DINOLoss, info_nce_loss, mse_loss, sinkhorn_knopp
@@ -155,6 +155,7 @@ def test_collapse_verdict_reads_the_two_teacher_entropies():
     assert collapse_verdict([rec(0.01, 0.02)] * 10)                 # one prototype for every image
     assert not collapse_verdict([rec(1.0, 3.5)] * 10)               # sharp per image, spread over the batch
     assert collapse_verdict([rec(1.0, 3.5)] * 9 + [rec(ln_k, ln_k)])   # judged on the end of the run
+    assert teacher_information([rec(1.0, 3.5)] * 18 + [rec(1.0, 2.0), rec(2.0, 4.0)]) == pytest.approx(1.5)
 
 
 def test_rows_cover_the_paper_table_and_teacher_variants():
