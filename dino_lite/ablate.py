@@ -98,8 +98,7 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True,
-            on_step=None) -> dict:
+def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True) -> dict:
     """Train one row and score it. With ``eval_every`` the teacher's k-NN is also measured
     every that many steps (on at most ``knn_max_train`` training images) for the curves."""
     from .train import DINOTrainer
@@ -108,8 +107,6 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
     curve = []
 
     def hook(rec):
-        if on_step:
-            on_step(rec)
         step = rec["step"] + 1
         if eval_every and (step % eval_every == 0 or step == trainer.total_steps):
             backbone, rng = trainer.teacher.backbone, torch.get_rng_state()
@@ -128,7 +125,6 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
     keep = ("step", "loss", "teacher_entropy", "teacher_batch_entropy", "kl")
     return {**scores, "collapsed": collapse_verdict(history), "steps": trainer.step,
             "train_minutes": round(train_minutes, 2),
-            "final_teacher_entropy": history[-1]["teacher_entropy"],
             "max_entropy": history[-1]["max_entropy"], "knn_curve": curve,
             "history": [{k: r[k] for k in keep} for r in history], "config": cfg.to_dict()}
 
