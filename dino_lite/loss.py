@@ -25,15 +25,16 @@ from .schedules import teacher_temperature_schedule
 def _pairs(n_teacher, n_student):
     """Every (teacher view, student view) pair of *different* views; the same crop seen by
     both would be trivially matched, so it is skipped."""
-    return [(t, s) for t in range(n_teacher) for s in range(n_student) if s != t]
+    pairs = [(t, s) for t in range(n_teacher) for s in range(n_student) if s != t]
+    if not pairs:
+        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
+    return pairs
 
 
 def cross_entropy_loss(student_logits, targets, student_temp=0.1):
     """Mean over view pairs of H(target_t, softmax(student_s / student_temp))."""
     log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_logits]
     pairs = _pairs(len(targets), len(log_probs))
-    if not pairs:
-        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
     return sum((-(targets[t] * log_probs[s]).sum(-1)).mean() for t, s in pairs) / len(pairs)
 
 
@@ -52,8 +53,6 @@ def dino_loss(student_logits, teacher_logits, center, student_temp=0.1, teacher_
 def mse_loss(student_out, teacher_out):
     """BYOL's loss: squared distance of L2-normalised outputs (= 2 - 2 cos), over view pairs."""
     pairs = _pairs(len(teacher_out), len(student_out))
-    if not pairs:
-        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
     s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
     t_n = [F.normalize(t.detach().float(), dim=-1) for t in teacher_out]
     return sum(((s_n[s] - t_n[t]) ** 2).sum(-1).mean() for t, s in pairs) / len(pairs)
@@ -73,8 +72,6 @@ def info_nce_loss(student_out, teacher_out, temperature=0.2):
     """MoCo v2's contrastive loss: the student view must pick its own image's teacher view out
     of the teacher's whole (global) batch; the other images are the negatives."""
     pairs = _pairs(len(teacher_out), len(student_out))
-    if not pairs:
-        raise ValueError("the loss needs at least two views (one teacher and one other student view)")
     s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
     gathered = [_all_gather(F.normalize(t.detach().float(), dim=-1)) for t in teacher_out]
     total = 0.0
