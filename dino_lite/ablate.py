@@ -106,19 +106,20 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
     start = time.perf_counter()
     curve = []
 
+    def record(step):
+        curve.append([step, knn_accuracy(trainer.teacher.backbone, cfg, max_train=knn_max_train)])
+        trainer.teacher.backbone.train()
+
     def hook(rec):
         step = rec["step"] + 1
         if eval_every and (step % eval_every == 0 or step == trainer.total_steps):
-            backbone, rng = trainer.teacher.backbone, torch.get_rng_state()
-            acc = knn_accuracy(backbone, cfg, max_train=knn_max_train)
-            backbone.train()
+            rng = torch.get_rng_state()     # so that measuring does not change the training run
+            record(step)
             torch.set_rng_state(rng)
-            curve.append([step, acc])
 
     trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook)
     if eval_every:
-        curve.append([0, knn_accuracy(trainer.teacher.backbone, cfg, max_train=knn_max_train)])
-        trainer.teacher.backbone.train()
+        record(0)
     history = trainer.run()
     train_minutes = (time.perf_counter() - start) / 60
     scores = knn_and_linear_accuracy(trainer.teacher.backbone, cfg)
