@@ -124,6 +124,25 @@ def gaussian_blur(x, g, p, sigma=(0.1, 2.0)):
     return y.reshape(n, 3, hgt, wid)
 
 
+def random_rotation(x, g, degrees):
+    """Rotate each image by its own angle in [-degrees, degrees] about its centre; the border is
+    filled by reflection, so no black corners tell the network how much a view was turned."""
+    n = len(x)
+    angle = _uniform(n, -degrees, degrees, g, x.device) * math.pi / 180
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def invert_channels(x, g, p):
+    """Invert each colour channel of each image (c -> 1 - c) with probability ``p``: whether the
+    object is lighter or darker than its surround then changes from view to view."""
+    on = torch.stack([_bernoulli(len(x), p, g, x.device) for _ in range(3)], 1).view(-1, 3, 1, 1)
+    return torch.where(on, 1 - x, x)
+
+
 def solarize(x, g, p):
     on = _bernoulli(len(x), p, g, x.device).view(-1, 1, 1, 1)
     return torch.where(on & (x >= 0.5), 1 - x, x)
@@ -135,13 +154,24 @@ def normalize(x):
     return (x - mean) / std
 
 
-def photometric(views, generator: BatchRandom):
-    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches."""
+def photometric(views, generator: BatchRandom, jitter=(0.4, 0.4, 0.2, 0.1), rotation=0.0,
+                invert=0.0):
+    """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches.
+
+    ``jitter`` is (brightness, contrast, saturation, hue), the paper's by default. Two knobs the
+    paper does not have, both off by default, widen the invariances the views teach: ``rotation``
+    (degrees) turns every view by its own random angle first, ``invert`` flips each colour channel
+    of a view with that probability after the jitter.
+    """
     out = []
     for i, v in enumerate(views):
         blur_p, solar_p = POLICY["global1" if i == 0 else "global2" if i == 1 else "local"]
         x = v.float() / 255
-        x = colour_jitter(x, generator)
+        if rotation:
+            x = random_rotation(x, generator, rotation)
+        x = colour_jitter(x, generator, *jitter)
+        if invert:
+            x = invert_channels(x, generator, invert)
         x = random_grayscale(x, generator)
         x = gaussian_blur(x, generator, blur_p)
         if solar_p:

@@ -22,6 +22,9 @@ class Config:
     n_local: int = 6                   # local crops per image; 0 turns multi-crop off (2 global crops)
     global_scale: tuple = (0.4, 1.0)
     local_scale: tuple = (0.05, 0.4)
+    colour_jitter: tuple = (0.4, 0.4, 0.2, 0.1)   # brightness, contrast, saturation, hue (p = 0.8)
+    invert: float = 0.0                # probability of inverting each colour channel of a view (0: off)
+    rotation: float = 0.0              # each view turned by a random angle in [-r, r] degrees (0: off)
     # model
     arch: str = "vit_tiny"             # vit_mini | vit_tiny | vit_small | vit_base | resnet18 | resnet50
     patch_size: int = 8
@@ -104,6 +107,13 @@ class Config:
         for name, allowed in (("teacher", TEACHERS), ("centering", CENTERINGS), ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if len(self.colour_jitter) != 4 or min(self.colour_jitter) < 0 or self.colour_jitter[3] > 0.5:
+            raise ValueError("colour_jitter is (brightness, contrast, saturation, hue), all >= 0 and "
+                             f"hue <= 0.5, got {self.colour_jitter}")
+        if not 0 <= self.invert <= 1:
+            raise ValueError(f"invert is a probability in [0, 1], got {self.invert}")
+        if not 0 <= self.rotation <= 180:
+            raise ValueError(f"rotation is a largest angle in degrees in [0, 180], got {self.rotation}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:

@@ -166,7 +166,8 @@ class DINOTrainer:
         rows = slice(self.rank * local, (self.rank + 1) * local)
         # one draw for the global batch, the same on every rank (the trailing 0 keeps the
         # augmentations, hence the results, of single-process runs made before scale-out)
-        views = photometric(views, BatchRandom(seed_for(self.cfg.seed, step, 0), rows, local * self.world))
+        views = photometric(views, BatchRandom(seed_for(self.cfg.seed, step, 0), rows, local * self.world),
+                            self.cfg.colour_jitter, self.cfg.rotation, self.cfg.invert)
         for group in optimizer.param_groups:
             group["lr"] = float(self.sched["lr"][step])
             if not group.get("no_decay"):

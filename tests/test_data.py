@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dino_lite.augment import BatchRandom, MultiCrop, photometric
+from dino_lite.augment import BatchRandom, MultiCrop, invert_channels, photometric, random_rotation
+from dino_lite.config import make_config
 from dino_lite.data import EpochSampler, ImageFolder, ImageLoadError, build_dataset, load_rgb
 from dino_lite.shapes import CLASSES, generate, render
 
@@ -94,6 +95,39 @@ def test_photometric_is_seeded_and_normalised():
     assert not torch.equal(a[0], c[0])
     assert a[2].shape == (8, 3, 16, 16) and a[0].dtype == torch.float32
     assert -2.2 < float(a[0].min()) and float(a[0].max()) < 2.7       # ImageNet-normalised range
+
+
+def test_rotation_turns_the_image_and_zero_degrees_is_identity():
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(random_rotation(x, BatchRandom(0), 0.0), x, atol=1e-5)
+    # with every angle drawn in [90, 90] the result is a quarter turn (pixel centres map exactly)
+    g = BatchRandom(0)
+    g.rand = lambda n: torch.ones(n)            # the largest angle, +90 degrees, for every image
+    turned = random_rotation(x, g, 90.0)
+    assert torch.allclose(turned, torch.rot90(x, 1, (2, 3)), atol=1e-4)
+    assert not torch.allclose(turned, x, atol=1e-2)
+
+
+def test_invert_channels_flips_exactly_the_drawn_channels():
+    x = torch.rand(6, 3, 8, 8)
+    assert torch.equal(invert_channels(x, BatchRandom(0), 0.0), x)
+    assert torch.allclose(invert_channels(x, BatchRandom(0), 1.0), 1 - x)
+    y = invert_channels(x, BatchRandom(1), 0.5)
+    flipped = torch.isclose(y, 1 - x).all(-1).all(-1) & ~torch.isclose(y, x).all(-1).all(-1)
+    kept = torch.equal(y[~flipped], x[~flipped])
+    assert kept and 0 < int(flipped.sum()) < 18          # some channels flipped, the rest untouched
+
+
+def test_augmentation_knobs_are_validated_and_off_by_default():
+    views = [torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8) for _ in range(2)]
+    default = photometric(views, BatchRandom(2))
+    explicit = photometric(views, BatchRandom(2), (0.4, 0.4, 0.2, 0.1), 0.0, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit))
+    cfg = make_config("cpu-demo")
+    assert cfg.rotation == 0 and cfg.invert == 0 and cfg.colour_jitter == (0.4, 0.4, 0.2, 0.1)
+    for bad in ("invert=1.5", "rotation=-1", "colour_jitter=0.4,0.4,0.2", "colour_jitter=0.4,0.4,0.2,0.7"):
+        with pytest.raises(ValueError):
+            make_config("cpu-demo", sets=[bad])
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_order():
