@@ -28,10 +28,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
 
-# Re-execute every notebook from its .py twin, store the outputs (figures) in the .ipynb and
+# Re-execute every notebook from its .py twin, store the fresh outputs (figures) in the .ipynb
+# (no --update: it would keep the old outputs) and
 # refresh the README's notebook thumbnails in docs/.
 notebooks: $(VENV)/.installed-dev
-	for nb in notebooks/*.py; do $(BIN)/jupytext --to ipynb --update --execute $$nb || exit 1; done
+	for nb in notebooks/*.py; do $(BIN)/jupytext --to ipynb --execute $$nb || exit 1; done
 	$(BIN)/python docs/notebook_figures.py
 
 clean:

@@ -40,7 +40,7 @@ from dino_lite.evaluate import extract_features, knn_classify, linear_probe, ran
 from dino_lite.train import CHECKPOINT, read_log, train
 
 torch.set_num_threads(2)
-STEPS = 360          # knob: training steps (about 2.5 minutes here); 2000+ gives a longer, better run
+STEPS = 280          # knob: training steps (about 2 minutes here); 2000+ gives a longer, better run
 RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
 
 # %% [markdown]
