@@ -92,6 +92,12 @@ def notebook_base(steps: int, repo_root="..", batch_size: int = 32):
     return make_config("cpu-demo", dict(minutes=None, max_steps=steps, batch_size=batch_size)), False
 
 
+def notebook_run_dir(base: Config, steps: int, repo_root="..") -> Path:
+    """Where notebooks 04, 05 and 07 keep the rows they train with :func:`notebook_base`, so
+    that each reuses the runs of the others."""
+    return Path(repo_root) / "runs" / "notebooks" / f"ablate-{base.name}-{steps}steps"
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1))

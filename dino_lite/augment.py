@@ -154,11 +154,11 @@ def normalize(x):
     return (x - mean) / std
 
 
-def photometric(views, generator: BatchRandom, jitter=(0.4, 0.4, 0.2, 0.1), rotation=0.0,
-                invert=0.0):
+def photometric(views, generator: BatchRandom, jitter=None, rotation=0.0, invert=0.0):
     """Apply the paper's per-view photometric policy to uint8 view batches; returns float batches.
 
-    ``jitter`` is (brightness, contrast, saturation, hue), the paper's by default. Two knobs the
+    ``jitter`` is (brightness, contrast, saturation, hue); None keeps :func:`colour_jitter`'s
+    defaults, the paper's. Two knobs the
     paper does not have, both off by default, widen the invariances the views teach: ``rotation``
     (degrees) turns every view by its own random angle first, ``invert`` flips each colour channel
     of a view with that probability after the jitter.
@@ -169,7 +169,7 @@ def photometric(views, generator: BatchRandom, jitter=(0.4, 0.4, 0.2, 0.1), rota
         x = v.float() / 255
         if rotation:
             x = random_rotation(x, generator, rotation)
-        x = colour_jitter(x, generator, *jitter)
+        x = colour_jitter(x, generator, *(jitter or ()))
         if invert:
             x = invert_channels(x, generator, invert)
         x = random_grayscale(x, generator)

@@ -94,13 +94,13 @@ plt.show()
 # %%
 from pathlib import Path
 
-from dino_lite.ablate import PAPER, notebook_base, run_ablation
+from dino_lite.ablate import PAPER, notebook_base, notebook_run_dir, run_ablation
 from dino_lite.data import build_dataset
 
 torch.set_num_threads(2)
 STEPS = 144            # knob: training steps (32 images each) per variant, about 45 s each here; 1000+ for a longer run
 base, REAL_DATA = notebook_base(STEPS)
-RUN = Path("..") / "runs" / "notebooks" / f"ablate-{base.name}-{STEPS}steps"   # shared with notebook 07
+RUN = notebook_run_dir(base, STEPS)   # shared with notebook 07
 teacher_rows = ["teacher_student_copy", "teacher_previous_iteration", "teacher_previous_epoch",
                 "teacher_momentum"]
 # notebook 07 reuses the student-copy and momentum runs with their k-NN curves; the other two

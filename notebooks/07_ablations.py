@@ -33,19 +33,17 @@
 # one-hot collapse both bring it to 0; a row is called **collapsed** when it is below 10% of ln K.
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from dino_lite.ablate import ROWS, markdown_table, notebook_base, run_ablation
+from dino_lite.ablate import ROWS, markdown_table, notebook_base, notebook_run_dir, run_ablation
 
 torch.set_num_threads(2)
 STEPS = 144            # knob: training steps (32 images each) per row, about 45 s each here; 1000+ for a longer run
 RUN_ROWS = ["dino", "no_momentum", "mse"]   # knob: list(ROWS) runs all 13 rows (11 trainings)
 base, REAL_DATA = notebook_base(STEPS)      # tinyimagenet-dev20 photos, or the shapes if absent
-RUN = Path("..") / "runs" / "notebooks" / f"ablate-{base.name}-{STEPS}steps"   # shared with notebook 04
+RUN = notebook_run_dir(base, STEPS)   # shared with notebook 04
 print(f"{base.data}: {len(RUN_ROWS)} rows x {STEPS} steps")
 
 # %% [markdown]
