@@ -138,11 +138,12 @@ PRESETS: dict[str, dict] = {
     # The `make demo` run: the embedded dataset on a 2-core CPU in a few minutes.
     "cpu-demo": dict(
         data="shapes", image_size=64, global_size=64, local_size=32, n_local=4, arch="vit_mini",
-        patch_size=8, depth=4, stem="conv", drop_path=0.0, out_dim=1024, head_hidden=512,
+        patch_size=8, depth=4, stem="conv", drop_path=0.0, out_dim=4096, head_hidden=512,
         head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
-        local_scale=(0.15, 0.5), minutes=6, num_workers=0,
-        notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95); see README"),
+        local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=6, num_workers=0,
+        notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
+              "hue jitter 0.5, K 4096); see README"),
     "cifar10": dict(
         data="cifar10", image_size=32, global_size=32, local_size=16, n_local=4, arch="vit_tiny",
         patch_size=4, depth=6, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,

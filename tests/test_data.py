@@ -8,7 +8,7 @@ from PIL import Image
 from dino_lite.augment import BatchRandom, MultiCrop, invert_channels, photometric, random_rotation
 from dino_lite.config import make_config
 from dino_lite.data import EpochSampler, ImageFolder, ImageLoadError, build_dataset, load_rgb
-from dino_lite.shapes import CLASSES, generate, render
+from dino_lite.shapes import BACKGROUND_LUMINANCE, CLASSES, OBJECT_LUMINANCE, generate, render
 
 
 def test_shapes_are_deterministic_and_masked():
@@ -19,6 +19,21 @@ def test_shapes_are_deterministic_and_masked():
     assert not np.array_equal(a, c)
     assert a.shape == (48, 48, 3) and a.dtype == np.uint8 and ma.dtype == bool
     assert 0.03 < ma.mean() < 0.8            # the object is there, and it is not the whole image
+
+
+def test_shapes_fix_brightness_and_randomise_hue():
+    """Only hue is random: object and background luminance are the same in every image."""
+    luma = np.array([0.299, 0.587, 0.114])
+    obj_lum, bg_lum, obj_rgb = [], [], []
+    for i in range(30):
+        img, _, mask = render(0, "train", i, 64)
+        x = img / 255.0
+        obj_lum.append(np.median(x[mask] @ luma))
+        bg_lum.append((x[~mask] @ luma).mean())
+        obj_rgb.append(np.median(x[mask], 0))
+    assert np.allclose(obj_lum, OBJECT_LUMINANCE, atol=0.03)
+    assert np.allclose(bg_lum, BACKGROUND_LUMINANCE, atol=0.06)
+    assert np.std(obj_rgb, 0).min() > 0.03          # while the colours differ
 
 
 def test_shapes_cover_all_classes_and_splits_differ(tmp_path):
@@ -124,7 +139,8 @@ def test_augmentation_knobs_are_validated_and_off_by_default():
     explicit = photometric(views, BatchRandom(2), (0.4, 0.4, 0.2, 0.1), 0.0, 0.0)
     assert all(torch.equal(a, b) for a, b in zip(default, explicit))
     cfg = make_config("cpu-demo")
-    assert cfg.rotation == 0 and cfg.invert == 0 and cfg.colour_jitter == (0.4, 0.4, 0.2, 0.1)
+    assert cfg.rotation == 0 and cfg.invert == 0 and cfg.colour_jitter == (0.4, 0.4, 0.2, 0.5)
+    assert make_config("imagenet-vits16").colour_jitter == (0.4, 0.4, 0.2, 0.1)   # the paper's
     for bad in ("invert=1.5", "rotation=-1", "colour_jitter=0.4,0.4,0.2", "colour_jitter=0.4,0.4,0.2,0.7"):
         with pytest.raises(ValueError):
             make_config("cpu-demo", sets=[bad])
