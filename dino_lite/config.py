@@ -30,6 +30,7 @@ class Config:
     patch_size: int = 8
     depth: int | None = None           # ViT depth override (None: the architecture's own)
     stem: str = "patch"                # ViT patch embedding: "patch" (linear, the paper's) or "conv"
+    qk_norm: bool = False              # LayerNorm on queries and keys (not in the paper)
     drop_path: float = 0.1
     out_dim: int = 65536               # K, the number of prototypes
     head_hidden: int = 2048
@@ -138,12 +139,12 @@ PRESETS: dict[str, dict] = {
     # The `make demo` run: the embedded dataset on a 2-core CPU in a few minutes.
     "cpu-demo": dict(
         data="shapes", image_size=64, global_size=64, local_size=32, n_local=4, arch="vit_mini",
-        patch_size=8, depth=4, stem="conv", drop_path=0.0, out_dim=4096, head_hidden=512,
-        head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
+        patch_size=8, depth=4, stem="conv", qk_norm=True, drop_path=0.0, out_dim=4096,
+        head_hidden=512, head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
         local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=6, num_workers=0,
         notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
-              "hue jitter 0.5, K 4096); see README"),
+              "hue jitter 0.5, K 4096, QK-norm); see README"),
     "cifar10": dict(
         data="cifar10", image_size=32, global_size=32, local_size=16, n_local=4, arch="vit_tiny",
         patch_size=4, depth=6, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,

@@ -36,14 +36,17 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
 
 
 def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, drop_path=0.0,
-                   fused_attention=True, stem="patch"):
+                   fused_attention=True, stem="patch", qk_norm=False):
     """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
 
     ViTs come from timm with ``dynamic_img_size`` so global and local crops of different sizes
     share the position embedding (interpolated); the output is the final-norm CLS token.
     ``fused_attention=False`` selects timm's explicit softmax attention, which on CPU is ~2.6x
     faster than the fused kernel for the short sequences of small images (benchmarks/).
-    ``stem="conv"`` swaps the linear patch embedding for :func:`conv_stem`.
+    ``stem="conv"`` swaps the linear patch embedding for :func:`conv_stem`. ``qk_norm=True``
+    LayerNorms queries and keys before their dot product (Dehghani et al. 2023), which bounds the
+    attention logits: without it, longer CPU runs drive most heads onto a single patch
+    ("attention entropy collapse", Zhai et al. 2023) and the attention maps stop covering objects.
     ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
     """
     if arch in VIT_SIZES:
@@ -51,7 +54,7 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
         model = timm.create_model(
             "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
             patch_size=patch_size, embed_dim=width, depth=depth or default_depth, num_heads=heads,
-            drop_path_rate=drop_path, dynamic_img_size=True)
+            drop_path_rate=drop_path, dynamic_img_size=True, qk_norm=qk_norm)
         if stem == "conv":
             model.patch_embed.proj = conv_stem(width, patch_size)
         elif stem != "patch":
@@ -148,7 +151,7 @@ def use_fused_attention(cfg) -> bool:
 def build_student_teacher(cfg):
     """Student and teacher networks; the teacher is a deep copy that never receives gradients."""
     backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              use_fused_attention(cfg), cfg.stem)
+                              use_fused_attention(cfg), cfg.stem, cfg.qk_norm)
     head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
     student = MultiCropWrapper(backbone, head)
@@ -179,4 +182,4 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
 def build_eval_backbone(cfg):
     """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
     return build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, 0.0,
-                          use_fused_attention(cfg), cfg.stem)
+                          use_fused_attention(cfg), cfg.stem, cfg.qk_norm)

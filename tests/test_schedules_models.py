@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from dino_lite.attention import all_attentions
+from dino_lite.config import make_config
 from dino_lite.models import DINOHead, MultiCropWrapper, build_backbone, update_teacher
 from dino_lite.schedules import cosine_schedule
 from dino_lite.train import make_schedules, param_groups
@@ -83,6 +85,21 @@ def test_multicrop_wrapper_one_backbone_pass_per_resolution():
     out = wrapper(crops)
     assert len(out) == 5 and all(o.shape == (2, 10) for o in out)
     assert calls == [torch.Size([4, 3, 32, 32]), torch.Size([6, 3, 16, 16])]
+
+
+def test_qk_norm_bounds_attention_logits():
+    """QK-norm LayerNorms queries and keys, so scaling the qkv weights up cannot sharpen attention."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for qk_norm in (False, True):
+        vit = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1, qk_norm=qk_norm)
+        with torch.no_grad():
+            vit.blocks[0].attn.qkv.weight[:256] *= 30        # queries and keys only
+        attn = all_attentions(vit, x)[0]
+        assert torch.allclose(attn.sum(-1), torch.ones(()), atol=1e-5)
+        peak = attn.max(-1).values.mean()
+        assert (peak < 0.5) if qk_norm else (peak > 0.5), (qk_norm, peak)
+    assert make_config("cpu-demo").qk_norm and not make_config("imagenet-vits16").qk_norm
 
 
 def test_no_weight_decay_on_biases_and_norms():
