@@ -90,34 +90,36 @@ jac_random = score_maps(maps_random, masks)["jaccard"]
 print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.3f}   random init {jac_random:.3f}")
 
 # %% [markdown]
-# ## Reading the result, honestly
-# Two findings, one good and one open:
+# ## Reading the result
+# Both claims of the paper show up in two CPU minutes:
 #
-# * **Attention finds the objects.** With no label and no mask, the last block's CLS attention
-#   traces the shapes' outlines, and its 60% mask overlaps the true object about twice as well as
-#   a random network's (the Jaccard numbers above).
-# * **The CLS features do not (yet) encode shape.** At this CPU budget k-NN on the trained
-#   features is *below* random initialisation. Probing what they encode shows why: they become
-#   invariant to the augmentations but keep the object's *brightness and contrast*, a nuisance
-#   factor that both views share, rather than its shape. Finding a short CPU recipe that learns
-#   shape is the open problem described in the README's Results.
+# * **The features know the classes.** With no label, k-NN on the trained teacher's CLS token
+#   beats the same network with random weights by a wide margin (the numbers above).
+# * **Attention finds the objects.** The last block's CLS attention traces the shapes, and its
+#   60% mask overlaps the true object far better than a random network's.
+#
+# The dataset is built for this: every object has the same brightness and only its hue is
+# random. In an earlier version brightness was random too, and DINO learned "bright object on
+# dark ground" instead of shape, because brightness survives the augmentations (they shift hue
+# freely in this preset but keep the order of light and dark). The README's Results tell that
+# story with numbers.
 #
 # ## Check
-# The claims that hold, asserted: DINO's attention overlaps the objects better than a random
-# network's; centering and sharpening together kept the teacher away from both collapses (its
-# entropy stays between one-hot and uniform, and the student still has something to learn,
-# KL > 0); and the CLS attention over patches is a (partial) probability distribution.
+# The claims, asserted: the trained features beat random initialisation on k-NN by at least 20
+# points; DINO's attention overlaps the objects better than a random network's; centering and
+# sharpening kept the teacher away from both collapses (it still gives different images
+# different distributions: teacher information above 0.3 nats; and the student still has
+# something to learn, KL > 0); and the CLS
+# attention over patches is a (partial) probability distribution.
 
 # %%
-import math
+from dino_lite.ablate import teacher_information
 
-tail = log[-50:]
-entropy_end = sum(r["teacher_entropy"] for r in tail) / len(tail)
-kl_end = sum(r["kl"] for r in tail) / len(tail)
-print(f"final teacher entropy {entropy_end:.2f} (ln K = {math.log(cfg.out_dim):.2f}), KL {kl_end:.3f}")
+kl_end = sum(r["kl"] for r in log[-50:]) / 50
+print(f"teacher information over the last 10% of steps: {teacher_information(log):.2f} nats; KL {kl_end:.3f}")
+assert knn_trained > knn_random + 0.20, (knn_trained, knn_random)
 assert jac_trained > jac_random + 0.05, (jac_trained, jac_random)
-assert 0.1 * math.log(cfg.out_dim) < entropy_end < 0.9 * math.log(cfg.out_dim), entropy_end
-assert kl_end > 0.05, kl_end
+assert teacher_information(log) > 0.3 and kl_end > 0.05, (teacher_information(log), kl_end)
 patch_mass = maps_trained.sum((-2, -1))          # CLS attention to patches: the rest goes to CLS itself
 assert (maps_trained >= 0).all() and (patch_mass <= 1 + 1e-4).all() and (patch_mass > 0).all()
 print("all checks passed")

@@ -131,22 +131,25 @@ if REAL_DATA:
 # ## Reading the numbers next to the paper
 # The paper's ViT-S/16 reaches 74.5% k-NN and 77.0% linear on ImageNet after 100-800 epochs on
 # 16 GPUs; the supervised ViT-S reaches 79.8%. Here a 4-block ViT trains for minutes on 5000
-# synthetic images, and at this budget its features do **not** yet beat random initialisation
-# on the shapes (the open problem described in the README's Results): they pick up the objects'
-# brightness and contrast rather than their shape. On the real photos the same machinery does
-# beat random init, by a few points after 144 steps. A random ViT is a strong baseline on small
+# synthetic images. On the shapes its features beat random initialisation by a wide margin
+# under k-NN: the dataset holds every object's brightness fixed, so shape is the cue that two
+# crops of an image share (the README's Results show what DINO learned when brightness was
+# random: brightness). On the real photos the same machinery beats random init by a few points
+# after 144 steps. A random ViT is a strong baseline on small
 # images: its features already separate the classes well above chance, which is why every DINO
 # number must be read against it.
 #
 # ## Check
 # Both classifiers work on frozen features (a random network's linear probe is well above
-# chance), the k-NN result does not depend on how many test images are scored at once, and on
-# the real photos (when `../shared/data` is there) DINO's features beat random initialisation
-# under both classifiers.
+# chance); on the shapes DINO's k-NN beats random initialisation by at least 20 points; the
+# k-NN result does not depend on how many test images are scored at once; and on the real
+# photos (when `../shared/data` is there) DINO's features beat random initialisation under both
+# classifiers.
 
 # %%
 (knn_t, lin_t), (knn_r, lin_r) = results["DINO (trained)"], results["random init"]
 assert lin_r > 0.15 and knn_r > 0.12, results
+assert knn_t > knn_r + 0.20, results
 one_at_a_time = torch.cat([knn_classify(ftr, ltr, fte[i:i + 1]) for i in range(50)])
 assert torch.equal(one_at_a_time, knn_classify(ftr, ltr, fte[:50]))
 if REAL_DATA:
