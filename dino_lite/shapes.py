@@ -29,6 +29,7 @@ _SPLIT_ID = {"train": 0, "test": 1}
 SUPERSAMPLE = 4
 BACKGROUND_LUMINANCE = 0.4
 OBJECT_LUMINANCE = 0.78
+OBJECT_SATURATION = 0.12          # pale tints: hue stays visible but is a weak cue
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # ITU-R 601 weights, as in grayscale views
 
 
@@ -158,7 +159,7 @@ def render(seed: int, split: str, index: int, size: int = 64):
     u = du * np.cos(ang) + dv * np.sin(ang)
     v = -du * np.sin(ang) + dv * np.cos(ang)
     alpha = _coverage(shape_inside(CLASSES[label], u, v), size)
-    _paint(img, alpha, _colour(rng, OBJECT_LUMINANCE, 0.12))     # pale tints: hue is a weak cue
+    _paint(img, alpha, _colour(rng, OBJECT_LUMINANCE, OBJECT_SATURATION))
     image = (img.transpose(1, 2, 0) * 255).round().astype(np.uint8)
     return image, label, alpha > 0.5
 
