@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import LUMA
+
 CLASSES = ("circle", "square", "triangle", "star", "cross",
            "ring", "crescent", "heart", "arrow", "ell")
 SPLIT_SIZES = {"train": 5000, "test": 1000}
@@ -30,7 +32,7 @@ SUPERSAMPLE = 4
 BACKGROUND_LUMINANCE = 0.4
 OBJECT_LUMINANCE = 0.78
 OBJECT_SATURATION = 0.12          # pale tints: hue stays visible but is a weak cue
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # ITU-R 601 weights, as in grayscale views
+_LUMA = np.array(LUMA, np.float32)          # the weights of the grayscale views
 
 
 def _polygon(u, v, pts):

@@ -135,9 +135,8 @@ if REAL_DATA:
 # under k-NN: the dataset holds every object's brightness fixed, so shape is the cue that two
 # crops of an image share (the README's Results show what DINO learned when brightness was
 # random: brightness). On the real photos the same machinery beats random init by a few points
-# after 144 steps. A random ViT is a strong baseline on small
-# images: its features already separate the classes well above chance, which is why every DINO
-# number must be read against it.
+# after 144 steps. A random ViT is a strong baseline on small images: its features already
+# separate the classes well above chance, which is why every DINO number must be read against it.
 #
 # ## Check
 # Both classifiers work on frozen features (a random network's linear probe is well above

@@ -94,7 +94,7 @@ def test_qk_norm_bounds_attention_logits():
     for qk_norm in (False, True):
         vit = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1, qk_norm=qk_norm)
         with torch.no_grad():
-            vit.blocks[0].attn.qkv.weight[:256] *= 30        # queries and keys only
+            vit.blocks[0].attn.qkv.weight[: 2 * vit.embed_dim] *= 30    # queries and keys only
         attn = all_attentions(vit, x)[0]
         assert torch.allclose(attn.sum(-1), torch.ones(()), atol=1e-5)
         peak = attn.max(-1).values.mean()
