@@ -106,19 +106,35 @@ def centre_prior(grid: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
     return torch.exp(-(ys ** 2 + xs ** 2) / (2 * sigma ** 2))
 
 
+def object_mass(maps: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The share of each ``[B, h, w]`` map's attention that lands on the object ``gt`` ([B, H, W]).
+
+    Unlike the Jaccard it does not punish a map for being sharp: a head that puts all its weight
+    on two patches of the object scores 1 here but a low Jaccard. Chance is the object's area.
+    """
+    a = upsample(maps, gt.shape[-2:])             # each pixel carries its patch's weight
+    if valid is not None:
+        a = a * valid
+    return (a * gt).flatten(-2).sum(-1) / a.flatten(-2).sum(-1).clamp_min(1e-12)
+
+
 def score_maps(maps: torch.Tensor, gt: torch.Tensor, valid=None, mass: float = 0.6) -> dict:
     """Jaccard of 60%-mass masks against ground truth ``gt`` ([B, H, W] bool).
 
     ``jaccard``: mask from the head-averaged map; ``jaccard_best_head``: the best single head per
-    image. Both are means over images, 0 to 1.
+    image; ``object_mass``: the head-averaged map's share of attention on the object, against
+    ``object_area``, the object's share of the image (what a uniform map scores). All are means
+    over images, 0 to 1.
     """
     size = gt.shape[-2:]
     mean_mask = upsample(mass_mask(maps.mean(1), mass), size).bool()
     head_masks = upsample(mass_mask(maps, mass), size).bool()
     j_mean = jaccard(mean_mask, gt, valid)
     j_heads = jaccard(head_masks, gt[:, None], None if valid is None else valid[:, None])
+    area = object_mass(torch.ones_like(maps[:, 0]), gt, valid)
     return {"jaccard": float(j_mean.mean()), "jaccard_best_head": float(j_heads.max(1).values.mean()),
-            "per_image": j_mean.tolist()}
+            "object_mass": float(object_mass(maps.mean(1), gt, valid).mean()),
+            "object_area": float(area.mean()), "per_image": j_mean.tolist()}
 
 
 def load_mask(path, size: int, trimap: bool = False):

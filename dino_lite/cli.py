@@ -123,9 +123,11 @@ def cmd_attention(args):
     result = {"images": len(x), "figure": str(out / "attention.png")}
     if masks is not None:
         scores = score_maps(maps, masks, valid)
-        result.update(jaccard=scores["jaccard"], jaccard_best_head=scores["jaccard_best_head"])
+        result.update({k: scores[k] for k in ("jaccard", "jaccard_best_head", "object_mass", "object_area")})
         print(f"attention Jaccard (head mean): {scores['jaccard']:.3f}, "
               f"best head: {scores['jaccard_best_head']:.3f} over {len(x)} images")
+        print(f"attention on the object: {scores['object_mass']:.0%} of the head-mean map's mass "
+              f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")
     if args.json:
         print(json.dumps(result))

@@ -142,7 +142,7 @@ PRESETS: dict[str, dict] = {
         patch_size=8, depth=4, stem="conv", qk_norm=True, drop_path=0.0, out_dim=4096,
         head_hidden=512, head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
-        local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=6, num_workers=0,
+        local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=4, num_workers=0,
         notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
               "hue jitter 0.5, K 4096, QK-norm); see README"),
     "cifar10": dict(

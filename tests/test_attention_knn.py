@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dino_lite.attention import attention_maps, all_attentions, jaccard, mass_mask, score_maps
+from dino_lite.attention import (all_attentions, attention_maps, jaccard, mass_mask, object_mass,
+                                 score_maps)
 from dino_lite.evaluate import knn_classify
 from dino_lite.models import build_backbone
 
@@ -64,6 +65,21 @@ def test_score_maps_perfect_and_best_head():
     s = score_maps(maps, gt)
     assert s["jaccard_best_head"] == pytest.approx(1.0)
     assert s["jaccard"] < 1.0
+
+
+def test_object_mass_counts_attention_on_the_object_and_uniform_scores_the_area():
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[:, :4, :4] = True                          # the object is a quarter of the image
+    sharp = torch.zeros(4, 4)
+    sharp[1, 1] = 1.0                             # one patch, inside the object
+    maps = torch.stack([sharp, torch.ones(4, 4)])[:, None]   # [2 images, 1 head, 4, 4]
+    assert object_mass(maps[:, 0], gt).tolist() == pytest.approx([1.0, 0.25])
+    s = score_maps(maps, gt)
+    assert s["object_area"] == pytest.approx(0.25)
+    assert s["object_mass"] == pytest.approx(0.625)
+    valid = torch.ones_like(gt)
+    valid[:, 4:] = False                          # ignoring the bottom half doubles the share
+    assert object_mass(maps[1:, 0], gt[1:], valid[1:]).item() == pytest.approx(0.5)
 
 
 def test_knn_with_fewer_test_images_than_k():

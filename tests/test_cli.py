@@ -59,6 +59,7 @@ def test_train_knn_attention_end_to_end(tiny_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0 <= res["jaccard"] <= 1 and 0 <= res["jaccard_best_head"] <= 1
+    assert 0 <= res["object_mass"] <= 1 and 0 < res["object_area"] < 1
     assert res["images"] == 12
     assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
 
