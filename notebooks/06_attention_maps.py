@@ -149,8 +149,9 @@ widgets.interact(show, image=widgets.IntSlider(0, 0, len(pics) - 1),
 # %% [markdown]
 # ## Check
 # DINO's attention overlaps the objects better than the same network with random weights, and
-# puts at least twice the object's area share of its mass on the object; the 60% rule keeps the smallest set of patches reaching 60% of the mass; and the explorer's cache
-# returns exactly the maps `attention_maps` computes. (The centre prior is a strong baseline on
+# puts more than twice the object's area share of its mass on the object; the 60% rule keeps
+# the smallest set of patches reaching 60% of the mass; and the explorer's cache returns
+# exactly the maps `attention_maps` computes. (The centre prior is a strong baseline on
 # this dataset, whose objects are large; the trained maps beat it only narrowly.)
 
 # %%
