@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dino_lite.augment import BatchRandom, MultiCrop, invert_channels, photometric, random_rotation
+from dino_lite.augment import LUMA, BatchRandom, MultiCrop, invert_channels, photometric, random_rotation
 from dino_lite.config import make_config
 from dino_lite.data import EpochSampler, ImageFolder, ImageLoadError, build_dataset, load_rgb
 from dino_lite.shapes import BACKGROUND_LUMINANCE, CLASSES, OBJECT_LUMINANCE, generate, render
@@ -23,7 +23,7 @@ def test_shapes_are_deterministic_and_masked():
 
 def test_shapes_fix_brightness_and_randomise_hue():
     """Only hue is random: object and background luminance are the same in every image."""
-    luma = np.array([0.299, 0.587, 0.114])
+    luma = np.array(LUMA)
     obj_lum, bg_lum, obj_rgb = [], [], []
     for i in range(30):
         img, _, mask = render(0, "train", i, 64)
