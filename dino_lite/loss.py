@@ -50,6 +50,18 @@ def dino_loss(student_logits, teacher_logits, center, student_temp=0.1, teacher_
     return cross_entropy_loss(student_logits, targets, student_temp)
 
 
+def koleo_loss(features, eps=1e-8):
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2): -mean log distance from each
+    L2-normalised feature to its nearest neighbour in the batch. It pushes a batch's features
+    apart evenly over the sphere, which is what a k-NN classifier on those features needs."""
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        sims = x @ x.T
+        sims.fill_diagonal_(-2.0)
+        nearest = sims.argmax(dim=1)
+    return -torch.log(F.pairwise_distance(x, x[nearest]) + eps).mean()
+
+
 def mse_loss(student_out, teacher_out):
     """BYOL's loss: squared distance of L2-normalised outputs (= 2 - 2 cos), over view pairs."""
     pairs = _pairs(len(teacher_out), len(student_out))

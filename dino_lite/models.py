@@ -119,14 +119,15 @@ def predictor_mlp(dim, hidden_dim):
 
 class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
-    of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given.
+    of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given, and with
+    ``return_features`` also the backbone's features, one ``[batch, D]`` tensor per crop.
     """
 
     def __init__(self, backbone, head, predictor=None):
         super().__init__()
         self.backbone, self.head, self.predictor = backbone, head, predictor
 
-    def forward(self, crops):
+    def forward(self, crops, return_features=False):
         feats, start = [], 0
         while start < len(crops):
             end = start
@@ -134,10 +135,13 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             feats.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        out = self.head(torch.cat(feats))
+        feats = torch.cat(feats)
+        out = self.head(feats)
         if self.predictor is not None:
             with torch.autocast(out.device.type, enabled=False):
                 out = self.predictor(out)
+        if return_features:
+            return out.chunk(len(crops)), feats.chunk(len(crops))
         return out.chunk(len(crops))
 
 

@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .augment import BatchRandom, MultiCrop, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
-from .loss import DINOLoss
+from .loss import DINOLoss, koleo_loss
 from .models import build_student_teacher, update_teacher
 from .schedules import cosine_schedule
 
@@ -175,9 +175,15 @@ class DINOTrainer:
         with self.autocast():
             with torch.no_grad():
                 teacher_out = teacher(views[:2])
-            student_out = (self.student_ddp if student is self.student else student)(views)
+            net = self.student_ddp if student is self.student else student
+            if self.cfg.koleo:
+                student_out, feats = net(views, return_features=True)
+            else:
+                student_out = net(views)
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
+        if self.cfg.koleo:              # per global crop, over this process's batch (as DINOv2)
+            loss = loss + self.cfg.koleo * sum(koleo_loss(f) for f in feats[:2])
         logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
                                stats["kl"]])
         if self.world > 1:                      # log the global batch's means; stop on every rank

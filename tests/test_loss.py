@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_lite.loss import DINOLoss, dino_loss, entropy
+from dino_lite.loss import DINOLoss, dino_loss, entropy, koleo_loss
 
 
 def pseudocode_loss(student, teacher, center, tps, tpt):
@@ -119,3 +119,26 @@ def test_diagnostics_entropy_bounds():
     onehot[0, 0] = 0
     assert entropy(F.softmax(onehot, -1)).item() == pytest.approx(0.0, abs=1e-6)
 
+
+
+def test_koleo_hand_computed():
+    # unit vectors at 0, 90 and 180 degrees: every nearest neighbour is sqrt(2) away
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]) * 3.0   # scale must not matter
+    assert koleo_loss(x).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (16, 8), (64, 128)])
+def test_koleo_matches_brute_force(n, d):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n + d))
+    u = (x / x.norm(dim=1, keepdim=True)).numpy().astype(np.float64)
+    dist = np.sqrt(((u[:, None] - u[None]) ** 2).sum(-1)) + np.diag(np.full(n, np.inf))
+    expected = -np.log(dist.min(1)).mean()
+    assert koleo_loss(x).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_koleo_gradient_spreads_features():
+    # two near-duplicates and one far point: a step down the gradient moves the pair apart
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0]], requires_grad=True)
+    koleo_loss(x).backward()
+    moved = F.normalize(x.detach() - 0.01 * x.grad, dim=1)
+    assert (moved[0] - moved[1]).norm() > (F.normalize(x.detach(), dim=1)[0] - F.normalize(x.detach(), dim=1)[1]).norm()

@@ -97,3 +97,21 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_folder, tmp_path):
                                  trainer.optimizer)
         losses[bf16] = rec["loss"]
     assert losses[True] == pytest.approx(losses[False], rel=0.02)
+
+
+def test_koleo_term_is_added_with_its_weight(tiny_folder, tmp_path):
+    # same seed, same batch, same first step: the loss grows linearly in the KoLeo weight
+    losses = {}
+    for w in (0.0, 0.5, 1.0):
+        trainer = DINOTrainer(tiny_config(tiny_folder, bf16=False, koleo=w), tmp_path / str(w), progress=False)
+        views, _ = next(iter(trainer.loader))
+        losses[w] = trainer.train_step(views, 0, trainer.student, trainer.teacher, trainer.loss_fn,
+                                       trainer.optimizer)["loss"]
+    term = losses[1.0] - losses[0.0]
+    assert abs(term) > 1e-3
+    assert losses[0.5] - losses[0.0] == pytest.approx(term / 2, rel=1e-3)
+
+
+def test_negative_koleo_weight_is_rejected(tiny_folder):
+    with pytest.raises(ValueError, match="koleo"):
+        tiny_config(tiny_folder, koleo=-0.1)
