@@ -183,7 +183,9 @@ class DINOTrainer:
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
         if self.cfg.koleo:              # per global crop, over this process's batch (as DINOv2)
-            loss = loss + self.cfg.koleo * sum(koleo_loss(f) for f in feats[:2])
+            koleo = sum(koleo_loss(f) for f in feats[:2])
+            loss = loss + self.cfg.koleo * koleo
+            stats["koleo"] = koleo.item()     # logged unweighted; "loss" is the weighted total
         logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
                                stats["kl"]])
         if self.world > 1:                      # log the global batch's means; stop on every rank

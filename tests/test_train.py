@@ -101,15 +101,18 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_folder, tmp_path):
 
 def test_koleo_term_is_added_with_its_weight(tiny_folder, tmp_path):
     # same seed, same batch, same first step: the loss grows linearly in the KoLeo weight
-    losses = {}
+    losses, recs = {}, {}
     for w in (0.0, 0.5, 1.0):
         trainer = DINOTrainer(tiny_config(tiny_folder, bf16=False, koleo=w), tmp_path / str(w), progress=False)
         views, _ = next(iter(trainer.loader))
-        losses[w] = trainer.train_step(views, 0, trainer.student, trainer.teacher, trainer.loss_fn,
-                                       trainer.optimizer)["loss"]
+        recs[w] = trainer.train_step(views, 0, trainer.student, trainer.teacher, trainer.loss_fn,
+                                     trainer.optimizer)
+        losses[w] = recs[w]["loss"]
     term = losses[1.0] - losses[0.0]
     assert abs(term) > 1e-3
     assert losses[0.5] - losses[0.0] == pytest.approx(term / 2, rel=1e-3)
+    assert recs[1.0]["koleo"] == pytest.approx(term, rel=1e-3)     # logged unweighted
+    assert "koleo" not in recs[0.0]
 
 
 def test_negative_koleo_weight_is_rejected(tiny_folder):
