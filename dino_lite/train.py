@@ -176,10 +176,7 @@ class DINOTrainer:
             with torch.no_grad():
                 teacher_out = teacher(views[:2])
             net = self.student_ddp if student is self.student else student
-            if self.cfg.koleo:
-                student_out, feats = net(views, return_features=True)
-            else:
-                student_out = net(views)
+            student_out, feats = net(views, return_features=True)
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
         if self.cfg.koleo:              # per global crop, over this process's batch (as DINOv2)
