@@ -178,3 +178,14 @@ def photometric(views, generator: BatchRandom, jitter=None, rotation=0.0, invert
             x = solarize(x, generator, solar_p)
         out.append(normalize(x))
     return out
+
+
+def patch_masks(generator: BatchRandom, n, patches, prob=0.5, ratio=(0.1, 0.5)):
+    """Masks for iBOT's masked patch prediction, ``[n, patches]`` bool (True = hidden): each
+    image is masked with probability ``prob``, and then a uniform draw from ``ratio`` gives the
+    share of its patches hidden, chosen at random."""
+    masked = generator.rand(n) < prob
+    hidden = torch.round((generator.rand(n) * (ratio[1] - ratio[0]) + ratio[0]) * patches)
+    scores = torch.stack([generator.rand(n) for _ in range(patches)], dim=1)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return (rank < hidden[:, None]) & masked[:, None]

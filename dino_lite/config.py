@@ -57,6 +57,9 @@ class Config:
     warmup_teacher_temp_epochs: float = 0
     center_momentum: float = 0.9
     koleo: float = 0.0                 # weight of the KoLeo term on the student's global-crop features (DINOv2; 0: off)
+    ibot: float = 0.0                  # weight of iBOT's masked patch prediction loss (ViTs; 0: off)
+    mask_prob: float = 0.5             # share of global crops the student sees with masked patches
+    mask_ratio: tuple = (0.1, 0.5)     # share of a masked crop's patches hidden, drawn uniformly
     # ablation switches: each paper row of the DINO / BYOL / MoCo v2 / SwAV table is a setting
     teacher: str = "momentum"          # momentum (EMA, DINO) | student_copy | previous_iteration | previous_epoch
     centering: str = "center"          # center (DINO) | sinkhorn_knopp (SwAV, 3 iterations) | none
@@ -118,6 +121,14 @@ class Config:
             raise ValueError(f"rotation is a largest angle in degrees in [0, 180], got {self.rotation}")
         if self.koleo < 0:
             raise ValueError(f"koleo is a loss weight >= 0, got {self.koleo}")
+        if self.ibot < 0:
+            raise ValueError(f"ibot is a loss weight >= 0, got {self.ibot}")
+        if self.ibot and not self.arch.startswith("vit"):
+            raise ValueError(f"ibot (masked patch prediction) needs a ViT, got arch={self.arch!r}")
+        if not 0 <= self.mask_prob <= 1:
+            raise ValueError(f"mask_prob is a probability in [0, 1], got {self.mask_prob}")
+        if len(self.mask_ratio) != 2 or not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
+            raise ValueError(f"mask_ratio is (low, high) with 0 <= low <= high <= 1, got {self.mask_ratio}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:

@@ -62,6 +62,53 @@ def koleo_loss(features, eps=1e-8):
     return -torch.log(F.pairwise_distance(x, x[nearest]) + eps).mean()
 
 
+def masked_patch_loss(student_logits, teacher_logits, center, student_temp=0.1, teacher_temp=0.04):
+    """iBOT's masked image modelling loss: the mean over masked patches of H(P_t, P_s).
+
+    Row i of the ``[n, K]`` logits is one patch the student saw only as the mask token and the
+    teacher saw whole: the student must infer, from the context, what the teacher says about it.
+    The teacher's patch distribution is centred (with its own center) and sharpened as in
+    :func:`dino_loss`; the teacher side is detached.
+    """
+    target = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    return -(target * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(-1).mean()
+
+
+def ema_center_(center, teacher_logits, momentum):
+    """``C <- m C + (1 - m) mean(teacher logits)`` in place, the mean over all processes."""
+    batch = torch.cat([t.float() for t in teacher_logits])
+    batch_sum = batch.sum(0, keepdim=True)
+    count = torch.tensor(float(len(batch)), device=batch.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(batch_sum)
+        dist.all_reduce(count)
+    center.mul_(momentum).add_(batch_sum / count * (1 - momentum))
+
+
+class PatchLoss(nn.Module):
+    """Holds the patch center of :func:`masked_patch_loss` across steps (iBOT keeps the patch
+    tokens' center apart from the CLS center) and updates it after each loss."""
+
+    def __init__(self, out_dim, student_temp=0.1, center_momentum=0.9):
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_logits, teacher_logits, teacher_temp):
+        loss = masked_patch_loss(student_logits, teacher_logits, self.center, self.student_temp,
+                                 teacher_temp)
+        if dist.is_available() and dist.is_initialized():
+            # processes hide different numbers of patches: weigh this one's mean by its share,
+            # so that DDP's gradient average is the gradient of the mean over all patches
+            count = torch.tensor([float(len(student_logits))], device=loss.device)
+            total = count.clone()
+            dist.all_reduce(total)
+            loss = loss * count[0] * dist.get_world_size() / total[0]
+        with torch.no_grad():
+            ema_center_(self.center, [teacher_logits], self.center_momentum)
+        return loss
+
+
 def mse_loss(student_out, teacher_out):
     """BYOL's loss: squared distance of L2-normalised outputs (= 2 - 2 cos), over view pairs."""
     pairs = _pairs(len(teacher_out), len(student_out))
@@ -183,13 +230,7 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits):
-        batch = torch.cat([t.float() for t in teacher_logits])
-        batch_sum = batch.sum(0, keepdim=True)
-        count = torch.tensor(float(len(batch)), device=batch.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count * (1 - self.center_momentum))
+        ema_center_(self.center, teacher_logits, self.center_momentum)
 
     @torch.no_grad()
     def diagnostics(self, student_logits, teacher_logits, step: int) -> dict:

@@ -117,32 +117,60 @@ def predictor_mlp(dim, hidden_dim):
                          nn.Linear(hidden_dim, dim))
 
 
+def vit_tokens(vit, images, mask=None, mask_token=None):
+    """A timm ViT's final-normed tokens, ``[batch, 1 + patches, D]`` (CLS first): its
+    ``forward_features``, with one addition for masked image modelling (BEiT, iBOT): where
+    ``mask`` (``[batch, patches]`` bool) is set, the patch embedding is replaced by
+    ``mask_token`` before the position embedding is added, so the network must infer that
+    patch from its context."""
+    x = vit.patch_embed(images)                         # [batch, h, w, D] (dynamic_img_size)
+    if mask is not None:
+        x = torch.where(mask.view(x.shape[:-1]).unsqueeze(-1), mask_token.to(x.dtype), x)
+    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+    return vit.norm(vit.blocks(x))
+
+
 class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
     of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given, and with
     ``return_features`` also the backbone's features, one ``[batch, D]`` tensor per crop.
+
+    iBOT's masked patch prediction (ViTs) acts on the first run of same-size crops, the global
+    crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those patches
+    by the learnt ``mask_token`` (which :func:`build_student_teacher` adds), and ``predict``
+    returns, last, the head's ``[n, K]`` logits of the n selected patch tokens.
     """
 
     def __init__(self, backbone, head, predictor=None):
         super().__init__()
         self.backbone, self.head, self.predictor = backbone, head, predictor
 
-    def forward(self, crops, return_features=False):
-        feats, start = [], 0
+    def forward(self, crops, return_features=False, hide=None, predict=None):
+        feats, patch_logits, start = [], None, 0
         while start < len(crops):
             end = start
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
-            feats.append(self.backbone(torch.cat(crops[start:end])))
+            if start == 0 and (hide is not None or predict is not None):
+                tokens = vit_tokens(self.backbone, torch.cat(crops[:end]), hide,
+                                    getattr(self, "mask_token", None))
+                feats.append(tokens[:, 0])
+                if predict is not None:
+                    patch_logits = self.head(tokens[:, self.backbone.num_prefix_tokens:][predict])
+            else:
+                feats.append(self.backbone(torch.cat(crops[start:end])))
             start = end
         feats = torch.cat(feats)
         out = self.head(feats)
         if self.predictor is not None:
             with torch.autocast(out.device.type, enabled=False):
                 out = self.predictor(out)
+        result = (out.chunk(len(crops)),)
         if return_features:
-            return out.chunk(len(crops)), feats.chunk(len(crops))
-        return out.chunk(len(crops))
+            result += (feats.chunk(len(crops)),)
+        if predict is not None:
+            result += (patch_logits,)
+        return result if len(result) > 1 else result[0]
 
 
 def use_fused_attention(cfg) -> bool:
@@ -159,6 +187,8 @@ def build_student_teacher(cfg):
     head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
     student = MultiCropWrapper(backbone, head)
+    if cfg.ibot:
+        student.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
     teacher = copy.deepcopy(student)
     if cfg.predictor:
         student.predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden)

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .augment import BatchRandom, MultiCrop, photometric
+from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
-from .loss import DINOLoss, koleo_loss
+from .loss import DINOLoss, PatchLoss, koleo_loss
 from .models import build_student_teacher, update_teacher
 from .schedules import cosine_schedule
 
@@ -86,10 +86,14 @@ def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
 
 
 def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
-    """The loss module of ``cfg``: temperatures, center and the ablation switches."""
-    return DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
+    """The loss module of ``cfg``: temperatures, center and the ablation switches; with iBOT's
+    masked patch prediction on, its :class:`PatchLoss` (and patch center) rides along as ``.patch``."""
+    loss = DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
                     sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
                     cfg.centering, cfg.sharpening, cfg.loss)
+    if cfg.ibot:
+        loss.patch = PatchLoss(cfg.out_dim, cfg.out_temp_student, cfg.center_momentum)
+    return loss
 
 
 class DINOTrainer:
@@ -172,13 +176,25 @@ class DINOTrainer:
             group["lr"] = float(self.sched["lr"][step])
             if not group.get("no_decay"):
                 group["weight_decay"] = float(self.sched["wd"][step])
+        hide = predict = None
+        if self.cfg.ibot:
+            hide, predict = self.patch_masks(step, rows, local)
         with self.autocast():
             with torch.no_grad():
-                teacher_out = teacher(views[:2])
+                teacher_out = teacher(views[:2], predict=predict)
             net = self.student_ddp if student is self.student else student
-            student_out, feats = net(views, return_features=True)
+            student_out = net(views, return_features=True, hide=hide, predict=predict)
+        if predict is not None:
+            teacher_out, teacher_patches = teacher_out
+            student_out, feats, student_patches = student_out
+        else:
+            student_out, feats = student_out
         stats = loss_fn.diagnostics(student_out, teacher_out, step)
         loss = loss_fn(student_out, teacher_out, step)
+        if predict is not None:         # the student predicts, at its hidden patches, the teacher
+            patch = loss_fn.patch(student_patches, teacher_patches, loss_fn.teacher_temp(step))
+            loss = loss + self.cfg.ibot * patch
+            stats["patch_loss"] = patch.item()    # logged unweighted, as koleo
         if self.cfg.koleo:              # per global crop, over this process's batch (as DINOv2)
             koleo = sum(koleo_loss(f) for f in feats[:2])
             loss = loss + self.cfg.koleo * koleo
@@ -210,6 +226,18 @@ class DINOTrainer:
         return {"step": step, "loss": loss_value, "lr": float(self.sched["lr"][step]),
                 "wd": float(self.sched["wd"][step]), "momentum": momentum,
                 "teacher_temp": loss_fn.teacher_temp(step), **stats}
+
+    def patch_masks(self, step, rows, local):
+        """The student's hidden patches on the two global crops, ``[2 x local batch, patches]``,
+        drawn for the global batch (the same on 1 or N processes), and the patches to predict:
+        the same, or None on a step where some process would predict fewer than two (the
+        head's BatchNorm needs two rows)."""
+        g = BatchRandom(seed_for(self.cfg.seed, step, 1))
+        n, patches = local * self.world, (self.cfg.global_size // self.cfg.patch_size) ** 2
+        full = [patch_masks(g, n, patches, self.cfg.mask_prob, self.cfg.mask_ratio) for _ in range(2)]
+        per_process = sum(m.view(self.world, -1).sum(1) for m in full)
+        hide = torch.cat([m[rows] for m in full]).to(self.device)
+        return hide, hide if per_process.min() >= 2 else None
 
     def teacher_momentum(self, step: int) -> float:
         """The EMA coefficient applied to the teacher after ``step``: the cosine schedule for the

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_lite.loss import DINOLoss, dino_loss, entropy, koleo_loss
+from dino_lite.loss import DINOLoss, PatchLoss, dino_loss, entropy, koleo_loss, masked_patch_loss
 
 
 def pseudocode_loss(student, teacher, center, tps, tpt):
@@ -142,3 +142,39 @@ def test_koleo_gradient_spreads_features():
     before = F.normalize(x.detach(), dim=1)
     moved = F.normalize(x.detach() - 0.01 * x.grad, dim=1)
     assert (moved[0] - moved[1]).norm() > (before[0] - before[1]).norm()
+
+
+def test_masked_patch_loss_hand_computed():
+    # patch 1: the centred teacher is uniform and the student says (3/4, 1/4) at temperature 0.1;
+    # patch 2: the teacher is sure of prototype 0, the student spreads (1/2, 1/2)
+    student = torch.tensor([[0.1 * math.log(3.0), 0.0], [0.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0], [21.0, 0.0]])
+    center = torch.tensor([[1.0, 0.0]])
+    p0 = 1 / (1 + math.exp(-20 / 0.04))                       # ~1: softmax((20, 0) / 0.04)
+    h1 = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    h2 = -(p0 * math.log(0.5) + (1 - p0) * math.log(0.5))
+    got = masked_patch_loss(student, teacher, center, student_temp=0.1, teacher_temp=0.04)
+    assert got.item() == pytest.approx((h1 + h2) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("n,k", [(1, 8), (7, 64), (40, 256)])
+def test_masked_patch_loss_matches_numpy(n, k):
+    g = torch.Generator().manual_seed(n)
+    s, t, c = (torch.randn(rows, k, generator=g) for rows in (n, n, 1))
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    # iBOT: every masked patch compares the same view's teacher and student (no cross-view pairs)
+    expected = -(softmax((t.numpy() - c.numpy()) / 0.07) * np.log(softmax(s.numpy() / 0.1))).sum(-1).mean()
+    assert masked_patch_loss(s, t, c, 0.1, 0.07).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_patch_loss_teacher_gets_no_gradient_and_center_is_an_ema():
+    s = torch.randn(5, 16, requires_grad=True)
+    t = torch.randn(5, 16, requires_grad=True)
+    patch = PatchLoss(16, center_momentum=0.9)
+    first = patch(s, t, teacher_temp=0.04)
+    first.backward()
+    assert t.grad is None and s.grad is not None
+    assert torch.allclose(patch.center, 0.1 * t.detach().mean(0, keepdim=True))
+    assert first.item() == pytest.approx(masked_patch_loss(s, t, torch.zeros(1, 16)).item())

@@ -56,10 +56,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     assert max(diffs) < 1e-3, diffs
 
 
-@pytest.mark.parametrize("switch", ["centering=sinkhorn_knopp", "loss=infonce"])
+@pytest.mark.parametrize("switch", ["centering=sinkhorn_knopp", "loss=infonce", "ibot=1"])
 def test_global_batch_losses_match_across_processes(switch, tiny_folder, tmp_path):
-    """Sinkhorn-Knopp's equipartition and InfoNCE's negatives span the global batch: with the
-    rows split over 2 processes the losses equal the 1-process run's."""
+    """Sinkhorn-Knopp's equipartition, InfoNCE's negatives and iBOT's mean over hidden patches
+    span the global batch: with the rows split over 2 processes the losses equal the 1-process
+    run's."""
     args = _train_cmd(tiny_folder, tmp_path / "two", 4) + NO_BN_FP32 + ["--set", switch]
     r = _torchrun(args)
     assert r.returncode == 0, r.stderr[-3000:]

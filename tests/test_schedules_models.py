@@ -6,7 +6,9 @@ import torch
 
 from dino_lite.attention import all_attentions
 from dino_lite.config import make_config
-from dino_lite.models import DINOHead, MultiCropWrapper, build_backbone, update_teacher
+from dino_lite.augment import BatchRandom, patch_masks
+from dino_lite.models import (DINOHead, MultiCropWrapper, build_backbone, build_student_teacher,
+                             update_teacher, vit_tokens)
 from dino_lite.schedules import cosine_schedule
 from dino_lite.train import make_schedules, param_groups
 from tests.conftest import tiny_config
@@ -120,3 +122,43 @@ def test_conv_stem_keeps_one_token_per_patch():
     assert attention_maps(vit, x).shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="power-of-two"):
         build_backbone("vit_mini", patch_size=6, img_size=48, stem="conv")
+
+
+def test_vit_tokens_is_timms_forward_and_hidden_patches_are_unseen():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2, fused_attention=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(vit_tokens(vit, x)[:, 0], vit(x), atol=1e-6)
+    hide = torch.zeros(2, 16, dtype=torch.bool)
+    hide[:, 5] = True                                   # patch (row 1, column 1): pixels 8:16, 8:16
+    token = torch.randn(1, 1, vit.embed_dim)
+    y = x.clone()
+    y[:, :, 8:16, 8:16] = torch.randn(2, 3, 8, 8)       # change only the hidden patch's pixels
+    assert torch.allclose(vit_tokens(vit, x, hide, token), vit_tokens(vit, y, hide, token), atol=1e-6)
+    assert not torch.allclose(vit_tokens(vit, x)[:, 0], vit_tokens(vit, y)[:, 0], atol=1e-4)
+
+
+def test_patch_masks_follow_probability_and_ratio_and_split_over_processes():
+    full = patch_masks(BatchRandom(7), 200, 64, prob=1.0, ratio=(0.1, 0.5))
+    counts = full.sum(1)
+    assert full.shape == (200, 64) and counts.min() >= 6 and counts.max() <= 32   # round(0.1, 0.5 x 64)
+    assert counts.float().std() > 3                     # the ratio is drawn per image
+    assert not patch_masks(BatchRandom(7), 50, 64, prob=0.0).any()
+    half = patch_masks(BatchRandom(7), 200, 64, prob=0.5).any(1).float().mean()
+    assert 0.35 < half < 0.65
+    # process 1 of 2 draws the whole batch's numbers and keeps its rows: the same masks
+    rows = patch_masks(BatchRandom(7, slice(100, 200), 200), 100, 64, prob=1.0, ratio=(0.1, 0.5))
+    assert torch.equal(rows, full[100:])
+
+
+def test_student_predicts_hidden_patches_through_the_mask_token(tiny_folder):
+    student, teacher = build_student_teacher(tiny_config(tiny_folder, ibot=1.0, head_bn=False))
+    crops = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32), torch.randn(3, 3, 16, 16)]
+    hide = torch.zeros(6, 16, dtype=torch.bool)
+    hide[0, :4] = hide[4, 10:] = True
+    out, feats, patch_logits = student(crops, return_features=True, hide=hide, predict=hide)
+    assert [o.shape for o in out] == [(3, 64)] * 3 and patch_logits.shape == (10, 64)
+    patch_logits.sum().backward()
+    assert student.mask_token.grad.abs().sum() > 0
+    t_out, t_patch_logits = teacher(crops[:2], predict=hide)
+    assert t_patch_logits.shape == (10, 64) and len(t_out) == 2

@@ -26,8 +26,9 @@ def test_student_learns_to_match_a_frozen_teacher(tiny_folder, tmp_path):
     assert all(r["momentum"] == 1.0 for r in log)
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path):
-    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)     # 6 steps per epoch: stop mid-epoch
+@pytest.mark.parametrize("extra", [{}, {"ibot": 1.0}], ids=["dino", "ibot"])
+def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path, extra):
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9, **extra)   # 6 steps per epoch: stop mid-epoch
     straight = train(cfg, tmp_path / "a", progress=False)
 
     def interrupt(rec):                                      # Ctrl-C after 4 steps
@@ -40,7 +41,8 @@ def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path):
     assert resumed.step == 9
     for (name, a), b in zip(straight.teacher.state_dict().items(), resumed.teacher.state_dict().values()):
         assert torch.equal(a, b), name
-    assert torch.equal(straight.loss_fn.center, resumed.loss_fn.center)
+    for (name, a), b in zip(straight.loss_fn.state_dict().items(), resumed.loss_fn.state_dict().values()):
+        assert torch.equal(a, b), name                       # the centers (iBOT's patch center too)
     assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
 
 
@@ -118,3 +120,24 @@ def test_koleo_term_is_added_with_its_weight(tiny_folder, tmp_path):
 def test_negative_koleo_weight_is_rejected(tiny_folder):
     with pytest.raises(ValueError, match="koleo"):
         tiny_config(tiny_folder, koleo=-0.1)
+
+
+def test_ibot_term_is_added_with_its_weight(tiny_folder, tmp_path):
+    # the masks depend on the seed and step only, so the DINO part is the same for both weights
+    recs = {}
+    for w in (0.5, 1.0):
+        trainer = DINOTrainer(tiny_config(tiny_folder, bf16=False, ibot=w), tmp_path / str(w), progress=False)
+        views, _ = next(iter(trainer.loader))
+        recs[w] = trainer.train_step(views, 0, trainer.student, trainer.teacher, trainer.loss_fn,
+                                     trainer.optimizer)
+        assert trainer.student.mask_token.grad.abs().sum() > 0     # the mask token is learnt
+        assert set(trainer.loss_fn.state_dict()) == {"center", "patch.center"}
+    assert recs[1.0]["patch_loss"] == pytest.approx(recs[0.5]["patch_loss"], rel=1e-5)
+    assert recs[1.0]["loss"] - recs[0.5]["loss"] == pytest.approx(recs[1.0]["patch_loss"] / 2, rel=1e-3)
+
+
+@pytest.mark.parametrize("bad", [{"ibot": -1.0}, {"ibot": 1.0, "arch": "resnet18"}, {"mask_prob": 1.5},
+                                 {"mask_ratio": (0.6, 0.2)}])
+def test_bad_ibot_options_are_rejected(tiny_folder, bad):
+    with pytest.raises(ValueError, match="ibot|mask"):
+        tiny_config(tiny_folder, **bad)
