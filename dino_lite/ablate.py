@@ -84,12 +84,13 @@ def notebook_base(steps: int, repo_root="..", batch_size: int = 32):
     (real photos, where the claims are checked), else the cpu-demo recipe on the embedded
     shapes. A run this short keeps the faster teacher of the cpu-demo recipe (momentum 0.95, an
     average over about 20 steps): the preset's 0.98 suits its 10-minute runs of ~3000 steps.
-    The preset's KoLeo term (a DINOv2 addition) is off, so that each row tests the paper's DINO
-    components alone. Returns ``(config, on_real_data)``."""
+    The preset's additions from later papers (DINOv2's KoLeo term, iBOT's masked patch
+    prediction) are off, so that each row tests the paper's DINO components alone. Returns
+    ``(config, on_real_data)``."""
     data = Path(repo_root) / make_config("tinyimagenet").data
     if data.is_dir():
         cfg = make_config("tinyimagenet", dict(data=str(data), max_steps=steps, batch_size=batch_size,
-                                               momentum_teacher=0.95, koleo=0.0))
+                                               momentum_teacher=0.95, koleo=0.0, ibot=0.0))
         return cfg, True
     print(f"{data} is absent: using the embedded shapes instead (the claims are not checked)")
     return make_config("cpu-demo", dict(minutes=None, max_steps=steps, batch_size=batch_size)), False

@@ -169,9 +169,10 @@ PRESETS: dict[str, dict] = {
         n_local=4, arch="vit_mini", patch_size=8, depth=4, stem="conv", drop_path=0.0,
         out_dim=1024, head_hidden=512, head_bn=True, batch_size=32, epochs=100, lr=0.004,
         warmup_epochs=5, momentum_teacher=0.98, freeze_last_layer=0, local_scale=(0.15, 0.5),
-        koleo=0.1, num_workers=0,
-        notes="the cpu-demo recipe on 64 px photos, batch 32, teacher momentum 0.98, KoLeo 0.1 "
-              "(DINOv2), loader in the main process (2 cores: 15% more steps)"),
+        koleo=0.1, ibot=1.0, num_workers=0,
+        notes="the cpu-demo recipe on 64 px photos, batch 32, teacher momentum 0.98, plus "
+              "DINOv2's KoLeo 0.1 and iBOT's masked patch prediction (weight 1), loader in the "
+              "main process (2 cores: 15% more steps)"),
     # The paper's ViT-S/16 recipe, unchanged (reference defaults; 16 GPUs x 64 = batch 1024).
     "imagenet-vits16": _IMAGENET,
     # The same recipe for the paper's other backbones (ViT-S/8, ViT-B/16, ViT-B/8).

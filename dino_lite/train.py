@@ -312,6 +312,7 @@ class DINOTrainer:
                    dynamic_ncols=True)
         self.student.train()
         self.teacher.train()
+        start = time.perf_counter()
         try:
             while self.step < self.total_steps:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -321,6 +322,7 @@ class DINOTrainer:
                     rec = self.train_step(views, self.step, self.student, self.teacher,
                                           self.loss_fn, self.optimizer)
                     rec["epoch"] = epoch
+                    rec["time"] = round(time.perf_counter() - start, 3)   # s since (re)start
                     self.step += 1
                     history.append(rec)
                     if log:
