@@ -180,12 +180,17 @@ def photometric(views, generator: BatchRandom, jitter=None, rotation=0.0, invert
     return out
 
 
-def patch_masks(generator: BatchRandom, n, patches, prob=0.5, ratio=(0.1, 0.5)):
-    """Masks for iBOT's masked patch prediction, ``[n, patches]`` bool (True = hidden): each
-    image is masked with probability ``prob``, and then a uniform draw from ``ratio`` gives the
-    share of its patches hidden, chosen at random."""
-    masked = generator.rand(n) < prob
-    hidden = torch.round((generator.rand(n) * (ratio[1] - ratio[0]) + ratio[0]) * patches)
-    scores = torch.stack([generator.rand(n) for _ in range(patches)], dim=1)
-    rank = scores.argsort(dim=1).argsort(dim=1)
-    return (rank < hidden[:, None]) & masked[:, None]
+def patch_masks(generator: torch.Generator, n, patches, prob=0.5, ratio=(0.1, 0.5)):
+    """Masks for iBOT's masked patch prediction, ``[n, patches]`` bool (True = hidden), drawn
+    for the whole (global) batch. ``round(prob * n)`` images, chosen at random, are masked; their
+    shares of hidden patches are spread evenly over ``ratio`` and dealt out at random, and each
+    image's hidden patches are chosen at random. iBOT draws every image's share independently;
+    fixing the batch's total keeps tensor shapes the same from step to step, which matters on
+    CPU: with shapes that vary, the allocator fragments and steps grew 179 -> 220 ms in 1000."""
+    k = round(prob * n)
+    order = torch.randperm(n, generator=generator)
+    shares = ratio[0] + (ratio[1] - ratio[0]) * (torch.arange(k) + 0.5) / max(k, 1)
+    hidden = torch.zeros(n)
+    hidden[order[:k]] = torch.round(shares * patches)
+    rank = torch.rand(n, patches, generator=generator).argsort(dim=1).argsort(dim=1)
+    return rank < hidden[:, None]

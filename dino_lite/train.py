@@ -99,7 +99,10 @@ def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
 class DINOTrainer:
     """Everything one run needs; ``run()`` trains until the step budget is spent."""
 
+    clock = staticmethod(time.perf_counter)      # seconds; the time budget's clock
+
     def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+        self.started = self.clock()
         self.rank, self.world, self.device = distributed_setup()
         self.out = Path(out_dir)
         self.progress, self.on_step = progress and self.rank == 0, on_step
@@ -145,10 +148,15 @@ class DINOTrainer:
             if cfg.max_steps:
                 self.total_steps = min(self.total_steps, cfg.max_steps)
             if cfg.minutes:
-                self.total_steps = min(self.total_steps, self._steps_that_fit(cfg.minutes))
+                self.total_steps = self._steps_that_fit()
         self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size)
         self.loss_fn = build_loss(cfg, self.total_steps, self.sched).to(self.device)
         self.step = 0
+        # --minutes: re-measure once, on real steps, at the end of the first epoch or after 10%
+        # of the estimate (whichever comes first), and lay the schedules out again
+        self.replan_step = None
+        if cfg.minutes and ckpt is None:
+            self.replan_step = min(self.steps_per_epoch, max(1, self.total_steps // 10))
         if ckpt is not None:
             self.student.load_state_dict(ckpt["student"])
             self.teacher.load_state_dict(ckpt["teacher"])
@@ -232,7 +240,7 @@ class DINOTrainer:
         drawn for the global batch (the same on 1 or N processes), and the patches to predict:
         the same, or None on a step where some process would predict fewer than two (the
         head's BatchNorm needs two rows)."""
-        g = BatchRandom(seed_for(self.cfg.seed, step, 1))
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, 1))
         n, patches = local * self.world, (self.cfg.global_size // self.cfg.patch_size) ** 2
         full = [patch_masks(g, n, patches, self.cfg.mask_prob, self.cfg.mask_ratio) for _ in range(2)]
         per_process = sum(m.view(self.world, -1).sum(1) for m in full)
@@ -253,9 +261,8 @@ class DINOTrainer:
             return 0.0
         return 1.0
 
-    def _steps_that_fit(self, minutes):
+    def _steps_that_fit(self):
         """Time a few throw-away steps on copies of the models and extrapolate to the budget."""
-        start = time.perf_counter()
         student, teacher = copy.deepcopy(self.student), copy.deepcopy(self.teacher)
         optimizer = build_optimizer(self.cfg, student)
         n = sum(PROBE_STEPS)
@@ -266,19 +273,38 @@ class DINOTrainer:
         t0 = None
         for i in range(n):
             if i == PROBE_STEPS[0]:
-                t0 = time.perf_counter()
+                t0 = self.clock()
             self.train_step(next(it)[0], i, student, teacher, loss_fn, optimizer)
-        per_step = (time.perf_counter() - t0) / PROBE_STEPS[1]
+        per_step = (self.clock() - t0) / PROBE_STEPS[1]
         del it
-        remaining = minutes * 60 - (time.perf_counter() - start)
-        steps = max(1, int(remaining / per_step))
-        if self.rank == 0:
-            print(f"time budget {minutes:g} min: {per_step * 1000:.0f} ms/step -> {steps} steps")
-        if self.world > 1:                      # every rank must run the same number of steps
+        return self._fit(0, per_step, f"{per_step * 1000:.0f} ms/step (probe)")
+
+    def _fit(self, done, per_step, how):
+        """``done`` steps plus those of ``per_step`` seconds that fit in the rest of the budget
+        (counted from the trainer's creation); every rank gets the smallest count."""
+        remaining = self.cfg.minutes * 60 - (self.clock() - self.started)
+        steps = done + max(1, int(remaining / per_step))
+        cap = self.cfg.epochs * self.steps_per_epoch
+        steps = min(steps, cap, self.cfg.max_steps or cap)
+        if self.world > 1:
             t = torch.tensor([steps], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             steps = int(t.item())
+        if self.rank == 0:
+            print(f"time budget {self.cfg.minutes:g} min: {how} -> {steps} steps")
         return steps
+
+    def _replan(self, run_start):
+        """The probe's steps ran on copies, before the run settled: the steps of the run itself
+        are often slower. Fit the budget again from their pace and re-lay the schedules over the
+        new count (the centers carry over); steps already taken keep what they used."""
+        per_step = (self.clock() - run_start) / self.step
+        self.total_steps = self._fit(self.step, per_step, f"{per_step * 1000:.0f} ms/step over "
+                                                          f"the first {self.step} steps")
+        self.sched = make_schedules(self.cfg, self.total_steps, self.cfg.batch_size)
+        loss_fn = build_loss(self.cfg, self.total_steps, self.sched).to(self.device)
+        loss_fn.load_state_dict(self.loss_fn.state_dict())
+        self.loss_fn = loss_fn
 
     # -- the run --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -312,7 +338,7 @@ class DINOTrainer:
                    dynamic_ncols=True)
         self.student.train()
         self.teacher.train()
-        start = time.perf_counter()
+        start = self.clock()
         try:
             while self.step < self.total_steps:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -322,7 +348,7 @@ class DINOTrainer:
                     rec = self.train_step(views, self.step, self.student, self.teacher,
                                           self.loss_fn, self.optimizer)
                     rec["epoch"] = epoch
-                    rec["time"] = round(time.perf_counter() - start, 3)   # s since (re)start
+                    rec["time"] = round(self.clock() - start, 3)   # s since (re)start
                     self.step += 1
                     history.append(rec)
                     if log:
@@ -332,6 +358,9 @@ class DINOTrainer:
                                     refresh=False)
                     if self.on_step:
                         self.on_step(rec)
+                    if self.step == self.replan_step:
+                        self._replan(start)
+                        bar.total = self.total_steps
                     if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                         self.save()
                     if self.step >= self.total_steps:

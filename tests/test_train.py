@@ -141,3 +141,27 @@ def test_ibot_term_is_added_with_its_weight(tiny_folder, tmp_path):
 def test_bad_ibot_options_are_rejected(tiny_folder, bad):
     with pytest.raises(ValueError, match="ibot|mask"):
         tiny_config(tiny_folder, **bad)
+
+
+def test_time_budget_is_refit_on_the_runs_own_steps(tiny_folder, tmp_path, monkeypatch, capsys):
+    # a clock that moves only with training steps: 0.5 s per probe step (on the model copies),
+    # 1 s per real step, as when the probe is optimistic. Budget: 30 s.
+    now = [0.0]
+    monkeypatch.setattr(DINOTrainer, "clock", staticmethod(lambda: now[0]))
+    real_step = DINOTrainer.train_step
+
+    def timed_step(self, views, step, student, *rest):
+        now[0] += 1.0 if student is self.student else 0.5
+        return real_step(self, views, step, student, *rest)
+    monkeypatch.setattr(DINOTrainer, "train_step", timed_step)
+    trainer = train(tiny_config(tiny_folder, minutes=0.5, epochs=100), tmp_path, progress=False)
+    # probe: 5 steps (2.5 s), then (30 - 2.5) / 0.5 -> 55 steps; re-fit after 10% of them (5):
+    # 1 s per step, 22.5 s left -> 5 + 22 = 27 steps, ending at 29.5 s of the 30
+    out = capsys.readouterr().out
+    assert "500 ms/step (probe) -> 55 steps" in out
+    assert "1000 ms/step over the first 5 steps -> 27 steps" in out
+    assert trainer.total_steps == len(trainer.history) == 27
+    assert trainer.history[-1]["time"] == 27.0
+    last = trainer.history[-1]
+    assert last["lr"] == pytest.approx(trainer.cfg.min_lr) and last["momentum"] == pytest.approx(1.0)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["total_steps"] == 27
