@@ -59,7 +59,7 @@ class Config:
     koleo: float = 0.0                 # weight of the KoLeo term on the student's global-crop features (DINOv2; 0: off)
     ibot: float = 0.0                  # weight of iBOT's masked patch prediction loss (ViTs; 0: off)
     mask_prob: float = 0.5             # share of global crops the student sees with masked patches
-    mask_ratio: tuple = (0.1, 0.5)     # share of a masked crop's patches hidden, drawn uniformly
+    mask_ratio: tuple = (0.1, 0.5)     # range of the share of a masked crop's patches hidden
     # ablation switches: each paper row of the DINO / BYOL / MoCo v2 / SwAV table is a setting
     teacher: str = "momentum"          # momentum (EMA, DINO) | student_copy | previous_iteration | previous_epoch
     centering: str = "center"          # center (DINO) | sinkhorn_knopp (SwAV, 3 iterations) | none

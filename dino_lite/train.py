@@ -295,9 +295,9 @@ class DINOTrainer:
         return steps
 
     def _replan(self, run_start):
-        """The probe's steps ran on copies, before the run settled: the steps of the run itself
-        are often slower. Fit the budget again from their pace and re-lay the schedules over the
-        new count (the centers carry over); steps already taken keep what they used."""
+        """The probe times 3 steps on copies of the models, a noisy estimate; the run's own pace
+        over its first steps is a better one. Fit the budget again from it and re-lay the
+        schedules over the new count (the centers carry over); steps taken keep what they used."""
         per_step = (self.clock() - run_start) / self.step
         self.total_steps = self._fit(self.step, per_step, f"{per_step * 1000:.0f} ms/step over "
                                                           f"the first {self.step} steps")
