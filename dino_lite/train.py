@@ -144,9 +144,9 @@ class DINOTrainer:
         if ckpt is not None:
             self.total_steps = ckpt["total_steps"]
         else:
-            self.total_steps = cfg.epochs * self.steps_per_epoch
-            if cfg.max_steps:
-                self.total_steps = min(self.total_steps, cfg.max_steps)
+            # the most steps the run may take: its epochs, or --max-steps; --minutes fits within
+            self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
+            self.total_steps = self.step_cap
             if cfg.minutes:
                 self.total_steps = self._steps_that_fit()
         self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size)
@@ -284,8 +284,7 @@ class DINOTrainer:
         (counted from the trainer's creation); every rank gets the smallest count."""
         remaining = self.cfg.minutes * 60 - (self.clock() - self.started)
         steps = done + max(1, int(remaining / per_step))
-        cap = self.cfg.epochs * self.steps_per_epoch
-        steps = min(steps, cap, self.cfg.max_steps or cap)
+        steps = min(steps, self.step_cap)
         if self.world > 1:
             t = torch.tensor([steps], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
