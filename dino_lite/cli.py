@@ -234,6 +234,20 @@ def main(argv=None):
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         args.func(args)
+        _leave_process_group(wait=True)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        _leave_process_group(wait=False)
         sys.exit(2)
+
+
+def _leave_process_group(wait):
+    """Under torchrun, tear the process group down before the interpreter exits: left to the
+    exit handlers, gloo's threads can abort a finished process ("terminate called without an
+    active exception"). After success the ranks first meet, so none leaves while another still
+    talks to it."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
