@@ -142,15 +142,12 @@ class DINOTrainer:
         self.optimizer = build_optimizer(cfg, self.student)
 
         if ckpt is not None:
-            self.total_steps = ckpt["total_steps"]
+            total = ckpt["total_steps"]
         else:
             # the most steps the run may take: its epochs, or --max-steps; --minutes fits within
             self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
-            self.total_steps = self.step_cap
-            if cfg.minutes:
-                self.total_steps = self._steps_that_fit()
-        self.sched = make_schedules(cfg, self.total_steps, cfg.batch_size)
-        self.loss_fn = build_loss(cfg, self.total_steps, self.sched).to(self.device)
+            total = self._steps_that_fit() if cfg.minutes else self.step_cap
+        self._lay_out(total)
         self.step = 0
         # --minutes: re-measure once, on real steps, at the end of the first epoch or after 10%
         # of the estimate (whichever comes first), and lay the schedules out again
@@ -298,12 +295,17 @@ class DINOTrainer:
         over its first steps is a better one. Fit the budget again from it and re-lay the
         schedules over the new count (the centers carry over); steps taken keep what they used."""
         per_step = (self.clock() - run_start) / self.step
-        self.total_steps = self._fit(self.step, per_step, f"{per_step * 1000:.0f} ms/step over "
-                                                          f"the first {self.step} steps")
-        self.sched = make_schedules(self.cfg, self.total_steps, self.cfg.batch_size)
-        loss_fn = build_loss(self.cfg, self.total_steps, self.sched).to(self.device)
-        loss_fn.load_state_dict(self.loss_fn.state_dict())
-        self.loss_fn = loss_fn
+        centers = self.loss_fn.state_dict()
+        self._lay_out(self._fit(self.step, per_step, f"{per_step * 1000:.0f} ms/step over the "
+                                                     f"first {self.step} steps"))
+        self.loss_fn.load_state_dict(centers)
+
+    def _lay_out(self, total_steps):
+        """The per-step schedules and the loss (its teacher-temperature warm-up) over
+        ``total_steps``."""
+        self.total_steps = total_steps
+        self.sched = make_schedules(self.cfg, total_steps, self.cfg.batch_size)
+        self.loss_fn = build_loss(self.cfg, total_steps, self.sched).to(self.device)
 
     # -- the run --------------------------------------------------------------------------
     def state(self) -> dict:
