@@ -141,11 +141,11 @@ class DINOTrainer:
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(cfg, self.student)
 
+        # the most steps the run may take: its epochs, or --max-steps; --minutes fits within
+        self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
         if ckpt is not None:
             total = ckpt["total_steps"]
         else:
-            # the most steps the run may take: its epochs, or --max-steps; --minutes fits within
-            self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
             total = self._steps_that_fit() if cfg.minutes else self.step_cap
         self._lay_out(total)
         self.step = 0
