@@ -16,6 +16,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .config import Config
 from .data import build_dataset, eval_transform
 from .models import build_eval_backbone
+from .precision import choose
 
 
 def _world():
@@ -48,12 +49,20 @@ def embed(backbone, x, pool="cls"):
     return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], -1)
 
 
+def _precision(backbone, device):
+    """bf16 or fp32 for evaluating ``backbone``: measured once per process and width."""
+    return choose(device_type=device.type, width=getattr(backbone, "embed_dim", 128))
+
+
 @torch.no_grad()
-def extract_features(backbone, dataset, batch_size=256, num_workers=0, bf16=True, progress=False,
+def extract_features(backbone, dataset, batch_size=256, num_workers=0, bf16=None, progress=False,
                      desc="features", pool="cls", normalize=True):
-    """Backbone features (L2-normalised by default) and labels for every image of ``dataset``."""
+    """Backbone features (L2-normalised by default) and labels for every image of ``dataset``;
+    ``bf16=None`` autocasts to bf16 only where it is faster on this machine (precision.py)."""
     backbone.eval()
     device = next(backbone.parameters()).device
+    if bf16 is None:
+        bf16 = _precision(backbone, device).bf16
     rank, world = _world()
     shard = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(shard, batch_size, num_workers=num_workers)
@@ -188,12 +197,13 @@ def finetune_accuracy(backbone, cfg: Config, data=None, epochs=10, lr=1e-4, batc
     opt = torch.optim.AdamW(model.parameters(), lr=lr * batch_size / 256, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr * batch_size / 256, total_steps=steps,
                                                 pct_start=0.1)
+    precision = _precision(backbone, device)
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress)
     model.train()
     step = 0
     while step < steps:
         for x, y in loader:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with precision.autocast(device.type):
                 loss = F.cross_entropy(model(x.to(device)), torch.as_tensor(y).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -209,6 +219,6 @@ def finetune_accuracy(backbone, cfg: Config, data=None, epochs=10, lr=1e-4, batc
     correct = 0
     with torch.no_grad():
         for x, y in torch.utils.data.DataLoader(test_set, 256):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with precision.autocast(device.type):
                 correct += (model(x.to(device)).argmax(1).cpu() == torch.as_tensor(y)).sum().item()
     return correct / len(test_set)

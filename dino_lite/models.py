@@ -174,16 +174,19 @@ class MultiCropWrapper(nn.Module):
 
 
 def use_fused_attention(cfg) -> bool:
-    """``auto``: fused attention on GPUs, explicit attention on CPUs (faster there, see above)."""
-    if cfg.fused_attention == "auto":
-        return torch.cuda.is_available()
-    return cfg.fused_attention == "on"
+    """``auto``: the attention kernel measured faster on this machine (fused on GPUs; see
+    :mod:`dino_lite.precision`); ``on`` / ``off`` force it."""
+    from .precision import for_config
+    return for_config(cfg).fused_attention
 
 
-def build_student_teacher(cfg):
-    """Student and teacher networks; the teacher is a deep copy that never receives gradients."""
+def build_student_teacher(cfg, fused_attention: bool | None = None):
+    """Student and teacher networks; the teacher is a deep copy that never receives gradients.
+    ``fused_attention`` (default: :func:`use_fused_attention`) picks timm's attention kernel."""
+    if fused_attention is None:
+        fused_attention = use_fused_attention(cfg)
     backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              use_fused_attention(cfg), cfg.stem, cfg.qk_norm)
+                              fused_attention, cfg.stem, cfg.qk_norm)
     head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
     student = MultiCropWrapper(backbone, head)

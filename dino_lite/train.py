@@ -14,7 +14,6 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
 from .loss import DINOLoss, PatchLoss, koleo_loss
 from .models import build_student_teacher, update_teacher
+from .precision import Precision, for_config
 from .schedules import cosine_schedule
 
 CHECKPOINT = "checkpoint.pt"
@@ -111,6 +111,14 @@ class DINOTrainer:
             ckpt = load_checkpoint(self.out / CHECKPOINT)
             cfg = Config.from_dict(ckpt["config"])
         self.cfg = cfg.validate()
+        # bf16 or fp32, fused or explicit attention: measured on this machine for a new run
+        # (precision.py), kept from the checkpoint on resume so the run continues identically
+        if ckpt is not None and "precision" in ckpt:
+            self.precision = Precision.from_dict(ckpt["precision"])
+        else:
+            self.precision = for_config(cfg, self.device.type)
+        if self.rank == 0 and progress:
+            print(self.precision)
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
@@ -123,7 +131,7 @@ class DINOTrainer:
             self.dataset, self.sampler.local_batch, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_views, pin_memory=self.device.type == "cuda")
 
-        self.student, self.teacher = build_student_teacher(cfg)
+        self.student, self.teacher = build_student_teacher(cfg, self.precision.fused_attention)
         if self.world > 1 and self.device.type == "cuda":   # BatchNorm over the global batch
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
@@ -164,9 +172,7 @@ class DINOTrainer:
 
     # -- one step -------------------------------------------------------------------------
     def autocast(self):
-        if not self.cfg.bf16:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.precision.autocast(self.device.type)
 
     def train_step(self, views, step, student, teacher, loss_fn, optimizer):
         """One DINO step on ``views`` (list of crop batches, globals first); returns the record."""
@@ -228,7 +234,8 @@ class DINOTrainer:
         momentum = self.teacher_momentum(step)
         if momentum < 1.0:
             update_teacher(student, teacher, momentum)
-        return {"step": step, "loss": loss_value, "lr": float(self.sched["lr"][step]),
+        return {"step": step, "loss": loss_value, "precision": self.precision.name,
+                "lr": float(self.sched["lr"][step]),
                 "wd": float(self.sched["wd"][step]), "momentum": momentum,
                 "teacher_temp": loss_fn.teacher_temp(step), **stats}
 
@@ -312,7 +319,7 @@ class DINOTrainer:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "config": self.cfg.to_dict(),
-                "rng": torch.get_rng_state()}
+                "precision": self.precision.to_dict(), "rng": torch.get_rng_state()}
 
     def save(self):
         if self.rank == 0:
@@ -332,7 +339,9 @@ class DINOTrainer:
         """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``)."""
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            (self.out / "config.json").write_text(self.cfg.to_json())
+            # the config as given ("auto" included) and what "auto" resolved to on this machine
+            (self.out / "config.json").write_text(json.dumps(
+                {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._open_log() if self.rank == 0 else None
         history = []
         bar = tqdm(total=self.total_steps, initial=self.step, desc="DINO", disable=not self.progress,

@@ -1,0 +1,159 @@
+"""Numeric precision and attention kernel, chosen by measuring this machine.
+
+bfloat16 autocast keeps fp32's range with an 8-bit mantissa. Where the hardware has bf16
+instructions (GPUs; CPUs with AVX-512 BF16 or AMX) a bf16 matmul runs 2-3x faster than fp32. Where
+it has not (AVX2: most laptops), PyTorch emulates bf16 and the same matmul runs up to 100x
+*slower*. Feature flags differ by platform and by PyTorch build, so on CPU we do not guess: we time
+one small forward + backward shaped like the model's in both precisions and keep bf16 only where
+it is clearly faster. The same holds for attention: PyTorch's fused kernel
+(``scaled_dot_product_attention``) wins on GPUs, while on CPUs timm's explicit softmax attention can
+be faster for the short sequences of small images, so the two are timed as well.
+
+``bf16`` / ``fused_attention`` in the config are ``"auto"`` (measure), or forced: ``True`` /
+``False`` and ``"on"`` / ``"off"``. GPUs always get bf16 and the fused kernel unless forced.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+
+BF16_MARGIN = 1.25       # bf16 is chosen only when it is at least this much faster than fp32
+FUSED_MARGIN = 1.10      # the fused attention kernel likewise, against explicit attention
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: bf16 autocast or fp32, fused or explicit attention, and why."""
+    bf16: bool
+    fused_attention: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def autocast(self, device_type: str):
+        """The autocast context for forward passes (a no-op in fp32)."""
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Precision":
+        return cls(bool(d["bf16"]), bool(d["fused_attention"]), str(d["reason"]))
+
+    def __str__(self):
+        attn = "fused" if self.fused_attention else "explicit"
+        return f"precision: {self.name}, {attn} attention ({self.reason})"
+
+
+def _seconds(fn, reps: int = 3) -> float:
+    """The fastest of ``reps`` timed calls after one warm-up call (the minimum is the least
+    disturbed by other processes)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _linear_step(width: int, rows: int, bf16: bool):
+    """Forward + backward of the ViT's MLP layer (``width -> 4 width``) on ``rows`` tokens."""
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(width, 4 * width)
+    x = torch.randn(rows, width, generator=g, requires_grad=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer(x)
+        y.float().sum().backward()
+    return step
+
+
+def _attention_step(width: int, heads: int, batch: int, tokens: int, fused: bool, bf16: bool):
+    """Forward + backward of one timm attention layer with the fused kernel or explicit softmax."""
+    from timm.layers import Attention   # timm's ViT block attention, the one our models use
+    attn = Attention(width, num_heads=heads)
+    attn.fused_attn = fused
+    x = torch.randn(batch, tokens, width, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = attn(x)
+        y.float().sum().backward()
+    return step
+
+
+@functools.lru_cache(maxsize=None)
+def measure_cpu(width: int = 128, heads: int = 4, tokens: int = 65, batch: int = 32) -> dict:
+    """Seconds for the model-shaped workloads on this CPU: ``fp32`` and ``bf16`` linear layers,
+    and attention with the ``fused`` kernel and ``explicit`` softmax (in the faster precision).
+    Cached per shape: a process measures once (about 0.1 s with native bf16, under 1 s without)."""
+    rows = min(batch * tokens, 2048)
+    times = {"fp32": _seconds(_linear_step(width, rows, False)),
+             "bf16": _seconds(_linear_step(width, rows, True), reps=2)}
+    bf16 = times["fp32"] / times["bf16"] >= BF16_MARGIN
+    for name, fused in (("fused", True), ("explicit", False)):
+        times[name] = _seconds(_attention_step(width, heads, batch, tokens, fused, bf16))
+    return times
+
+
+def _flag(value, name: str):
+    """``"auto"`` -> None; booleans and on/off/true/false strings -> bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text == "auto":
+        return None
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be auto, true/on or false/off, got {value!r}")
+
+
+def choose(bf16="auto", fused_attention="auto", device_type: str = "cpu", width: int = 128,
+           heads: int = 4, tokens: int = 65, batch: int = 32, measure=measure_cpu) -> Precision:
+    """The precision and attention kernel to run with; ``measure`` (injectable for tests) returns
+    the timings of :func:`measure_cpu`."""
+    want_bf16, want_fused = _flag(bf16, "bf16"), _flag(fused_attention, "fused_attention")
+    if want_bf16 is not None and want_fused is not None:
+        return Precision(want_bf16, want_fused, "set in the config")
+    if device_type != "cpu":
+        return Precision(True if want_bf16 is None else want_bf16,
+                         True if want_fused is None else want_fused, f"{device_type}: bf16 is native")
+    t = measure(width, heads, tokens, batch)
+    ratio = t["fp32"] / t["bf16"]
+    reasons = []
+    if want_bf16 is None:
+        want_bf16 = ratio >= BF16_MARGIN
+        reasons.append(f"bf16 is {ratio:.1f}x faster than fp32 on this CPU" if ratio >= 1 else
+                       f"bf16 is {1 / ratio:.1f}x slower than fp32 on this CPU")
+    else:
+        reasons.append(f"bf16 {'on' if want_bf16 else 'off'} as set")
+    if want_fused is None:
+        speed = t["explicit"] / t["fused"]
+        want_fused = speed >= FUSED_MARGIN
+        reasons.append(f"fused attention runs at {speed:.1f}x the speed of explicit")
+    return Precision(want_bf16, want_fused, "; ".join(reasons))
+
+
+def for_config(cfg, device_type: str | None = None) -> Precision:
+    """The precision a run of ``cfg`` uses on ``device_type`` (default: CUDA when available)."""
+    from .models import VIT_SIZES
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    width, _, heads = VIT_SIZES.get(cfg.arch, (128, 0, 4))
+    tokens = (cfg.global_size // cfg.patch_size) ** 2 + 1 if cfg.arch in VIT_SIZES else 65
+    batch = max(1, min(cfg.batch_size, 64))
+    return choose(cfg.bf16, cfg.fused_attention, device_type, width, heads, tokens, batch)
