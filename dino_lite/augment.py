@@ -186,7 +186,7 @@ def patch_masks(generator: torch.Generator, n, patches, prob=0.5, ratio=(0.1, 0.
     shares of hidden patches are spread evenly over ``ratio`` and dealt out at random, and each
     image's hidden patches are chosen at random. iBOT draws every image's share independently;
     fixing the batch's total keeps tensor shapes the same from step to step, which matters on
-    CPU: with shapes that vary, the allocator fragments and steps grew 179 -> 220 ms in 1000."""
+    CPU: with shapes that vary, the allocator fragments and steps slow down over a run."""
     k = round(prob * n)
     order = torch.randperm(n, generator=generator)
     shares = ratio[0] + (ratio[1] - ratio[0]) * (torch.arange(k) + 0.5) / max(k, 1)

@@ -160,7 +160,7 @@ PRESETS: dict[str, dict] = {
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
         local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=4, num_workers=0,
         notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
-              "hue jitter 0.5, K 4096, QK-norm); see README"),
+              "hue jitter 0.5, K 4096, QK-norm); see docs/RESULTS.md"),
     "cifar10": dict(
         data="cifar10", image_size=32, global_size=32, local_size=16, n_local=4, arch="vit_tiny",
         patch_size=4, depth=6, drop_path=0.0, out_dim=1024, head_hidden=512, batch_size=64,

@@ -20,7 +20,7 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
     see better"): stride-2 3x3 convolutions until the patch stride, then a 1x1 projection.
 
     It replaces the single strided ``patch x patch`` convolution and makes small ViTs trained
-    from scratch on small data optimise far faster (measured in the README); tokens still map
+    from scratch on small data optimise far faster (docs/RESULTS.md); tokens still map
     one-to-one to image patches, so attention maps read the same way.
     """
     n = patch_size.bit_length() - 1

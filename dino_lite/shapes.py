@@ -7,10 +7,10 @@ noise texture plus a few distractor strokes and blobs. Each image comes with the
 labelled object, which is what attention maps are scored against.
 
 Brightness is held fixed on purpose: the background's mean luminance and the object's luminance
-are the same in every image, and only the hue is random. When objects had random brightness,
-a few CPU minutes of DINO learned "bright object on dark ground" instead of shape, because
-brightness order survives the photometric augmentations. Hue does not survive the cpu-demo
-preset's full-circle hue jitter, and the pale tints keep it a weak cue (README, Results).
+are the same in every image, and only the hue is random. With random brightness, a few CPU
+minutes of DINO learn "bright object on dark ground" instead of shape, because brightness
+order survives the photometric augmentations. Hue does not survive the cpu-demo preset's
+full-circle hue jitter, and the pale tints keep it a weak cue (docs/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -179,8 +179,8 @@ class DINOTrainer:
         views = [v.to(self.device, non_blocking=True) for v in views]
         local = len(views[0])
         rows = slice(self.rank * local, (self.rank + 1) * local)
-        # one draw for the global batch, the same on every rank (the trailing 0 keeps the
-        # augmentations, hence the results, of single-process runs made before scale-out)
+        # one draw for the global batch, the same on every rank; its seed fixes every run's
+        # augmentations (the trailing 0 is part of it: changing it changes recorded results)
         views = photometric(views, BatchRandom(seed_for(self.cfg.seed, step, 0), rows, local * self.world),
                             self.cfg.colour_jitter, self.cfg.rotation, self.cfg.invert)
         for group in optimizer.param_groups:
