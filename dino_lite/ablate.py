@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, make_config
+from .config import Config
 from .evaluate import knn_accuracy, knn_and_linear_accuracy, random_init_backbone
 
 # name -> config overrides. The first nine are the paper's ablation rows (Mom. / SK / MC / Loss /
@@ -76,30 +76,6 @@ def collapse_verdict(history: list[dict], tail: float = 0.1) -> bool:
     """Collapsed when the teacher's information (:func:`teacher_information`) is below 10% of
     ln K: the teacher gives (almost) every image the same distribution."""
     return teacher_information(history, tail) < COLLAPSE_INFORMATION * history[-1]["max_entropy"]
-
-
-def notebook_base(steps: int, repo_root="..", batch_size: int = 32):
-    """The small-budget base of notebooks 04 and 07: the tinyimagenet recipe for ``steps`` steps
-    of ``batch_size`` images on ``../shared/data/tinyimagenet-dev20`` when that folder exists
-    (real photos, where the claims are checked), else the cpu-demo recipe on the embedded
-    shapes. A run this short keeps the faster teacher of the cpu-demo recipe (momentum 0.95, an
-    average over about 20 steps): the preset's 0.98 suits its 10-minute runs of ~3000 steps.
-    The preset's additions from later papers (DINOv2's KoLeo term, iBOT's masked patch
-    prediction) are off, so that each row tests the paper's DINO components alone. Returns
-    ``(config, on_real_data)``."""
-    data = Path(repo_root) / make_config("tinyimagenet").data
-    if data.is_dir():
-        cfg = make_config("tinyimagenet", dict(data=str(data), max_steps=steps, batch_size=batch_size,
-                                               momentum_teacher=0.95, koleo=0.0, ibot=0.0))
-        return cfg, True
-    print(f"{data} is absent: using the embedded shapes instead (the claims are not checked)")
-    return make_config("cpu-demo", dict(minutes=None, max_steps=steps, batch_size=batch_size)), False
-
-
-def notebook_run_dir(base: Config, steps: int, repo_root="..") -> Path:
-    """Where notebooks 04, 05 and 07 keep the rows they train with :func:`notebook_base`, so
-    that each reuses the runs of the others."""
-    return Path(repo_root) / "runs" / "notebooks" / f"ablate-{base.name}-{steps}steps"
 
 
 def _write_json(path: Path, obj) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, make_config
+from .config import PRESETS, make_config, train_config
 
 
 def _add_model_source(p):
@@ -53,15 +53,6 @@ def _report(args, name, value, **extra):
     if args.json:
         print(json.dumps({name: value, "data": args.data, **extra,
                           "model": args.checkpoint or f"{args.preset} (random init)"}))
-
-
-def train_config(preset, sets=(), **given):
-    """The config `train` runs: the preset, the given options that are not None, then ``sets``."""
-    cfg = make_config(preset, {k: v for k, v in given.items() if v is not None}, list(sets))
-    if (given.get("epochs") is not None or given.get("max_steps") is not None) \
-            and given.get("minutes") is None:
-        cfg.minutes = None      # --epochs / --max-steps ask for a length, not the preset's time budget
-    return cfg
 
 
 def cmd_train(args):

@@ -1,10 +1,20 @@
-"""Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides."""
+"""Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides.
+
+Presets hold no machine paths. A preset that trains on one of the shared data sets names it
+``shared:NAME``; :func:`make_config` resolves that to ``NAME`` under :func:`shared_data_root`:
+the folder in ``$DINO_LITE_SHARED_DATA``, or else ``../shared/data`` beside the repository.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
+SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
 # the choices of the ablation switches (see the Config fields below)
 TEACHERS = ("momentum", "student_copy", "previous_iteration", "previous_epoch")
@@ -167,7 +177,7 @@ PRESETS: dict[str, dict] = {
         epochs=100, lr=0.002, warmup_epochs=2, momentum_teacher=0.99, freeze_last_layer=0,
         num_workers=1),
     "tinyimagenet": dict(
-        data="../shared/data/tinyimagenet-dev20", image_size=64, global_size=64, local_size=32,
+        data=SHARED + "tinyimagenet-dev20", image_size=64, global_size=64, local_size=32,
         n_local=4, arch="vit_mini", patch_size=8, depth=4, stem="conv", drop_path=0.0,
         out_dim=1024, head_hidden=512, head_bn=True, batch_size=32, epochs=100, lr=0.004,
         warmup_epochs=5, momentum_teacher=0.98, freeze_last_layer=0, local_scale=(0.15, 0.5),
@@ -210,6 +220,20 @@ def _parse_value(name: str, text: str):
     return text
 
 
+def shared_data_root() -> Path:
+    """The folder holding the shared data sets: ``$DINO_LITE_SHARED_DATA`` if set, else
+    ``../shared/data`` next to the repository (found from this file, not the working directory)."""
+    root = os.environ.get(SHARED_DATA_ENV)
+    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def resolve_data(spec: str) -> str:
+    """``shared:NAME`` -> the path of ``NAME`` under :func:`shared_data_root`; other specs unchanged."""
+    if isinstance(spec, str) and spec.startswith(SHARED):
+        return str(shared_data_root() / spec[len(SHARED):])
+    return spec
+
+
 def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
                 sets: list[str] | None = None) -> Config:
     """Resolve a preset, then ``overrides`` (a dict), then ``sets`` (``["key=value", ...]``)."""
@@ -226,4 +250,18 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
         values[key] = _parse_value(key, text.strip())
+    if "data" in values:
+        values["data"] = resolve_data(values["data"])
     return Config.from_dict(values).validate()
+
+
+def train_config(preset: str, sets=(), **given) -> Config:
+    """The config a training run uses: the preset, then the ``given`` options that are not None
+    (``data``, ``epochs``, ``minutes``, ``max_steps``, ``seed``), then ``sets``
+    (``["key=value", ...]``). Asking for a length (``epochs`` or ``max_steps``) without
+    ``minutes`` drops the preset's time budget."""
+    cfg = make_config(preset, {k: v for k, v in given.items() if v is not None}, list(sets))
+    if (given.get("epochs") is not None or given.get("max_steps") is not None) \
+            and given.get("minutes") is None:
+        cfg.minutes = None
+    return cfg

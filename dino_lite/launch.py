@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, train_config
 
 
 @dataclass
@@ -55,7 +55,6 @@ def launch(preset: str = "imagenet-vits16", sets=(), *, gpus: int = 1, nodes: in
         raise ValueError(f"backend must be 'torchrun' or 'slurm', got {backend!r}")
     if gpus < 1 or nodes < 1:
         raise ValueError(f"need at least one node and one process per node, got {nodes} x {gpus}")
-    from .cli import train_config
     cfg = train_config(preset, sets, data=data, epochs=epochs, max_steps=max_steps)
     world = gpus * nodes
     if cfg.batch_size % world:

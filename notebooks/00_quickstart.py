@@ -101,8 +101,8 @@ print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.
 # The dataset is built for this: every object has the same brightness and only its hue is
 # random. In an earlier version brightness was random too, and DINO learned "bright object on
 # dark ground" instead of shape, because brightness survives the augmentations (they shift hue
-# freely in this preset but keep the order of light and dark). The README's Results tell that
-# story with numbers.
+# freely in this preset but keep the order of light and dark). `docs/RESULTS.md` (design
+# decisions) tells that story with numbers.
 #
 # ## Check
 # The claims, asserted: the trained features beat random initialisation on k-NN by at least 20

@@ -94,7 +94,8 @@ plt.show()
 # %%
 from pathlib import Path
 
-from dino_lite.ablate import PAPER, notebook_base, notebook_run_dir, run_ablation
+from dino_lite.ablate import PAPER, run_ablation
+from dino_lite.notebook import notebook_base, notebook_run_dir
 from dino_lite.data import build_dataset
 
 torch.set_num_threads(2)
@@ -137,8 +138,8 @@ print(f"one epoch is {epoch_steps} steps: within {STEPS} steps the previous-epoc
 # information, the gap between the batch-mean and per-image entropies). Whether the student copy
 # crosses our *collapsed* line (information below 10% of ln K = 0.69 nats) depends on the budget
 # (0.43 nats after 144 steps here, 0.75 after 500 steps of 64 images), so it is printed, not
-# asserted; after those 500 steps its k-NN falls to 12.4%, below random init (22.2%; README,
-# Results).
+# asserted; after those 500 steps its k-NN falls to 12.4%, below random init (22.2%;
+# `docs/RESULTS.md`, ablations).
 
 # %%
 peak = cfg.lr * cfg.batch_size / 256

@@ -109,12 +109,14 @@ accuracy_bars(results, 0.1, "frozen features, 10 shape classes")
 # %% [markdown]
 # ## The same comparison on real photos
 # Notebooks 04 and 07 train the momentum-teacher DINO run on 20 classes of Tiny-ImageNet photos
-# (`../shared/data/tinyimagenet-dev20`, 144 steps of 32 photos, the `tinyimagenet` recipe);
+# (`tinyimagenet-dev20` under the shared data root, `../shared/data` unless `DINO_LITE_SHARED_DATA`
+# says otherwise; 144 steps of 32 photos, the `tinyimagenet` recipe);
 # `run_ablation` reuses that run here (or trains it, if this notebook runs first) and reports
 # the same two classifiers for it and for its random initialisation.
 
 # %%
-from dino_lite.ablate import notebook_base, notebook_run_dir, run_ablation
+from dino_lite.ablate import run_ablation
+from dino_lite.notebook import notebook_base, notebook_run_dir
 
 PHOTO_STEPS = 144    # the budget of notebooks 04 and 07, so that their run is reused
 photo_base, REAL_DATA = notebook_base(PHOTO_STEPS)
@@ -133,7 +135,7 @@ if REAL_DATA:
 # 16 GPUs; the supervised ViT-S reaches 79.8%. Here a 4-block ViT trains for minutes on 5000
 # synthetic images. On the shapes its features beat random initialisation by a wide margin
 # under k-NN: the dataset holds every object's brightness fixed, so shape is the cue that two
-# crops of an image share (the README's Results show what DINO learned when brightness was
+# crops of an image share (`docs/RESULTS.md` shows what DINO learned when brightness was
 # random: brightness). On the real photos the same machinery beats random init by a few points
 # after 144 steps. A random ViT is a strong baseline on small images: its features already
 # separate the classes well above chance, which is why every DINO number must be read against it.
@@ -142,7 +144,7 @@ if REAL_DATA:
 # Both classifiers work on frozen features (a random network's linear probe is well above
 # chance); on the shapes DINO's k-NN beats random initialisation by at least 20 points; the
 # k-NN result does not depend on how many test images are scored at once; and on the real
-# photos (when `../shared/data` is there) DINO's features beat random initialisation under both
+# photos (when the shared data root holds them) DINO's features beat random initialisation under both
 # classifiers.
 
 # %%
@@ -155,5 +157,5 @@ if REAL_DATA:
     (knn_dino, lin_dino), (knn_rand, lin_rand) = photo_results["DINO (trained)"], photo_results["random init"]
     assert knn_dino > knn_rand and lin_dino > lin_rand, photo_results
 else:
-    print("../shared/data is absent: the real-photo claim is not checked")
+    print("tinyimagenet-dev20 is absent: the real-photo claim is not checked")
 print("all checks passed")

@@ -37,7 +37,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from dino_lite.ablate import ROWS, markdown_table, notebook_base, notebook_run_dir, run_ablation
+from dino_lite.ablate import ROWS, markdown_table, run_ablation
+from dino_lite.notebook import notebook_base, notebook_run_dir
 
 torch.set_num_threads(2)
 STEPS = 144            # knob: training steps (32 images each) per row, about 45 s each here; 1000+ for a longer run
@@ -91,12 +92,12 @@ plt.show()
 # * *the student copy collapses*: its teacher information crosses our collapsed line (0.69
 #   nats) after 144 steps here (0.43) but not after 500 steps of 64 images (0.75), so the
 #   verdict is printed, not asserted. The paper's student
-#   copy ends at 0.1% k-NN; ours, after 500 steps of 64 images (README, Results), falls to
+#   copy ends at 0.1% k-NN; ours, after 500 steps of 64 images (`docs/RESULTS.md`), falls to
 #   12.4%, below random init (22.2%), with the teacher's entropy swinging up and down rather
 #   than settling. The BatchNorm in our CPU head keeps outputs batch-dependent, which may be
 #   why it never collapses completely.
 # * absolute numbers: 144 steps of 32 small photos are not 300 ImageNet epochs.
-# * the finer orderings. In the README's 500-step table, Sinkhorn-Knopp is level with centering
+# * the finer orderings. In the 500-step table of `docs/RESULTS.md`, Sinkhorn-Knopp is level with centering
 #   (27.2 vs 27.9) and no multi-crop is below DINO (22.4), as in the paper, but MoCo v2 (33.9)
 #   and the previous-epoch teacher (31.1) come out *above* DINO, and the predictor row collapses
 #   (15.8) where the paper's loses one point.
