@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test notebooks sync clean
+.PHONY: demo test test-fast notebooks sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+# The inner loop: every test not marked slow (torchrun, multi-run), no notebooks.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" tests
 
 # Re-execute every notebook from its .py twin, store the fresh outputs (figures) in the .ipynb
 # (no --update: it would keep the old outputs) and

@@ -169,6 +169,7 @@ def test_rows_cover_the_paper_table_and_teacher_variants():
     assert (swav.teacher, swav.centering, swav.n_local) == ("student_copy", "sinkhorn_knopp", base.n_local)
 
 
+@pytest.mark.slow
 def test_ablate_command_runs_every_row_and_resumes(tiny_folder, tmp_path, capsys):
     small = {k: v for k, v in tiny_config(tiny_folder).to_dict().items()
              if k in ("image_size", "global_size", "local_size", "n_local", "depth", "out_dim",

@@ -44,6 +44,7 @@ def two_process_run(tiny_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, tiny_folder,
                                                                      tmp_path):
     """Same images, augmentations and init on 1 or 2 processes: without BatchNorm, in fp32, the
@@ -56,6 +57,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     assert max(diffs) < 1e-3, diffs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", ["centering=sinkhorn_knopp", "loss=infonce", "ibot=1"])
 def test_global_batch_losses_match_across_processes(switch, tiny_folder, tmp_path):
     """Sinkhorn-Knopp's equipartition, InfoNCE's negatives and iBOT's mean over hidden patches
@@ -70,6 +72,7 @@ def test_global_batch_losses_match_across_processes(switch, tiny_folder, tmp_pat
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-3
 
 
+@pytest.mark.slow
 def test_cpu_demo_on_two_processes_tracks_one_process(tmp_path):
     """The cpu-demo preset itself (conv stem and head with BatchNorm, whose statistics are per
     process on CPU: SyncBatchNorm is GPU-only) stays within a small tolerance of 1 process."""
@@ -84,6 +87,7 @@ def test_cpu_demo_on_two_processes_tracks_one_process(tmp_path):
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 0.05
 
 
+@pytest.mark.slow
 def test_knn_under_torchrun_gathers_features_of_every_image(two_process_run, capsys):
     ckpt = str(two_process_run / "checkpoint.pt")
     r = _torchrun(["knn", "--checkpoint", ckpt, "--json"])
@@ -95,6 +99,7 @@ def test_knn_under_torchrun_gathers_features_of_every_image(two_process_run, cap
     assert json.loads(lines[0])["knn_top1"] == pytest.approx(single["knn_top1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_linear_and_finetune_run_on_the_checkpoint(two_process_run, capsys):
     ckpt = str(two_process_run / "checkpoint.pt")
     main(["linear", "--checkpoint", ckpt, "--epochs", "5", "--json"])

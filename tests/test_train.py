@@ -26,6 +26,7 @@ def test_student_learns_to_match_a_frozen_teacher(tiny_folder, tmp_path):
     assert all(r["momentum"] == 1.0 for r in log)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [{}, {"ibot": 1.0}], ids=["dino", "ibot"])
 def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path, extra):
     cfg = tiny_config(tiny_folder, epochs=2, max_steps=9, **extra)   # 6 steps per epoch: stop mid-epoch
