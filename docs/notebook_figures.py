@@ -1,6 +1,6 @@
 """Copy the first figure of each executed notebook to ``docs/nb_<name>.png`` (a thumbnail) for
 the README's Notebooks section, and the quickstart's attention maps (its last figure) to
-``docs/attention_cpu_demo.png`` for the README's Results. ``make notebooks`` runs it after
+``docs/attention_cpu_demo.png`` for ``docs/RESULTS.md``. ``make notebooks`` runs it after
 re-executing the notebooks."""
 
 import base64
