@@ -100,6 +100,11 @@ def measure_cpu(width: int = 128, heads: int = 4, tokens: int = 65, batch: int =
     """Seconds for the model-shaped workloads on this CPU: ``fp32`` and ``bf16`` linear layers,
     and attention with the ``fused`` kernel and ``explicit`` softmax (in the faster precision).
     Cached per shape: a process measures once (about 0.1 s with native bf16, under 1 s without)."""
+    with torch.enable_grad():          # callers may be inside torch.no_grad() (evaluation)
+        return _measure(width, heads, tokens, batch)
+
+
+def _measure(width, heads, tokens, batch):
     rows = min(batch * tokens, 2048)
     times = {"fp32": _seconds(_linear_step(width, rows, False)),
              "bf16": _seconds(_linear_step(width, rows, True), reps=2)}
