@@ -36,7 +36,9 @@ def _backbone(args):
     elif not args.random_init:
         raise SystemExit("--preset needs --random-init (or pass --checkpoint PATH)")
     else:
+        from .precision import for_config
         cfg = make_config(args.preset, sets=args.set)
+        cfg = cfg.for_precision(for_config(cfg, device.type).bf16, device.type)  # as `train` would
         backbone = random_init_backbone(cfg)
     if "data" in vars(args):                  # evaluation commands default to the training data
         args.data = args.data or cfg.data

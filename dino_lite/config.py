@@ -79,6 +79,9 @@ class Config:
     # machinery
     bf16: bool | str = "auto"          # bfloat16 autocast: auto (GPUs; CPUs where measured faster) | true | false
     fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, the faster one measured on CPU
+    # settings a CPU run takes when it computes in fp32 (no native bf16): a cheaper recipe that
+    # learns in the same minutes; keys set explicitly (preset overrides, --set) are left out
+    fp32_variant: dict = field(default_factory=dict)
     compile: bool = False              # torch.compile the backbones (GPU runs; keys stay unchanged)
     num_workers: int = 2
     seed: int = 0
@@ -86,6 +89,13 @@ class Config:
     max_steps: int | None = None
     name: str = "custom"
     notes: str = field(default="", compare=False)
+
+    def for_precision(self, bf16: bool, device_type: str = "cpu") -> "Config":
+        """The config a run uses once its precision is known: with :attr:`fp32_variant` applied
+        when a CPU computes in fp32 (the same config otherwise)."""
+        if bf16 or device_type != "cpu" or not self.fp32_variant:
+            return self
+        return dataclasses.replace(self, **self.fp32_variant)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -145,6 +155,11 @@ class Config:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:
             raise ValueError(f"momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
+        unknown = set(self.fp32_variant) - {f.name for f in fields(self)} - {"fp32_variant", "name"}
+        if unknown or "fp32_variant" in self.fp32_variant:
+            raise ValueError(f"fp32_variant holds config keys, got unknown {sorted(unknown)}")
+        if self.fp32_variant:
+            dataclasses.replace(self, **self.fp32_variant, fp32_variant={}).validate()
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -169,6 +184,7 @@ PRESETS: dict[str, dict] = {
         head_hidden=512, head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
         local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=4, num_workers=0,
+        fp32_variant=dict(global_size=48, local_size=24),
         notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
               "hue jitter 0.5, K 4096, QK-norm); see docs/RESULTS.md"),
     "cifar10": dict(
@@ -181,7 +197,7 @@ PRESETS: dict[str, dict] = {
         n_local=4, arch="vit_mini", patch_size=8, depth=4, stem="conv", drop_path=0.0,
         out_dim=1024, head_hidden=512, head_bn=True, batch_size=32, epochs=100, lr=0.004,
         warmup_epochs=5, momentum_teacher=0.98, freeze_last_layer=0, local_scale=(0.15, 0.5),
-        koleo=0.1, ibot=1.0, num_workers=0,
+        koleo=0.1, ibot=1.0, num_workers=0, fp32_variant=dict(global_size=48, local_size=24),
         notes="the cpu-demo recipe on 64 px photos, batch 32, teacher momentum 0.98, plus "
               "DINOv2's KoLeo 0.1 and iBOT's masked patch prediction (weight 1), loader in the "
               "main process (2 cores: 15% more steps)"),
@@ -211,6 +227,11 @@ def _parse_value(name: str, text: str):
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} expects true/false{'/auto' if 'str' in typ else ''}, got {text!r}")
+    if "dict" in typ:
+        if text.lower() in ("none", "{}", ""):
+            return {}
+        return {k.strip(): _parse_value(k.strip(), v) for k, v in
+                (item.split(":", 1) for item in text.strip("{} ").split(";"))}
     if "tuple" in typ:
         return tuple(float(x) for x in text.strip("()[] ").split(","))
     if "int" in typ and "float" not in typ:
@@ -241,6 +262,7 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = {**PRESETS[preset], "name": preset}
     values.update(overrides or {})
+    explicit = set(overrides or {}) - {"fp32_variant"}
     names = {f.name for f in fields(Config)}
     for item in sets or []:
         if "=" not in item:
@@ -250,6 +272,10 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
         values[key] = _parse_value(key, text.strip())
+        explicit.add(key)
+    # what the caller asked for explicitly wins over the preset's fp32 variant
+    values["fp32_variant"] = {k: v for k, v in values.get("fp32_variant", {}).items()
+                              if k not in explicit}
     if "data" in values:
         values["data"] = resolve_data(values["data"])
     return Config.from_dict(values).validate()

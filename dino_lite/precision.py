@@ -129,7 +129,7 @@ def _flag(value, name: str):
 
 
 def choose(bf16="auto", fused_attention="auto", device_type: str = "cpu", width: int = 128,
-           heads: int = 4, tokens: int = 65, batch: int = 32, measure=measure_cpu) -> Precision:
+           heads: int = 4, tokens: int = 65, batch: int = 32, measure=None) -> Precision:
     """The precision and attention kernel to run with; ``measure`` (injectable for tests) returns
     the timings of :func:`measure_cpu`."""
     want_bf16, want_fused = _flag(bf16, "bf16"), _flag(fused_attention, "fused_attention")
@@ -138,7 +138,7 @@ def choose(bf16="auto", fused_attention="auto", device_type: str = "cpu", width:
     if device_type != "cpu":
         return Precision(True if want_bf16 is None else want_bf16,
                          True if want_fused is None else want_fused, f"{device_type}: bf16 is native")
-    t = measure(width, heads, tokens, batch)
+    t = (measure or measure_cpu)(width, heads, tokens, batch)
     ratio = t["fp32"] / t["bf16"]
     reasons = []
     if want_bf16 is None:
