@@ -19,6 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(BIN)/python -m dino_lite estimate --preset cpu-demo
 	$(BIN)/python -m dino_lite train --preset cpu-demo --out $(DEMO_OUT)
 	$(BIN)/python -m dino_lite knn --checkpoint $(DEMO_OUT)/checkpoint.pt
 	$(BIN)/python -m dino_lite knn --preset cpu-demo --random-init

@@ -142,6 +142,32 @@ def cmd_ablate(args):
                           "table": str(out / "ablation.md")}))
 
 
+def cmd_estimate(args):
+    """How long `make demo` (train, then k-NN and attention of the trained and the random-init
+    network) takes on this machine: the training budget plus measured evaluation costs."""
+    from .data import build_dataset
+    from .evaluate import random_init_backbone
+    from .precision import for_config, seconds_per_image
+    from .shapes import SPLIT_SIZES
+    cfg = make_config(args.preset, sets=args.set)
+    precision = for_config(cfg)
+    print(precision)
+    cfg = cfg.for_precision(precision.bf16)
+    if cfg.data == "shapes":
+        images = sum(SPLIT_SIZES.values())
+    else:
+        images = sum(len(build_dataset(cfg.data, train=t, image_size=cfg.image_size)) for t in (True, False))
+    per_image = seconds_per_image(random_init_backbone(cfg), cfg.image_size, precision)
+    evaluation = 2 * (images + args.attention_images) * per_image + 5 * 4.0   # + 5 process starts
+    training = 60 * cfg.minutes if cfg.minutes else float("nan")
+    print(f"estimated time on this machine: {(training + evaluation) / 60:.1f} min "
+          f"(training {training / 60:.1f} min, its budget; evaluation {evaluation / 60:.1f} min: "
+          f"k-NN over {images} images and {args.attention_images} attention maps, trained and "
+          f"random init, at {per_image * 1e3:.1f} ms per image)" +
+          ("; a first run spends about 1 min of its training budget drawing the shapes dataset"
+           if cfg.data == "shapes" else ""))
+
+
 def cmd_config(args):
     cfg = make_config(args.preset, sets=args.set)
     print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
@@ -212,6 +238,12 @@ def build_parser():
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ab.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ab.set_defaults(func=cmd_ablate)
+
+    e = sub.add_parser("estimate", help="how long `make demo` takes on this machine, and in which precision")
+    e.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--attention-images", type=int, default=200)
+    e.set_defaults(func=cmd_estimate)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

@@ -162,3 +162,17 @@ def for_config(cfg, device_type: str | None = None) -> Precision:
     tokens = (cfg.global_size // cfg.patch_size) ** 2 + 1 if cfg.arch in VIT_SIZES else 65
     batch = max(1, min(cfg.batch_size, 64))
     return choose(cfg.bf16, cfg.fused_attention, device_type, width, heads, tokens, batch)
+
+
+@torch.no_grad()
+def seconds_per_image(backbone, image_size: int, precision: Precision, batch: int = 64) -> float:
+    """Forward seconds per image of ``backbone`` at ``image_size`` px in ``precision``: the cost
+    of evaluation (k-NN features, attention maps), used to say how long a command will take."""
+    device = next(backbone.parameters()).device
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    backbone.eval()
+
+    def forward():
+        with precision.autocast(device.type):
+            backbone(x)
+    return _seconds(forward, reps=2) / batch
