@@ -2,12 +2,13 @@
 
 One run measures every variant on the same batch, so the printed ratios compare like with like:
 
-* bf16 autocast vs fp32;
+* bf16 autocast vs fp32 (a dtype this CPU only emulates is skipped, with a line saying so);
 * timm's explicit softmax attention vs the fused kernel (scaled_dot_product_attention);
 * the data path (multi-crop + batched photometric augmentation) on its own.
 
-It also times a large matmul in fp32 and bf16, the machine's practical peak, and reports the
-training step's FLOPs (counted by ``torch.utils.flop_counter``) as a share of that peak.
+It also times a large matmul in fp32 and bf16, the machine's practical peaks, and reports the
+training step's FLOPs (counted by ``torch.utils.flop_counter``) as a share of its own dtype's
+peak, with the CPU's name and capability and what ``bf16=auto`` chooses on it.
 
     python benchmarks/train_throughput.py [--preset cpu-demo] [--set key=value ...] [--steps 5] [--json]
 
@@ -25,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino_lite.config import make_config
+from dino_lite.precision import for_config
 from dino_lite.train import DINOTrainer
 
 # ViT-tiny (192 wide, 12 blocks, 3 heads), 64 px global / 32 px local crops at patch 8,
@@ -35,11 +37,29 @@ REFERENCE = ["arch=vit_tiny", "depth=12", "patch_size=8", "stem=patch", "head_bn
 
 
 def matmul_peak(dtype, n=2048, repeats=5) -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` (best of ``repeats``)."""
+    """GFLOP/s of an n x n matmul in ``dtype`` (best of ``repeats``). A 512 x 512 probe first:
+    where the dtype is emulated (bf16 without AVX-512 BF16: ~1 GFLOP/s) the big one would take
+    minutes, and the probe's figure is the answer."""
+    small = torch.randn(512, 512, dtype=dtype)
+    probe = 2 * 512 ** 3 / min(_timed(lambda: small @ small) for _ in range(2)) / 1e9
+    if probe < 10:
+        return probe
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), for the record beside every number."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
 
 
 def _timed(fn) -> float:
@@ -79,14 +99,18 @@ def main():
         torch.set_num_threads(args.threads)
 
     sets = args.set or REFERENCE
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results = {"preset": args.preset, "overrides": sets, "threads": torch.get_num_threads(),
-               "matmul_gflops": {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}}
-    variants = {"bf16 + explicit attention (default)": ["bf16=true", "fused_attention=off"],
-                "bf16 + fused attention": ["bf16=true", "fused_attention=on"],
-                "fp32 + explicit attention": ["bf16=false", "fused_attention=off"],
-                "fp32 + fused attention": ["bf16=false", "fused_attention=on"]}
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name(),
+               "matmul_gflops": peaks}
     fixed = dict(minutes=None, max_steps=1000, num_workers=0)
-    base = make_config(args.preset, fixed, sets)
+    base = make_config(args.preset, fixed, sets + ["fp32_variant=none"])
+    chosen = for_config(base)
+    results["auto"] = chosen.to_dict()
+    variants = {f"{dtype} + {attn} attention": [f"bf16={dtype == 'bf16'}",
+                                                f"fused_attention={'on' if attn == 'fused' else 'off'}"]
+                for dtype in ("bf16", "fp32") for attn in ("explicit", "fused")}
+    auto_name = f"{chosen.name} + {'fused' if chosen.fused_attention else 'explicit'} attention"
     trainer = DINOTrainer(base, "/tmp/dino_lite_benchmark", progress=False)
     batch = base.batch_size
 
@@ -101,27 +125,35 @@ def main():
              for _ in range(2)]
     views += [torch.randint(0, 256, (batch, 3, base.local_size, base.local_size), dtype=torch.uint8, generator=g)
               for _ in range(base.n_local)]
-    results["variants"] = {}
+    results["variants"], skipped = {}, []
     for name, extra in variants.items():
-        cfg = make_config(args.preset, fixed, sets + extra)
+        dtype = name.split()[0]
+        if peaks[dtype] < 0.1 * max(peaks.values()):      # emulated: minutes per step
+            skipped.append(f"{name}: skipped, {dtype} matmuls run at {peaks[dtype]:.1f} GFLOP/s here "
+                           f"(emulated; a step would take minutes)")
+            continue
+        cfg = make_config(args.preset, fixed, sets + extra + ["fp32_variant=none"])
         t = DINOTrainer(cfg, "/tmp/dino_lite_benchmark", progress=False)
         seconds = step_time(t, views, args.steps)
         flops = step_flops(t, views)
-        peak = results["matmul_gflops"]["bf16" if cfg.bf16 else "fp32"]
         results["variants"][name] = {"images_per_s": batch / seconds, "ms_per_step": seconds * 1000,
                                      "gflop_per_image": flops / batch / 1e9,
-                                     "share_of_bf16_peak": flops / seconds / 1e9 / results["matmul_gflops"]["bf16"],
-                                     "share_of_own_dtype_peak": flops / seconds / 1e9 / peak}
+                                     "share_of_own_dtype_peak": flops / seconds / 1e9 / peaks[dtype]}
 
-    default = results["variants"]["bf16 + explicit attention (default)"]["images_per_s"]
-    print(f"preset {args.preset} + {' '.join(sets)}: batch {batch}, {torch.get_num_threads()} threads")
-    print(f"matmul peak: fp32 {results['matmul_gflops']['fp32']:.0f} GFLOP/s, "
-          f"bf16 {results['matmul_gflops']['bf16']:.0f} GFLOP/s")
+    auto = results["variants"][auto_name]
+    print(f"CPU: {results['cpu']}, capability {results['cpu_capability']}, {torch.get_num_threads()} threads")
+    print(f"matmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    print(f"{chosen}")
+    print(f"preset {args.preset} + {' '.join(sets)}: batch {batch}")
     print(f"data path alone: {results['data_images_per_s']:.0f} images/s")
+    print(f"chosen ({auto_name}): {auto['images_per_s']:.1f} images/s, "
+          f"{auto['share_of_own_dtype_peak']:.1%} of its own matmul peak")
     for name, r in results["variants"].items():
-        print(f"{name:38s} {r['images_per_s']:7.1f} images/s  {r['ms_per_step']:6.0f} ms/step  "
-              f"{r['gflop_per_image']:5.2f} GFLOP/image  {r['share_of_bf16_peak']:6.1%} of bf16 peak  "
-              f"default / this = {default / r['images_per_s']:.2f}")
+        print(f"{name:28s} {r['images_per_s']:7.1f} images/s  {r['ms_per_step']:6.0f} ms/step  "
+              f"{r['gflop_per_image']:5.2f} GFLOP/image  {r['share_of_own_dtype_peak']:6.1%} of its dtype's peak  "
+              f"chosen / this = {auto['images_per_s'] / r['images_per_s']:.2f}")
+    for line in skipped:
+        print(line)
     if args.json:
         print(json.dumps(results))
 
