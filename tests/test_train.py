@@ -205,8 +205,8 @@ def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_pat
     sets = ["image_size=32", "global_size=32", "local_size=16", "n_local=2", "depth=2", "out_dim=64",
             "head_hidden=64", "head_bottleneck=32", "batch_size=32", "num_workers=0",
             "warmup_epochs=0.5", "bf16=false", "fused_attention=off"]
-    args = ["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--epochs", "5",
-            *[a for s in sets for a in ("--set", s)]]          # 3 steps per epoch, 15 steps
+    args = ["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--epochs", "8",
+            *[a for s in sets for a in ("--set", s)]]          # 3 steps per epoch, 24 steps
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
     def start(out, resume):
@@ -217,16 +217,19 @@ def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_pat
     straight = start(tmp_path / "straight", False)
     assert straight.wait(timeout=120) == 0, straight.stderr.read()
     out, rng, kills = tmp_path / "killed", random.Random(24), 0
-    for attempt in range(5):
-        p = start(out, (out / CHECKPOINT).exists())
+    for attempt in range(6):
+        resume = (out / CHECKPOINT).exists()
+        done = load_checkpoint(out / CHECKPOINT)["step"] if resume else 0
+        p = start(out, resume)
         if attempt == 0:
             time.sleep(rng.uniform(0.3, 1.5))                # while it starts up
-        else:                                                # once it trains
+        else:         # once this process has logged a step of its own (the log is kept to `done`)
             deadline = time.time() + 60
             while p.poll() is None and time.time() < deadline and not (
-                    (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") > 0):
+                    (out / "log.jsonl").exists()
+                    and (out / "log.jsonl").read_text().count("\n") > done):
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.8))
+            time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
@@ -234,9 +237,9 @@ def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_pat
     assert kills >= 3
     final = start(out, (out / CHECKPOINT).exists())
     assert final.wait(timeout=120) == 0, final.stderr.read()
-    assert [r["step"] for r in read_log(out)] == list(range(15))
+    assert [r["step"] for r in read_log(out)] == list(range(24))
     a, b = load_checkpoint(tmp_path / "straight" / CHECKPOINT), load_checkpoint(out / CHECKPOINT)
-    assert a["step"] == b["step"] == 15
+    assert a["step"] == b["step"] == 24
     for part in ("student", "teacher", "loss"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
