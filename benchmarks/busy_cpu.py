@@ -14,7 +14,8 @@ which it starts and kills itself. Run it on an otherwise idle machine:
 Variants: ``library`` (dino_lite imported first, as ``python -m dino_lite`` does: it sets
 ``OMP_WAIT_POLICY=PASSIVE`` unless set, so idle OpenMP threads sleep instead of spinning),
 ``before`` (torch imported first, so the OpenMP runtime keeps its default spin-then-sleep waits:
-the behaviour before that setting), ``threads=N`` (as ``library``, with ``torch.set_num_threads(N)``).
+the behaviour before that setting), ``spin=N`` (as ``before``, with ``GOMP_SPINCOUNT=N``: idle
+threads spin N times, then sleep), ``threads=N`` (as ``library``, with ``torch.set_num_threads(N)``).
 The ``tinyimagenet`` preset uses the shared dev subset when it exists, else ``--data fake``.
 """
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def child(preset, precision, variant, steps, warmup):
     """In a fresh process: ms per training step (after ``warmup`` steps) of ``preset``."""
-    if variant == "before":
+    if variant == "before" or variant.startswith("spin="):
         import torch                  # loads the OpenMP runtime before dino_lite can set its policy
     import dino_lite  # noqa: F401
     import torch
@@ -60,6 +61,8 @@ def child(preset, precision, variant, steps, warmup):
 def measure(preset, precision, variant, steps, warmup, busy):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(ROOT)
+    if variant.startswith("spin="):
+        env["GOMP_SPINCOUNT"] = variant.split("=")[1]
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         r = subprocess.run([sys.executable, __file__, "--child", preset, precision, variant,
