@@ -9,14 +9,17 @@ tensor shapes, and ``module.`` / ``backbone.`` prefixes are stripped.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from .config import Config, make_config
 from .models import VIT_SIZES, build_eval_backbone
+from .rundir import pid_alive
 
 PREFIXES = ("module.", "backbone.", "_orig_mod.")
 
@@ -28,13 +31,53 @@ class CheckpointKeyError(KeyError):
         return str(self.args[0])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or written; the message names the file and the reason."""
+
+
+# the keys of a dino_lite training checkpoint (what `--resume` needs)
+TRAINING_KEYS = ("student", "teacher", "optimizer", "loss", "step", "total_steps", "config")
+
+
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp{pid}")
+
+
+def clean_temp_files(path) -> list[Path]:
+    """Remove the temporary files that writes of ``path`` killed half-way left behind (named
+    ``.NAME.tmpPID`` next to it, by a process that no longer runs); returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name[len(f".{path.name}.tmp"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(state: dict, path) -> Path:
-    """Write ``state`` to ``path`` via a temporary file and an atomic rename: never half-written."""
+    """Write ``state`` to ``path`` via a temporary file and an atomic rename: never half-written.
+
+    A write that fails (a full disk) removes its temporary file and raises :class:`CheckpointError`
+    naming the path and the free space; the previous checkpoint at ``path`` is left as it was.
+    Temporary files of earlier writes that were killed are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    clean_temp_files(path)
+    tmp = _temp_name(path, os.getpid())
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:   # torch's zip writer reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e))
+        raise CheckpointError(f"cannot write checkpoint {path}: {why} ({free / 2**20:.0f} MiB free "
+                              f"on {path.parent}); the previous checkpoint, if any, is unchanged")\
+            from e
     return path
 
 
@@ -43,11 +86,26 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: empty file (0 bytes)")
     try:   # the official full checkpoints store their argparse.Namespace of arguments
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).strip() or type(e).__name__}")\
+            from e
+
+
+def load_training_checkpoint(path) -> dict:
+    """A dino_lite training checkpoint (what ``--resume`` continues from); anything else (a
+    backbone-only or timm state dict, an official release) raises :class:`CheckpointError`."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        keys = list(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a dino_lite training checkpoint (missing {missing}; "
+                              f"it holds {keys}); it cannot be resumed")
+    return ckpt
 
 
 def strip_prefixes(state_dict: dict, prefixes=PREFIXES) -> dict:

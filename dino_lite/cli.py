@@ -10,7 +10,48 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, CheckpointKeyError
 from .config import PRESETS, make_config, train_config
+from .data import DatasetError
+from .rundir import RunDirBusyError
+
+
+def user_errors() -> tuple:
+    """Exceptions that come from the user's input or environment, not from a bug: the command
+    line prints them as one ``error:`` line (imported here, so `config` does not load the models)."""
+    from .train import NonFiniteLossError
+    return (ValueError, OSError, CheckpointError, CheckpointKeyError, DatasetError,
+            RunDirBusyError, NonFiniteLossError)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _out_folder(path) -> Path:
+    """An output folder that may not exist yet, but must not be a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--out {path} is an existing file; pass a folder")
+    return path
 
 
 def _add_model_source(p):
@@ -61,7 +102,7 @@ def cmd_train(args):
     from .train import train
     cfg = train_config(args.preset, args.set, data=args.data, epochs=args.epochs,
                        minutes=args.minutes, max_steps=args.max_steps, seed=args.seed)
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = _out_folder(args.out or f"runs/{cfg.name}")
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
         last = trainer.history[-1] if trainer.history else None
@@ -101,15 +142,18 @@ def cmd_attention(args):
     matplotlib.use("Agg")
     from .attention import (attention_maps, load_image_folder, overlay_figure, score_maps,
                             shapes_attention_set)
+    out = _out_folder(args.out)
     backbone, cfg = _backbone(args)
     size = args.image_size or cfg.image_size
+    if cfg.arch.startswith("vit") and size % cfg.patch_size:
+        raise ValueError(f"--image-size {size} is not a multiple of the model's patch size "
+                         f"{cfg.patch_size}")
     if args.images == "shapes":
         x, names, masks, valid = shapes_attention_set(size, args.limit or 200)
     else:
         x, names, masks, valid = load_image_folder(args.images, size, args.masks,
                                                    args.mask_format == "trimap", args.limit)
     maps = torch.cat([attention_maps(backbone, x[i:i + 64]) for i in range(0, len(x), 64)])
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig = overlay_figure(x, maps, masks, names=names)
     fig.savefig(out / "attention.png", dpi=110)
@@ -131,7 +175,7 @@ def cmd_ablate(args):
     rows = parse_rows(args.rows)
     cfg = train_config(args.preset, args.set, data=args.data, minutes=args.minutes,
                        max_steps=args.max_steps, seed=args.seed)
-    out = Path(args.out or f"runs/ablate-{cfg.name}")
+    out = _out_folder(args.out or f"runs/ablate-{cfg.name}")
     summary = run_ablation(cfg, rows, out, eval_every=args.eval_every, progress=not args.json)
     print((out / "ablation.md").read_text())
     print(f"table: {out / 'ablation.md'} and {out / 'ablation.json'}")
@@ -182,36 +226,40 @@ def build_parser():
     t.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
     t.add_argument("--data", help="shapes, a folder with train/ and val/, or cifar10/stl10/imagenette")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="time budget; schedules fit the steps that fit")
-    budget.add_argument("--epochs", type=int)
-    t.add_argument("--max-steps", type=int)
+    budget.add_argument("--minutes", type=positive_float,
+                        help="time budget; schedules fit the steps that fit")
+    budget.add_argument("--epochs", type=positive_int)
+    t.add_argument("--max-steps", type=positive_int)
     t.add_argument("--out", help="run directory (default runs/PRESET)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt, with the same options (a larger "
+                        "--max-steps or --epochs extends the run)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("knn", help="weighted k-NN top-1 of frozen features")
     _add_model_source(k)
     k.add_argument("--data", help="dataset spec (default: the one the model was trained on)")
-    k.add_argument("--k", type=int, default=20)
-    k.add_argument("--temperature", type=float, default=0.07)
+    k.add_argument("--k", type=positive_int, default=20)
+    k.add_argument("--temperature", type=positive_float, default=0.07)
     k.set_defaults(func=cmd_knn)
 
     lin = sub.add_parser("linear", help="linear probe on frozen features (CLS + mean patch token)")
     _add_model_source(lin)
     lin.add_argument("--data", help="dataset spec (default: the one the model was trained on)")
-    lin.add_argument("--epochs", type=int, default=100)
-    lin.add_argument("--lr", type=float, default=0.1, help="SGD lr on standardised features")
+    lin.add_argument("--epochs", type=positive_int, default=100)
+    lin.add_argument("--lr", type=positive_float, default=0.1, help="SGD lr on standardised features")
     lin.set_defaults(func=cmd_linear)
 
     f = sub.add_parser("finetune", help="backbone + new linear head trained end to end")
     _add_model_source(f)
     f.add_argument("--data", help="labelled dataset spec (default: the one the model was trained on)")
-    f.add_argument("--epochs", type=int, default=10)
-    f.add_argument("--max-steps", type=int, help="stop after this many steps")
-    f.add_argument("--lr", type=float, default=1e-4, help="AdamW lr at batch 256 (scaled linearly)")
-    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--epochs", type=positive_int, default=10)
+    f.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
+    f.add_argument("--lr", type=positive_float, default=1e-4,
+                   help="AdamW lr at batch 256 (scaled linearly)")
+    f.add_argument("--batch-size", type=positive_int, default=64)
     f.set_defaults(func=cmd_finetune)
 
     a = sub.add_parser("attention", help="last-block attention maps, masks and Jaccard")
@@ -220,8 +268,8 @@ def build_parser():
     a.add_argument("--masks", help="folder of PNG masks named like the images")
     a.add_argument("--mask-format", choices=["binary", "trimap"], default="binary",
                    help="binary: nonzero = object; trimap (Oxford-IIIT Pet): 1 = object, 3 ignored")
-    a.add_argument("--image-size", type=int)
-    a.add_argument("--limit", type=int, help="use at most this many images")
+    a.add_argument("--image-size", type=positive_int)
+    a.add_argument("--limit", type=positive_int, help="use at most this many images")
     a.add_argument("--out", default="runs/attention")
     a.set_defaults(func=cmd_attention)
 
@@ -230,9 +278,10 @@ def build_parser():
     ab.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS), help="the base recipe")
     ab.add_argument("--data", help="dataset spec (default: the preset's)")
     ab_budget = ab.add_mutually_exclusive_group(required=True)
-    ab_budget.add_argument("--minutes", type=float, help="time budget per row")
-    ab_budget.add_argument("--max-steps", type=int, help="steps per row (deterministic)")
-    ab.add_argument("--eval-every", type=int, help="also record the teacher's k-NN every N steps")
+    ab_budget.add_argument("--minutes", type=positive_float, help="time budget per row")
+    ab_budget.add_argument("--max-steps", type=positive_int, help="steps per row (deterministic)")
+    ab.add_argument("--eval-every", type=positive_int,
+                    help="also record the teacher's k-NN every N steps")
     ab.add_argument("--seed", type=int)
     ab.add_argument("--out", help="output directory (default runs/ablate-PRESET)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -254,16 +303,26 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run a command. Bad input (:func:`user_errors`) ends with one ``error: ...`` line and exit
+    code 2, Ctrl-C with exit code 130 (training saves its checkpoint first and says so); other
+    exceptions are bugs and keep their traceback."""
     args = build_parser().parse_args(argv)
     if args.local_rank is not None:          # torch.distributed.launch style; torchrun sets the env
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         args.func(args)
         _leave_process_group(wait=True)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         _leave_process_group(wait=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if args.command != "train":          # `train` has printed where it stopped
+            print("interrupted", file=sys.stderr)
+        _leave_process_group(wait=False)
+        sys.exit(130)
 
 
 def _leave_process_group(wait):

@@ -116,9 +116,34 @@ class Config:
         archs = ("vit_mini", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
         if self.arch not in archs:
             raise ValueError(f"arch must be one of {archs}, got {self.arch!r}")
-        for k in ("global_size", "local_size", "image_size", "batch_size", "out_dim", "epochs"):
+        for k in ("global_size", "local_size", "image_size", "batch_size", "epochs", "patch_size",
+                  "head_hidden", "head_bottleneck", "head_layers"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        if self.out_dim < 2:        # one prototype: every softmax is 1 and the loss is always 0
+            raise ValueError(f"out_dim (the number of prototypes) must be >= 2, got {self.out_dim}")
+        if self.depth is not None and self.depth < 1:
+            raise ValueError(f"depth must be >= 1 (or none for the architecture's own), got {self.depth}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for k in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "warmup_epochs",
+                  "warmup_teacher_temp_epochs", "freeze_last_layer", "drop_path"):
+            if not getattr(self, k) >= 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("out_temp_student", "teacher_temp", "warmup_teacher_temp"):   # softmax divisors
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{k} is a softmax temperature and must be > 0, got {getattr(self, k)}")
+        if not 0 <= self.center_momentum <= 1:
+            raise ValueError(f"center_momentum must be in [0, 1], got {self.center_momentum}")
+        for k in ("global_scale", "local_scale"):
+            v = getattr(self, k)
+            if not isinstance(v, (tuple, list)) or len(v) != 2 or not 0 < v[0] <= v[1] <= 1:
+                raise ValueError(f"{k} is the (min, max) share of the image a crop covers, "
+                                 f"0 < min <= max <= 1, e.g. {k}=0.4,1.0; got {v}")
         if self.arch.startswith("vit"):
             for k in ("global_size", "local_size", "image_size"):
                 if getattr(self, k) % self.patch_size:
@@ -134,7 +159,7 @@ class Config:
         for name, allowed in (("teacher", TEACHERS), ("centering", CENTERINGS), ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if len(self.colour_jitter) != 4 or min(self.colour_jitter) < 0 or self.colour_jitter[3] > 0.5:
+        if not isinstance(self.colour_jitter, (tuple, list)) or len(self.colour_jitter) != 4 or min(self.colour_jitter) < 0 or self.colour_jitter[3] > 0.5:
             raise ValueError("colour_jitter is (brightness, contrast, saturation, hue), all >= 0 and "
                              f"hue <= 0.5, got {self.colour_jitter}")
         if not 0 <= self.invert <= 1:
@@ -149,7 +174,7 @@ class Config:
             raise ValueError(f"ibot (masked patch prediction) needs a ViT, got arch={self.arch!r}")
         if not 0 <= self.mask_prob <= 1:
             raise ValueError(f"mask_prob is a probability in [0, 1], got {self.mask_prob}")
-        if len(self.mask_ratio) != 2 or not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
+        if not isinstance(self.mask_ratio, (tuple, list)) or len(self.mask_ratio) != 2 or not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
             raise ValueError(f"mask_ratio is (low, high) with 0 <= low <= high <= 1, got {self.mask_ratio}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
@@ -232,12 +257,17 @@ def _parse_value(name: str, text: str):
             return {}
         return {k.strip(): _parse_value(k.strip(), v) for k, v in
                 (item.split(":", 1) for item in text.strip("{} ").split(";"))}
-    if "tuple" in typ:
-        return tuple(float(x) for x in text.strip("()[] ").split(","))
-    if "int" in typ and "float" not in typ:
-        return int(text)
-    if "float" in typ:
-        return float(text)
+    try:
+        if "tuple" in typ:
+            return tuple(float(x) for x in text.strip("()[] ").split(","))
+        if "int" in typ and "float" not in typ:
+            return int(text)
+        if "float" in typ:
+            return float(text)
+    except ValueError:
+        kind = ("comma-separated numbers" if "tuple" in typ else
+                "an integer" if "float" not in typ else "a number")
+        raise ValueError(f"{name} expects {kind}, got {text!r}") from None
     return text
 
 
@@ -271,7 +301,10 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         key = key.strip().replace("-", "_")
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
-        values[key] = _parse_value(key, text.strip())
+        try:
+            values[key] = _parse_value(key, text.strip())
+        except ValueError as e:
+            raise ValueError(f"--set {key}={text.strip()}: {e}") from None
         explicit.add(key)
     # what the caller asked for explicitly wins over the preset's fp32 variant
     values["fp32_variant"] = {k: v for k, v in values.get("fp32_variant", {}).items()

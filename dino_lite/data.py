@@ -7,8 +7,10 @@ or ``fake`` (generated noise images at the preset's size, for measuring throughp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,11 @@ FAKE_SIZES = {True: 20000, False: 1000}   # the `fake` spec: random-noise images
 DATA_ROOT = Path(os.environ.get("DINO_LITE_DATA", Path(__file__).resolve().parent.parent / "data"))
 
 
-class ImageLoadError(RuntimeError):
+class DatasetError(RuntimeError):
+    """A dataset that cannot be loaded as asked; the message says why."""
+
+
+class ImageLoadError(DatasetError):
     """An image file that cannot be decoded; the message names the file."""
 
 
@@ -49,19 +55,89 @@ def load_rgb(path) -> Image.Image:
         raise ImageLoadError(f"cannot read image {path}: {e}") from e
 
 
-class ImageFolder(torchvision.datasets.ImageFolder):
-    """torchvision's ImageFolder with RGB conversion and errors that name the folder or file."""
+def class_folders(root) -> list[str]:
+    """The class names of an image folder split: its subfolders, sorted."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
 
-    def __init__(self, root, transform=None):
+
+def walk_once(directory, class_to_idx: dict, is_valid_file) -> list[tuple[str, int]]:
+    """``(path, label)`` of every valid file under ``directory/<class>/``, in torchvision's order.
+
+    Folder symlinks are followed, but no real folder is entered twice: a link to a folder already
+    included (a loop such as ``cat/loop -> ..``, or a link into another class's folder) is
+    skipped with a warning, where ``os.walk(followlinks=True)`` would count its images again on
+    every lap. (Two links to one *file* still count it twice.)"""
+    root = Path(directory)
+    seen = {os.path.realpath(root)} | {os.path.realpath(root / c) for c in class_to_idx}
+    found, skipped = [], []
+    for cls in sorted(class_to_idx):
+        if not (root / cls).is_dir():
+            continue
+        for here, dirs, files in os.walk(root / cls, followlinks=True):
+            keep = []
+            for d in sorted(dirs):
+                real = os.path.realpath(os.path.join(here, d))
+                if real in seen:
+                    skipped.append(os.path.join(here, d))
+                else:
+                    seen.add(real)
+                    keep.append(d)
+            dirs[:] = keep
+            found.append((cls, here, files, class_to_idx[cls]))
+    if skipped:
+        warnings.warn(f"{len(skipped)} folder link(s) under {root} lead to folders already "
+                      f"included and were not followed: {skipped[:4]}", stacklevel=3)
+    return [(os.path.join(here, f), label) for _, here, files, label in sorted(found)
+            for f in sorted(files) if is_valid_file(os.path.join(here, f))]
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder with RGB conversion, errors that name the folder or file, folder
+    symlinks followed once (:func:`walk_once`), and optionally the class list of another split.
+
+    ``classes`` (the training split's class names) numbers the labels by class *name*, so an
+    evaluation split with a different set of class folders scores each image against its own
+    class: a class folder the training split lacks is an error, a missing one a warning."""
+
+    def __init__(self, root, transform=None, classes: list[str] | None = None):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
+        self.given_classes = classes
         try:
             super().__init__(str(root), transform=transform, loader=load_rgb)
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"no images found in {root}: expected one subfolder per class holding image "
                 f"files ({e})") from e
+
+    def find_classes(self, directory):
+        if self.given_classes is None:
+            return super().find_classes(directory)
+        here = class_folders(directory)
+        extra = sorted(set(here) - set(self.given_classes))
+        if extra:
+            raise ValueError(f"{directory} has class folders that the training split lacks: "
+                             f"{extra}; its images could not be scored against a class "
+                             f"(training classes: {self.given_classes})")
+        missing = sorted(set(self.given_classes) - set(here))
+        if missing:
+            warnings.warn(f"{directory} has no folder for the training classes {missing}; "
+                          f"scores cover the other classes", stacklevel=2)
+        return list(self.given_classes), {c: i for i, c in enumerate(self.given_classes)
+                                          if c in here}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty=False):
+        if is_valid_file is None:
+            def is_valid_file(path):
+                return torchvision.datasets.folder.has_file_allowed_extension(path, extensions)
+        samples = walk_once(directory, class_to_idx, is_valid_file)
+        empty = sorted(set(class_to_idx) - {Path(p).relative_to(directory).parts[0]
+                                            for p, _ in samples})
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"found no image files for the classes {empty}")
+        return samples
 
 
 def _folder_split(root: Path, train: bool) -> Path:
@@ -85,17 +161,40 @@ def _torchvision_dataset(name, train, transform, root):
                                                transform=transform,
                                                download=not (root / "imagenette2-160").exists())
     except Exception as e:
-        raise RuntimeError(
+        raise DatasetError(
             f"could not load torchvision dataset {name!r} into {root}: {e}. It is downloaded on "
             f"first use, which needs internet; offline, copy it there or pass a folder with "
             f"--data PATH") from e
 
 
+@contextlib.contextmanager
+def one_at_a_time(lock_file):
+    """Hold an OS lock on ``lock_file`` (created if need be) for the ``with`` block, so that
+    processes that run the block at once take turns. Without ``fcntl`` (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_dataset(spec: str, train: bool, transform=None, root=DATA_ROOT, image_size: int = 64):
     """The dataset named by ``spec`` (see module doc), returning ``(image, label)`` pairs."""
     if spec == "shapes":
-        return ShapesDataset("train" if train else "test", size=max(64, image_size),
-                             transform=transform, cache_dir=Path(root) / "cache")
+        # the ranks of a torchrun job on a fresh clone all ask for the shapes at once: the
+        # first draws them and writes the cache, the others wait for it and read it
+        cache = Path(root) / "cache"
+        with one_at_a_time(cache / ".shapes.lock"):
+            return ShapesDataset("train" if train else "test", size=max(64, image_size),
+                                 transform=transform, cache_dir=cache)
     if spec in TORCHVISION_DATASETS:
         return _torchvision_dataset(spec, train, transform, root)
     if spec == "fake":
@@ -104,7 +203,11 @@ def build_dataset(spec: str, train: bool, transform=None, root=DATA_ROOT, image_
                                              random_offset=0 if train else FAKE_SIZES[True])
     path = Path(spec).expanduser()
     if path.is_dir():
-        return ImageFolder(path / "train" if train else _folder_split(path, False), transform)
+        if train:
+            return ImageFolder(path / "train", transform)
+        # labels by class name, as the training split numbers them
+        classes = class_folders(path / "train") if (path / "train").is_dir() else None
+        return ImageFolder(_folder_split(path, False), transform, classes)
     if spec == "imagenet":
         raise FileNotFoundError("the imagenet presets need --data /path/to/imagenet, a folder with "
                                 "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (see README)")

@@ -85,6 +85,10 @@ def knn_classify(train_feats, train_labels, test_feats, k=20, temperature=0.07, 
     """
     if len(train_feats) == 0:
         raise ValueError("k-NN needs at least one training feature")
+    if k < 1:
+        raise ValueError(f"k-NN needs k >= 1 neighbours, got k={k}")
+    if not temperature > 0:
+        raise ValueError(f"the k-NN vote temperature must be > 0, got {temperature}")
     num_classes = num_classes or int(train_labels.max()) + 1
     k = min(k, len(train_feats))
     preds = []
@@ -157,6 +161,8 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, epochs=100,
     The features are computed once and cached, so the 100 epochs of SGD (momentum 0.9, cosine
     learning rate, as in the reference) take seconds on a CPU.
     """
+    if epochs < 1:
+        raise ValueError(f"the linear probe needs epochs >= 1, got {epochs}")
     g = torch.Generator().manual_seed(seed)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6       # standardise: one lr fits all
@@ -193,6 +199,11 @@ def finetune_accuracy(backbone, cfg: Config, data=None, epochs=10, lr=1e-4, batc
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.embed_dim, num_classes)).to(device)
     loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
+    if len(loader) == 0:
+        raise ValueError(f"fine-tuning batch size {batch_size} is larger than the {len(train_set)} "
+                         f"training images; pass a smaller --batch-size")
+    if epochs < 1 or (max_steps is not None and max_steps < 1):
+        raise ValueError(f"fine-tuning needs epochs >= 1 and max_steps >= 1, got {epochs}, {max_steps}")
     steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
     opt = torch.optim.AdamW(model.parameters(), lr=lr * batch_size / 256, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr * batch_size / 256, total_steps=steps,

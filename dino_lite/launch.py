@@ -94,7 +94,11 @@ class SlurmTrain:
                           LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
         from .cli import main
-        main(self.train_args)
+        args = list(self.train_args)
+        out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+        if "--resume" in args and out is not None and not (out / "checkpoint.pt").exists():
+            args.remove("--resume")        # preempted before the first checkpoint: start again
+        main(args)
 
     def checkpoint(self):
         """Called by submitit on preemption/timeout: requeue the same run with ``--resume``."""

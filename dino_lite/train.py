@@ -13,6 +13,9 @@ import copy
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,18 +23,25 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpoint
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
 from .loss import DINOLoss, PatchLoss, koleo_loss
 from .models import build_student_teacher, update_teacher
 from .precision import Precision, for_config
+from .rundir import RunLock, open_log, read_records, sync
 from .schedules import cosine_schedule
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 PROBE_STEPS = (2, 3)     # untimed warm-up steps, then timed steps, for the --minutes estimate
+# options a resumed run may take from the command line instead of the checkpoint: they change
+# neither the model nor the data nor the randomness
+SAFE_ON_RESUME = ("num_workers", "compile", "name", "notes")
+# the run's length: a resumed run may be given another one (to extend a finished run); the
+# schedules are then laid out again over the new length from the step reached
+LENGTH_KEYS = ("epochs", "max_steps")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,6 +61,27 @@ def distributed_setup():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, device
+
+
+def resume_config(saved: Config, given: Config | None) -> Config:
+    """The config a resumed run continues with: the checkpoint's, where ``given`` (the command
+    line's) may change only :data:`SAFE_ON_RESUME` and the length (:data:`LENGTH_KEYS`; a time
+    budget, ``minutes``, cannot be changed, only replaced by a length). Any other difference is
+    refused with a ValueError naming the keys: a run resumed with other settings is neither the
+    old run nor a new one. ``given=None`` continues with the checkpoint's config unchanged."""
+    if given is None:
+        return saved
+    old, new = saved.to_dict(), Config.from_dict(given.to_dict()).to_dict()
+    changed = [k for k in old if old[k] != new[k] and k not in SAFE_ON_RESUME + LENGTH_KEYS]
+    if changed == ["minutes"] and new["minutes"] is None:
+        changed = []           # --epochs / --max-steps given: a length replaces the time budget
+    if changed:
+        diffs = ", ".join(f"{k} (checkpoint {old[k]!r}, now {new[k]!r})" for k in changed)
+        raise ValueError(f"--resume with options that differ from the checkpoint's: {diffs}. "
+                         f"Resume with the run's own options (see its config.json); only "
+                         f"{', '.join(LENGTH_KEYS + SAFE_ON_RESUME[:2])} may change, to extend "
+                         f"a run use --max-steps or --epochs, or start a new run in another --out")
+    return Config.from_dict(new)
 
 
 def param_groups(model):
@@ -106,10 +137,17 @@ class DINOTrainer:
         self.rank, self.world, self.device = distributed_setup()
         self.out = Path(out_dir)
         self.progress, self.on_step = progress and self.rank == 0, on_step
+        if self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(f"the run folder {self.out} is an existing file; pass a folder")
+        if self.rank == 0:
+            RunLock(self.out).check()       # refuse early when another run trains into out_dir
         ckpt = None
-        if resume and (self.out / CHECKPOINT).exists():
-            ckpt = load_checkpoint(self.out / CHECKPOINT)
-            cfg = Config.from_dict(ckpt["config"])
+        if resume:
+            if not (self.out / CHECKPOINT).exists():
+                raise FileNotFoundError(f"--resume: there is no checkpoint {self.out / CHECKPOINT} "
+                                        f"to continue from; leave out --resume to start a new run")
+            ckpt = load_training_checkpoint(self.out / CHECKPOINT)
+            cfg = resume_config(Config.from_dict(ckpt["config"]).validate(), cfg)
         self.cfg = cfg.validate()
         # bf16 or fp32, fused or explicit attention: measured on this machine for a new run
         # (precision.py), kept from the checkpoint on resume so the run continues identically
@@ -135,7 +173,8 @@ class DINOTrainer:
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.loader = torch.utils.data.DataLoader(
             self.dataset, self.sampler.local_batch, sampler=self.sampler, num_workers=cfg.num_workers,
-            collate_fn=collate_views, pin_memory=self.device.type == "cuda")
+            collate_fn=collate_views, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator())     # not the global RNG: resume stays exact
 
         self.student, self.teacher = build_student_teacher(cfg, self.precision.fused_attention)
         if self.world > 1 and self.device.type == "cuda":   # BatchNorm over the global batch
@@ -159,6 +198,15 @@ class DINOTrainer:
         self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
         if ckpt is not None:
             total = ckpt["total_steps"]
+            saved = Config.from_dict(ckpt["config"])
+            if any(getattr(saved, k) != getattr(cfg, k) for k in LENGTH_KEYS + ("minutes",)):
+                total = self.step_cap       # a new length: lay the rest out over it
+                if total < ckpt["step"]:
+                    raise ValueError(f"--resume: the run is at step {ckpt['step']}, past the "
+                                     f"{total} steps of the new length")
+                if self.rank == 0:
+                    print(f"resuming at step {ckpt['step']}: the schedules are laid out again "
+                          f"over {total} steps (were {ckpt['total_steps']})")
         else:
             total = self._steps_that_fit() if cfg.minutes else self.step_cap
         self._lay_out(total)
@@ -175,6 +223,10 @@ class DINOTrainer:
             self.loss_fn.load_state_dict(ckpt["loss"])
             self.step = ckpt["step"]
             torch.set_rng_state(ckpt["rng"])
+            if "cuda_rng" in ckpt and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        self._log = None
+        self._stop = None
 
     # -- one step -------------------------------------------------------------------------
     def autocast(self):
@@ -325,42 +377,95 @@ class DINOTrainer:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "config": self.cfg.to_dict(),
-                "precision": self.precision.to_dict(), "rng": torch.get_rng_state()}
+                "precision": self.precision.to_dict(), "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)}
+                   if self.device.type == "cuda" else {})}
 
     def save(self):
+        """Write the checkpoint (rank 0), after the log lines of the steps it holds are on disk."""
         if self.rank == 0:
+            if self._log is not None:
+                sync(self._log)
             save_checkpoint(self.state(), self.out / CHECKPOINT)
 
     def _open_log(self):
-        log = self.out / LOG
-        if self.step > 0 and log.exists():        # drop records past the checkpoint we resume from
-            keep = [line for line in log.read_text().splitlines()
-                    if line and json.loads(line)["step"] < self.step]
-            log.write_text("".join(k + "\n" for k in keep))
-        elif self.step == 0 and log.exists():
-            log.unlink()
-        return open(log, "a")
+        """The log, holding exactly the records of the steps before ``self.step`` (all the
+        checkpoint's steps on resume; none on a fresh run), open for appending line by line."""
+        return open_log(self.out / LOG, self.step)
+
+    def _on_sigint(self, signum, frame):
+        """Ctrl-C: finish the step under way, then save and stop (see run()); a second Ctrl-C
+        stops at once, keeping the last checkpoint."""
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        if self.rank == 0:
+            print("\nCtrl-C: stopping after this step (again to stop now, without saving)",
+                  file=sys.stderr)
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got Ctrl-C; all processes agree, so they stop at the same step."""
+        stop = bool(self._stop)
+        if self.world > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def run(self) -> list[dict]:
-        """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``)."""
+        """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``).
+
+        The run folder is locked while the run writes to it (:class:`~dino_lite.rundir.RunLock`).
+        Ctrl-C (SIGINT) lets the step under way finish, saves the checkpoint and raises
+        KeyboardInterrupt: the saved state is that of a step boundary, so a resumed run continues
+        exactly as an uninterrupted one would."""
         self.out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.out) if self.rank == 0 else None
+        if lock is not None:
+            note = lock.acquire()
+            if note:
+                print(note, file=sys.stderr)
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._stop = None
+        try:
+            return self._run()
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGINT, handler)
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> list[dict]:
         if self.rank == 0:
+            clean_temp_files(self.out / CHECKPOINT)   # left by writes that were killed
+        if self.rank == 0 and self.world > 1 and self.device.type == "cpu" and any(
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.student.modules()):
+            print("note: on CPU each process's BatchNorm normalises over its own share of the "
+                  "batch (torch's SyncBatchNorm needs a GPU), so this run follows a 1-process run "
+                  "closely but not exactly; see docs/robustness.md", file=sys.stderr)
             # the config as given ("auto" included) and what "auto" resolved to on this machine
             (self.out / "config.json").write_text(json.dumps(
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
-        log = self._open_log() if self.rank == 0 else None
+        log = self._log = self._open_log() if self.rank == 0 else None
         history = []
         bar = tqdm(total=self.total_steps, initial=self.step, desc="DINO", disable=not self.progress,
                    dynamic_ncols=True)
         self.student.train()
         self.teacher.train()
         start = self.clock()
+        mid_step = False      # True while the state is between two steps' (not to be saved)
         try:
+            if self.rank == 0 and self.step >= self.total_steps:
+                print(f"the run in {self.out} is complete ({self.step} steps); to extend it, "
+                      f"resume with a larger --max-steps or --epochs")
             while self.step < self.total_steps:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
                 self.dataset.epoch = epoch
                 for views, _ in self.loader:
+                    mid_step = True
                     rec = self.train_step(views, self.step, self.student, self.teacher,
                                           self.loss_fn, self.optimizer)
                     rec["epoch"] = epoch
@@ -369,6 +474,7 @@ class DINOTrainer:
                     history.append(rec)
                     if log:
                         log.write(json.dumps(rec) + "\n")
+                    mid_step = False
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", H_t=f"{rec['teacher_entropy']:.2f}",
                                     refresh=False)
@@ -379,16 +485,27 @@ class DINOTrainer:
                         bar.total = self.total_steps
                     if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                         self.save()
+                    if self._stop_requested():
+                        raise KeyboardInterrupt
                     if self.step >= self.total_steps:
                         break
         except KeyboardInterrupt:
-            self.save()
-            print(f"interrupted at step {self.step}; checkpoint saved, continue with --resume")
+            bar.close()
+            if mid_step:      # a second Ctrl-C inside a step: its half-made state is not saved
+                msg = (f"interrupted during step {self.step}; the last checkpoint "
+                       f"{self.out / CHECKPOINT} is kept, continue with --resume")
+            else:
+                self.save()
+                msg = (f"interrupted at step {self.step}; checkpoint saved, continue with "
+                       f"--resume")
+            if self.rank == 0:
+                print(msg, file=sys.stderr)
             raise
         finally:
             bar.close()
             if log:
                 log.close()
+            self._log = None
         return history
 
 
@@ -401,4 +518,4 @@ def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None):
 
 def read_log(out_dir) -> list[dict]:
     """The per-step records of a run directory."""
-    return [json.loads(line) for line in (Path(out_dir) / LOG).read_text().splitlines() if line]
+    return read_records(Path(out_dir) / LOG)

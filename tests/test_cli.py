@@ -74,3 +74,107 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("attention", "--preset", "cpu-demo", "--random-init", "--images", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no images" in r.stderr
+
+
+# -- robustness: messages instead of tracebacks, Ctrl-C (issue 24) ---------------------------------
+
+TINY_SETS = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
+             "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
+             "--set", "batch_size=16", "--set", "n_local=2", "--set", "bf16=false",
+             "--set", "fused_attention=off"]
+
+
+def _error(capsys, argv):
+    """Run the command line in-process; returns its `error:` message (exit code 2 asserted)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2, e.value.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("patch_size=0", "patch_size must be positive"),
+    ("global_scale=0.5", "global_scale is the \\(min, max\\)"),
+    ("lr=abc", "lr expects a number, got 'abc'"),
+    ("lr=-1", "lr must be > 0"),
+    ("lr=0", "lr must be > 0"),
+    ("depth=0", "depth must be >= 1"),
+    ("out_dim=1", "out_dim .* must be >= 2"),
+    ("seed=-1", "seed must be >= 0"),
+    ("teacher_temp=0", "teacher_temp is a softmax temperature and must be > 0"),
+    ("out_temp_student=0", "out_temp_student is a softmax temperature"),
+])
+def test_bad_settings_are_named_not_tracebacks(capsys, setting, message):
+    import re
+    err = _error(capsys, ["config", "--preset", "cpu-demo", "--set", setting])
+    assert re.search(f"error: .*{message}", err), err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["knn", "--k", "0"], "--k: must be at least 1"),
+    (["knn", "--temperature", "0"], "--temperature: must be greater than 0"),
+    (["linear", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["finetune", "--batch-size", "0"], "--batch-size: must be at least 1"),
+])
+def test_evaluation_options_that_would_print_a_wrong_score_are_refused(capsys, argv, message):
+    err = _error(capsys, [*argv, "--preset", "cpu-demo", "--random-init"])
+    assert message in err
+
+
+def test_bad_paths_and_sizes_give_messages(capsys, tmp_path, tiny_folder):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    err = _error(capsys, ["train", "--out", str(afile), "--max-steps", "1"])
+    assert f"--out {afile} is an existing file" in err
+    err = _error(capsys, ["attention", "--preset", "cpu-demo", "--random-init", "--images", "shapes",
+                          "--image-size", "60", "--out", str(tmp_path / "att")])
+    assert "--image-size 60 is not a multiple of the model's patch size 8" in err
+    (tmp_path / "empty.pt").write_bytes(b"")
+    err = _error(capsys, ["knn", "--checkpoint", str(tmp_path / "empty.pt")])
+    assert "empty file" in err
+    err = _error(capsys, ["finetune", "--preset", "cpu-demo", "--random-init", "--data",
+                          str(tiny_folder), "--batch-size", "200", *TINY_SETS])
+    assert "batch size 200 is larger than the 96 training images" in err
+
+
+def test_a_foreign_checkpoint_is_not_resumed(capsys, tmp_path):
+    import torch
+    torch.save({"patch_embed.proj.weight": torch.zeros(2)}, tmp_path / "checkpoint.pt")
+    err = _error(capsys, ["train", "--out", str(tmp_path), "--resume", "--max-steps", "1"])
+    assert "not a dino_lite training checkpoint" in err
+
+
+def test_real_bugs_keep_their_traceback(monkeypatch):
+    import dino_lite.cli as cli
+
+    def bug(args):
+        raise KeyError("config")           # a bug, not bad input: not turned into `error:`
+    monkeypatch.setattr(cli, "cmd_config", bug)
+    with pytest.raises(KeyError):
+        main(["config"])
+
+
+def test_ctrl_c_saves_and_exits_130_with_one_line(tiny_folder, tmp_path):
+    import os
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "dino_lite", "train", "--preset", "cpu-demo",
+                             "--data", str(tiny_folder), "--epochs", "50", "--out", str(tmp_path),
+                             *TINY_SETS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((tmp_path / "log.jsonl").exists()
+                                           and (tmp_path / "log.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "checkpoint saved, continue with --resume" in lines[0]
+    import torch
+    step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
+    assert f"interrupted at step {step};" in lines[0]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == step

@@ -190,3 +190,74 @@ def test_fake_spec_gives_generated_images_at_the_preset_size():
     ds = build_dataset("fake", train=False, image_size=48)
     img, label = ds[0]
     assert img.size == (48, 48) and 0 <= label < 10
+
+
+# -- robustness: symlink loops, class folders of other splits, concurrent caches (issue 24) ---------
+
+def _image_folder(root, classes, n=2):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / c / f"{i}.png")
+
+
+def test_a_folder_symlink_loop_does_not_duplicate_images(tmp_path):
+    _image_folder(tmp_path / "train", ["cat", "dog"], n=4)
+    (tmp_path / "train" / "cat" / "loop").symlink_to("..")             # train/cat/loop -> train
+    (tmp_path / "extra").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "extra" / "x.png")
+    (tmp_path / "train" / "dog" / "more").symlink_to(tmp_path / "extra")   # followed, once
+    with pytest.warns(UserWarning, match="not followed.*loop"):
+        ds = ImageFolder(tmp_path / "train")
+    assert len(ds) == 9
+    assert sorted(ds.targets) == [0] * 4 + [1] * 5
+    assert len({p for p, _ in ds.samples}) == 9
+
+
+def test_labels_follow_class_names_across_splits(tmp_path):
+    _image_folder(tmp_path / "train", ["airplane", "cat", "dog"])
+    _image_folder(tmp_path / "val", ["cat", "dog"])                      # no airplane in val
+    with pytest.warns(UserWarning, match="airplane"):
+        val = build_dataset(str(tmp_path), train=False)
+    assert val.classes == ["airplane", "cat", "dog"]
+    assert sorted(set(val.targets)) == [1, 2]                          # cat and dog as in train/
+    assert all(val.classes[y] == p.split("/")[-2] for p, y in val.samples)
+    _image_folder(tmp_path / "val", ["zebra"])
+    with pytest.raises(ValueError, match=r"lacks: \['zebra'\]"):
+        build_dataset(str(tmp_path), train=False)
+
+
+def _draw_test_split(root, barrier):
+    """In a child process: build the shapes test split (shrunk to 40 images) into ``root``, with
+    every process writing its cache file at the same moment (as two ranks on a fresh clone)."""
+    import threading
+
+    import numpy as np
+
+    from dino_lite import shapes
+    from dino_lite.data import build_dataset
+    shapes.SPLIT_SIZES["test"] = 40
+    real = np.savez_compressed
+
+    def together(*args, **kwargs):
+        try:
+            barrier.wait(timeout=3)            # the other process writes now too, if it draws
+        except threading.BrokenBarrierError:
+            pass
+        return real(*args, **kwargs)
+    shapes.np.savez_compressed = together
+    ds = build_dataset("shapes", train=False, root=root)
+    return len(ds), int(np.asarray(ds.targets).sum())
+
+
+def test_two_processes_drawing_the_shapes_cache_at_once_both_succeed(tmp_path):
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with ctx.Pool(2) as pool:
+            results = [pool.apply_async(_draw_test_split, (tmp_path, barrier)) for _ in range(2)]
+            got = [r.get(timeout=120) for r in results]
+    assert got[0] == got[1] and got[0][0] == 40
+    assert len(list((tmp_path / "cache").glob("shapes-test-64px-40-*.npz"))) == 1
+    assert not list((tmp_path / "cache").glob("*tmp*"))

@@ -193,3 +193,17 @@ def test_mismatched_weights_name_the_keys(tmp_path):
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pth")
     with pytest.raises(KeyError, match="no backbone state dict"):
         backbone_from_checkpoint(tmp_path / "odd.pth")
+
+
+def test_sync_batchnorm_still_needs_a_gpu(tmp_path):
+    """docs/robustness.md says that on CPU each process's BatchNorm uses its own share of the
+    batch, because torch's SyncBatchNorm refuses CPU tensors. When a torch release lifts that,
+    this test fails: then convert the BatchNorm layers on CPU too, and 2 processes follow 1."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        bn = torch.nn.SyncBatchNorm(4).train()
+        with pytest.raises(ValueError, match="expected input tensor to be on GPU"):
+            bn(torch.randn(8, 4))
+    finally:
+        dist.destroy_process_group()

@@ -166,3 +166,192 @@ def test_time_budget_is_refit_on_the_runs_own_steps(tiny_folder, tmp_path, monke
     last = trainer.history[-1]
     assert last["lr"] == pytest.approx(trainer.cfg.min_lr) and last["momentum"] == pytest.approx(1.0)
     assert load_checkpoint(tmp_path / CHECKPOINT)["total_steps"] == 27
+
+
+# -- robustness: kills, shared folders, resume rules, Ctrl-C (issue 24) ----------------------------
+
+KILL_DRIVER = """
+import io, sys, time, torch
+real_save = torch.save
+
+def slow_save(obj, f):          # a checkpoint write that takes a while: kills land inside it
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    data = buf.getvalue()
+    with open(f, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        time.sleep(0.08)
+        fh.write(data[len(data) // 2:])
+
+torch.save = slow_save
+from dino_lite.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_path):
+    """SIGKILL a training process at random moments (once while it starts, then while it trains;
+    its checkpoint writes are slowed down, half a file then a pause, so some kills land inside
+    one), resume each time: the log then holds every step once, and the final checkpoint equals
+    that of a run never interrupted."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_DRIVER)
+    sets = ["image_size=32", "global_size=32", "local_size=16", "n_local=2", "depth=2", "out_dim=64",
+            "head_hidden=64", "head_bottleneck=32", "batch_size=32", "num_workers=0",
+            "warmup_epochs=0.5", "bf16=false", "fused_attention=off"]
+    args = ["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--epochs", "8",
+            *[a for s in sets for a in ("--set", s)]]          # 3 steps per epoch, 24 steps
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+
+    def start(out, resume):
+        return subprocess.Popen([sys.executable, str(driver), *args, "--out", str(out)]
+                                + (["--resume"] if resume else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    straight = start(tmp_path / "straight", False)
+    assert straight.wait(timeout=120) == 0, straight.stderr.read()
+    out, rng, kills = tmp_path / "killed", random.Random(24), 0
+    for attempt in range(6):
+        resume = (out / CHECKPOINT).exists()
+        done = load_checkpoint(out / CHECKPOINT)["step"] if resume else 0
+        p = start(out, resume)
+        if attempt == 0:
+            time.sleep(rng.uniform(0.3, 1.5))                # while it starts up
+        else:         # once this process has logged a step of its own (the log is kept to `done`)
+            deadline = time.time() + 60
+            while p.poll() is None and time.time() < deadline and not (
+                    (out / "log.jsonl").exists()
+                    and (out / "log.jsonl").read_text().count("\n") > done):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+    assert kills >= 3
+    final = start(out, (out / CHECKPOINT).exists())
+    assert final.wait(timeout=120) == 0, final.stderr.read()
+    assert [r["step"] for r in read_log(out)] == list(range(24))
+    a, b = load_checkpoint(tmp_path / "straight" / CHECKPOINT), load_checkpoint(out / CHECKPOINT)
+    assert a["step"] == b["step"] == 24
+    for part in ("student", "teacher", "loss"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert torch.equal(a["rng"], b["rng"])
+    assert [r["loss"] for r in read_log(tmp_path / "straight")] == [r["loss"] for r in read_log(out)]
+    assert not list(out.glob(".checkpoint.pt.tmp*")) and not (out / ".lock").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tiny_folder, tmp_path, capsys):
+    import subprocess
+    import sys
+    from dino_lite.rundir import RunDirBusyError
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dino_lite.rundir import RunLock; "
+         "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirBusyError, match=f"in use by another training run.*process {holder.pid}"):
+            train(tiny_config(tiny_folder, max_steps=2), tmp_path, progress=False)
+        assert not (tmp_path / "log.jsonl").exists()         # nothing of the other run touched
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the lock file it left is taken over, with a note
+    trainer = train(tiny_config(tiny_folder, max_steps=2), tmp_path, progress=False)
+    assert trainer.step == 2
+    assert f"taking over {tmp_path / '.lock'}, left by process {holder.pid}" in capsys.readouterr().err
+    assert not (tmp_path / ".lock").exists()                  # released at the end
+
+
+def test_resume_refuses_a_missing_checkpoint_and_changed_options(tiny_folder, tmp_path, capsys):
+    cfg = tiny_config(tiny_folder, max_steps=3)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(cfg, tmp_path, resume=True, progress=False)
+    train(cfg, tmp_path, progress=False)
+    changed = cfg.__class__(**{**cfg.to_dict(), "lr": 0.001, "seed": 3, "max_steps": 6})
+    with pytest.raises(ValueError, match=r"lr \(checkpoint 0.004, now 0.001\), seed"):
+        train(changed, tmp_path, resume=True, progress=False)
+    # a longer run is the one change allowed: it extends the finished run
+    longer = cfg.__class__(**{**cfg.to_dict(), "max_steps": 6, "num_workers": 1})
+    trainer = train(longer, tmp_path, resume=True, progress=False)
+    assert trainer.step == 6 and [r["step"] for r in read_log(tmp_path)] == list(range(6))
+    assert "laid out again over 6 steps (were 3)" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / CHECKPOINT)["config"]["max_steps"] == 6
+
+
+def test_resume_refuses_foreign_and_empty_checkpoints(tiny_folder, tmp_path):
+    from dino_lite.checkpoint import CheckpointError
+    cfg = tiny_config(tiny_folder, max_steps=2)
+    torch.save(build_backbone("vit_mini", patch_size=8, img_size=32, depth=1).state_dict(),
+               tmp_path / CHECKPOINT)                          # a timm-style state dict
+    with pytest.raises(CheckpointError, match="not a dino_lite training checkpoint"):
+        train(cfg, tmp_path, resume=True, progress=False)
+    (tmp_path / CHECKPOINT).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty file"):
+        train(cfg, tmp_path, resume=True, progress=False)
+
+
+def _assert_same_state(a, b):
+    """Two trainers hold the same weights, BatchNorm statistics, centers, optimizer and RNG."""
+    for part in ("student", "teacher", "loss_fn"):
+        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), (part, key)
+    oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    assert torch.equal(a.state()["rng"], b.state()["rng"])
+
+
+def test_ctrl_c_resume_equals_an_uninterrupted_run_with_drop_path(tiny_folder, tmp_path):
+    # drop path draws from the global RNG at every step: the data loader must not draw from it
+    # too, or a run resumed mid-epoch (a fresh loader iterator) takes other random numbers
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9, drop_path=0.2)
+    straight = train(cfg, tmp_path / "a", progress=False)
+
+    def interrupt(rec):
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", progress=False, on_step=interrupt)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    _assert_same_state(straight, resumed)
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
+def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
+                                                                capsys):
+    """A real Ctrl-C arrives after the teacher's forward pass (its BatchNorm statistics already
+    moved): the step is finished, then saved, so the resumed run equals the straight one."""
+    import os
+    import signal
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    real = DINOTrainer.train_step
+
+    def step_with_ctrl_c(self, views, step, *rest):
+        if step == 3:
+            diagnostics = self.loss_fn.diagnostics
+
+            def ctrl_c(*a, **k):                 # after both forward passes, before backward
+                os.kill(os.getpid(), signal.SIGINT)
+                return diagnostics(*a, **k)
+            monkeypatch.setattr(self.loss_fn, "diagnostics", ctrl_c)
+        return real(self, views, step, *rest)
+    monkeypatch.setattr(DINOTrainer, "train_step", step_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", progress=False)
+    assert "interrupted at step 4; checkpoint saved" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    _assert_same_state(straight, resumed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handler restored
