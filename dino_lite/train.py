@@ -147,6 +147,8 @@ class DINOTrainer:
                 raise FileNotFoundError(f"--resume: there is no checkpoint {self.out / CHECKPOINT} "
                                         f"to continue from; leave out --resume to start a new run")
             ckpt = load_training_checkpoint(self.out / CHECKPOINT)
+            if "precision" in ckpt:     # the saved config has the fp32 variant applied, if it was
+                cfg = cfg.for_precision(ckpt["precision"]["bf16"], self.device.type)
             cfg = resume_config(Config.from_dict(ckpt["config"]).validate(), cfg)
         self.cfg = cfg.validate()
         # bf16 or fp32, fused or explicit attention: measured on this machine for a new run
@@ -445,7 +447,8 @@ class DINOTrainer:
             print("note: on CPU each process's BatchNorm normalises over its own share of the "
                   "batch (torch's SyncBatchNorm needs a GPU), so this run follows a 1-process run "
                   "closely but not exactly; see docs/robustness.md", file=sys.stderr)
-            # the config as given ("auto" included) and what "auto" resolved to on this machine
+        if self.rank == 0:
+            # the config as run (bf16 "auto" included) and what "auto" resolved to on this machine
             (self.out / "config.json").write_text(json.dumps(
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._log = self._open_log() if self.rank == 0 else None

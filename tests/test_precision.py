@@ -138,3 +138,13 @@ def test_explicit_settings_win_over_the_fp32_variant():
         make_config("cpu-demo", {"fp32_variant": {"no_such_key": 1}})
     with pytest.raises(ValueError, match="multiple of patch_size"):
         make_config("cpu-demo", {"fp32_variant": {"global_size": 50}})
+
+
+def test_an_fp32_run_with_the_variant_resumes(tiny_folder, tmp_path, monkeypatch):
+    from dino_lite.train import DINOTrainer, train
+    _fake_machine(monkeypatch, bf16_seconds=1.0)
+    cfg = tiny_config(tiny_folder, max_steps=2)
+    cfg.fp32_variant = dict(global_size=24)
+    train(cfg, tmp_path, progress=False)
+    resumed = DINOTrainer(cfg, tmp_path, resume=True, progress=False)   # the command, given again
+    assert resumed.cfg.global_size == 24 and resumed.step == 2
