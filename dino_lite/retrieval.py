@@ -175,9 +175,8 @@ def _patch(backbone) -> int:
     return int(pe.patch_size[0]) if pe is not None else 1
 
 
-@torch.no_grad()
-def embed_images(backbone, files, size: int, scales=(1.0,), features=None, batch_size: int = 64,
-                 max_side: int | None = None) -> torch.Tensor:
+def embed_images(backbone, files, size: int, scales=(1.0,), features=None,
+                 batch_size: int = 64) -> torch.Tensor:
     """L2-normalised features of every image: ``features(backbone, x)`` (default: the CLS token)
     at each scale of ``size``, averaged over scales, then normalised again.
 
@@ -187,7 +186,13 @@ def embed_images(backbone, files, size: int, scales=(1.0,), features=None, batch
     features = features or (lambda net, x: net(x))
     backbone.eval()
     device = next(backbone.parameters()).device
+    # chosen outside no_grad: the first call per width times a training step, backward included
     prec = choose(device_type=device.type, width=getattr(backbone, "embed_dim", 128))
+    with torch.no_grad():
+        return _embed(backbone, files, size, scales, features, batch_size, prec, device)
+
+
+def _embed(backbone, files, size, scales, features, batch_size, prec, device):
     multiple = _patch(backbone)
     total = None
     for s in scales:
