@@ -299,7 +299,176 @@ def build_parser():
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_config)
+    _add_emerging_commands(sub)
     return p
+
+# --- Emerging properties beyond k-NN: retrieval, copy detection, video segmentation ------------
+
+def _add_feature_source(p, baseline, baseline_help):
+    """Like _add_model_source, plus a model-free baseline flag (``--pixels``, ...)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a dino_lite checkpoint.pt or official DINO weights")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
+    src.add_argument(baseline, action="store_true", help=baseline_help)
+    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _feature_backbone(args, baseline):
+    args.model = ("baseline: " + baseline) if getattr(args, baseline) else \
+        args.checkpoint or f"{args.preset} (random init)"
+    if getattr(args, baseline):
+        args.rank = 0
+        return None, None
+    return _backbone(args)
+
+
+def _ranking_images(args):
+    """Query and database files, names relative to their folders, and relevance (positive, junk)."""
+    from .retrieval import list_images, read_ground_truth, relevance_from_classes, relative_names
+    (qf, qc), (df, dc) = list_images(args.queries), list_images(args.database)
+    if getattr(args, "per_class", None):
+        qf, qc = _first_per_class(qf, qc, args.per_class)
+        df, dc = _first_per_class(df, dc, args.per_class)
+    if args.ground_truth:
+        pos, junk = read_ground_truth(args.ground_truth, relative_names(qf, args.queries),
+                                      relative_names(df, args.database))
+    elif qc is None or dc is None:
+        raise ValueError("without --ground-truth, --queries and --database must each hold one "
+                         "subfolder per class")
+    else:
+        pos, junk = relevance_from_classes(qc, dc), None
+    return qf, df, pos, junk
+
+
+def _first_per_class(files, classes, n):
+    if classes is None:
+        return files[:n], None
+    seen, keep = {}, []
+    for i, c in enumerate(classes):
+        seen[c] = seen.get(c, 0) + 1
+        if seen[c] <= n:
+            keep.append(i)
+    return [files[i] for i in keep], [classes[i] for i in keep]
+
+
+def _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, figure, extra):
+    from .retrieval import rank_database, retrieval_figure, score_rankings
+    _, order = rank_database(qfeat, dfeat)
+    scores = score_rankings(order, pos, junk, ks=(1, 5, 10))
+    ap = torch.tensor(scores.pop("ap"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ap.nan_to_num(2.0).argsort()[:4].tolist() if args.command == "copydetect" else None
+    retrieval_figure(qf, df, order[:, :10], pos, queries=rows, junk=junk).savefig(out / figure, dpi=110)
+    print(f"{args.command} ({args.model}): mAP {scores['mAP']:.3f} over {scores['queries']} queries, "
+          f"{len(df)} database images; precision@1 {scores['precision@1']:.3f}, "
+          f"recall@10 {scores['recall@10']:.3f}; figure {out / figure}")
+    if args.json:
+        print(json.dumps({**scores, "database": len(df), "model": args.model, **extra,
+                          "figure": str(out / figure)}))
+
+
+def cmd_retrieval(args):
+    from .retrieval import MULTISCALE, embed_images, pixel_features
+    backbone, cfg = _feature_backbone(args, "pixels")
+    qf, df, pos, junk = _ranking_images(args)
+    if backbone is None:
+        qfeat, dfeat = pixel_features(qf), pixel_features(df)
+    else:
+        size, scales = args.image_size or cfg.image_size, MULTISCALE if args.multiscale else (1.0,)
+        qfeat, dfeat = (embed_images(backbone, f, size, scales) for f in (qf, df))
+    _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, "retrieval.png",
+                     {"multiscale": args.multiscale})
+
+
+def cmd_copydetect(args):
+    from .copydetect import Whitening, cls_gem_features
+    from .retrieval import embed_images, list_images, pixel_features
+    backbone, cfg = _feature_backbone(args, "pixels")
+    qf, df, pos, junk = _ranking_images(args)
+    if backbone is None:
+        embed = pixel_features
+    else:
+        size = args.image_size or cfg.image_size
+        embed = lambda files: embed_images(backbone, files, size, features=cls_gem_features)
+    qfeat, dfeat = embed(qf), embed(df)
+    if args.whitening:
+        whiten = Whitening(embed(list_images(args.whitening)[0]))
+        qfeat, dfeat = whiten(qfeat), whiten(dfeat)
+    _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, "copydetect.png",
+                     {"whitening": args.whitening})
+
+
+def cmd_make_copies(args):
+    from .copydetect import make_copies
+    info = make_copies(args.images, args.out, seed=args.seed, originals=args.originals,
+                       copies=args.copies, distractors=args.distractors, whitening=args.whitening_images)
+    print(f"{info['queries']} queries, {info['database']} database images ({info['distractors']} "
+          f"distractors), {info['whitening']} whitening images in {info['out']}; "
+          f"ground truth {info['ground_truth']}")
+    if args.json:
+        print(json.dumps(info))
+
+
+def cmd_vos(args):
+    from .vos import evaluate_davis
+    backbone, _ = _feature_backbone(args, "first_frame_baseline")
+    seqs = [s for s in args.sequences.split(",") if s] if args.sequences else None
+    r = evaluate_davis(args.davis, backbone, seqs, args.out, short_side=args.short_side,
+                       n_context=args.n_context, radius=args.radius, topk=args.topk,
+                       temperature=args.temperature)
+    print(f"vos ({args.model}): J {r['J']:.3f}  F {r['F']:.3f}  J&F {r['JF']:.3f} over "
+          f"{len(r['sequences'])} sequences; {r['frames_per_s']:.2f} frames/s at short side "
+          f"{args.short_side}px; peak memory {r['peak_memory_mb']:.0f} MB")
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("J", "F", "JF", "frames", "frames_per_s", "peak_memory_mb")}
+                         | {"short_side": args.short_side, "model": args.model, "out": args.out,
+                            "per_sequence": {s["sequence"]: {"J": s["J"], "F": s["F"]}
+                                             for s in r["sequences"]}}))
+
+
+def _add_emerging_commands(sub):
+    for name, helptext in (("retrieval", "image retrieval with frozen CLS features: mAP, P@k, R@k"),
+                           ("copydetect", "copy detection: CLS + GeM patch features, whitening, mAP")):
+        r = sub.add_parser(name, help=helptext)
+        _add_feature_source(r, "--pixels", "baseline: raw-pixel thumbnails instead of a network")
+        r.add_argument("--database", required=True, help="folder of images (or class subfolders)")
+        r.add_argument("--queries", required=True, help="folder of images (or class subfolders)")
+        r.add_argument("--ground-truth", required=name == "copydetect",
+                       help="CSV 'query,match[,kind]' (kind: positive or junk)")
+        r.add_argument("--image-size", type=int, help="short side in px (default: the model's)")
+        r.add_argument("--per-class", type=int, help="use the first N images of each class only")
+        r.add_argument("--out", default=f"runs/{name}", help="folder for the figure")
+        if name == "retrieval":
+            r.add_argument("--multiscale", action="store_true", help="average scales 1, 1/sqrt2, 1/2")
+        else:
+            r.add_argument("--whitening", help="folder of images to learn PCA whitening on")
+        r.set_defaults(func=cmd_retrieval if name == "retrieval" else cmd_copydetect)
+
+    m = sub.add_parser("make-copies", help="build a copy-detection benchmark from an image folder")
+    m.add_argument("--images", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--originals", type=int, default=50)
+    m.add_argument("--copies", type=int, default=2, help="edited copies per original")
+    m.add_argument("--distractors", type=int, default=150)
+    m.add_argument("--whitening-images", type=int, default=100)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_make_copies)
+
+    v = sub.add_parser("vos", help="DAVIS video object segmentation by label propagation")
+    _add_feature_source(v, "--first-frame-baseline", "baseline: repeat the first frame's mask")
+    v.add_argument("--davis", required=True, help="DAVIS folder (JPEGImages/, Annotations/)")
+    v.add_argument("--sequences", help="comma-separated names (default: all)")
+    v.add_argument("--out", help="write masks, overlays and GIFs here")
+    v.add_argument("--short-side", type=int, default=480, help="frames resized to this short side")
+    v.add_argument("--n-context", type=int, default=7, help="previous predicted frames used")
+    v.add_argument("--radius", type=int, default=12, help="local window radius in patches")
+    v.add_argument("--topk", type=int, default=5)
+    v.add_argument("--temperature", type=float, default=0.1)
+    v.set_defaults(func=cmd_vos)
 
 
 def main(argv=None):

@@ -1,0 +1,402 @@
+"""Video object segmentation by label propagation (the DINO paper's DAVIS-2017 protocol).
+
+Nothing is trained for this. The first frame's mask is given; every later frame's patches take
+their labels from patches of earlier frames whose frozen features look alike:
+
+- features: the last block's patch tokens (L2-normalised), frames resized so the short side is
+  ``short_side`` pixels (sides rounded to multiples of the patch size);
+- sources: the first frame (with its true mask) and the previous ``n_context`` = 7 *predicted*
+  frames, kept in a queue, so memory does not grow with the sequence;
+- affinity of target patch t to source patch s: exp(cos(t, s) / 0.1), only for sources within a
+  square window of ``radius`` = 12 patches around t's position; each target keeps its top 5
+  sources over all source frames, normalises their weights and averages their (soft) labels;
+- the label map is upsampled bilinearly to pixels, each object's channel rescaled to [0, 1],
+  and each pixel takes the best channel.
+
+Scores as DAVIS defines them: region similarity J (Jaccard of the object masks) and boundary
+accuracy F (F-measure of boundary pixels matched within a tolerance of 0.8% of the image
+diagonal), both averaged over a sequence's frames without the first and last, per object; J&F
+is their mean. Means over a dataset are over objects (for one object per sequence, over
+sequences).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import load_rgb
+from .retrieval import image_tensor
+
+# The DAVIS colour palette (object i gets colour i; PASCAL VOC's bit-interleaving scheme).
+def _palette():
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+PALETTE = _palette()
+
+
+# --- reading DAVIS ------------------------------------------------------------------------------
+
+def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
+    """Object ids and void pixels of a DAVIS annotation.
+
+    DAVIS-2016 masks are binary (0 / 255, grayscale): 255 becomes object 1. DAVIS-2017 masks are
+    palette PNGs whose indices are object ids, with 255 marking void pixels (ignored in scoring).
+    """
+    with Image.open(path) as im:
+        palette = im.mode == "P"
+        a = np.array(im)
+    if a.ndim == 3:
+        a = a[..., :3].max(-1)
+    values = set(np.unique(a).tolist())
+    if not palette and values <= {0, 255}:
+        return (a == 255).astype(np.int64), np.zeros(a.shape, bool)
+    return np.where(a == 255, 0, a).astype(np.int64), a == 255
+
+
+def davis_layout(root) -> tuple[Path, Path]:
+    """``(JPEGImages dir, Annotations dir)`` of a DAVIS folder, with or without a ``480p/`` level."""
+    root = Path(root)
+    for sub in ("480p", ""):
+        jpeg, ann = root / "JPEGImages" / sub, root / "Annotations" / sub
+        if jpeg.is_dir() and ann.is_dir() and any(p.is_dir() for p in jpeg.iterdir()):
+            return jpeg, ann
+    raise FileNotFoundError(f"{root} is not a DAVIS folder: expected JPEGImages/<sequence>/*.jpg "
+                            "and Annotations/<sequence>/*.png (optionally under 480p/)")
+
+
+def sequence_files(root, sequence) -> tuple[list[Path], dict[str, Path]]:
+    """A sequence's frames (sorted) and its annotations by frame stem."""
+    jpeg, ann = davis_layout(root)
+    frames = sorted(p for p in (jpeg / sequence).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not frames:
+        raise FileNotFoundError(f"no frames in {jpeg / sequence}")
+    masks = {p.stem: p for p in (ann / sequence).glob("*.png")}
+    if frames[0].stem not in masks:
+        raise FileNotFoundError(f"sequence {sequence}: no first-frame mask "
+                                f"{ann / sequence / (frames[0].stem + '.png')}")
+    return frames, masks
+
+
+def list_sequences(root) -> list[str]:
+    jpeg, _ = davis_layout(root)
+    return sorted(p.name for p in jpeg.iterdir() if p.is_dir())
+
+
+# --- propagation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def patch_features(backbone, x: torch.Tensor) -> torch.Tensor:
+    """Last-block patch tokens of one normalised image ``[3, H, W]`` as a ``[D, H/p, W/p]`` map."""
+    if not hasattr(backbone, "forward_features"):
+        raise TypeError("label propagation needs a ViT backbone (patch tokens)")
+    p = backbone.patch_embed.patch_size[0]
+    tokens = backbone.forward_features(x[None])[0]
+    tokens = tokens[getattr(backbone, "num_prefix_tokens", 1):]
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    return tokens.T.reshape(-1, h, w).float()
+
+
+def soft_labels(mask: np.ndarray | torch.Tensor, object_ids, grid) -> torch.Tensor:
+    """One channel per class (background, then ``object_ids``): each patch's share of the pixels
+    of that class, ``[C, h, w]`` (area-averaged one-hot)."""
+    m = torch.as_tensor(np.asarray(mask))
+    onehot = torch.stack([m == 0] + [m == i for i in object_ids]).float()
+    return F.adaptive_avg_pool2d(onehot[None], grid)[0]
+
+
+class LabelPropagation:
+    """Propagates labels from the first frame and a queue of recent predictions (see module doc).
+
+    ``first_feats`` ``[D, h, w]`` and ``first_labels`` ``[C, h, w]`` are the reference; each call
+    with a new frame's features returns its soft labels ``[C, h, w]`` and queues them.
+    """
+
+    def __init__(self, first_feats, first_labels, n_context: int = 7, radius: int = 12,
+                 topk: int = 5, temperature: float = 0.1, band: int = 8):
+        if first_feats.shape[-2:] != first_labels.shape[-2:]:
+            raise ValueError(f"features {tuple(first_feats.shape)} and labels "
+                             f"{tuple(first_labels.shape)} have different grids")
+        self.first = (F.normalize(first_feats.float(), dim=0), first_labels.float())
+        self.queue = deque(maxlen=n_context)
+        self.radius, self.topk, self.temperature, self.band = radius, topk, temperature, band
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(feats.float(), dim=0)
+        d, h, w = feats.shape
+        sources = [self.first] + list(self.queue)
+        src_f = torch.stack([s[0] for s in sources])              # [S, D, h, w]
+        src_l = torch.stack([s[1] for s in sources])              # [S, C, h, w]
+        r = self.radius
+        xs = torch.arange(w)
+        out = torch.empty(src_l.shape[1], h, w)
+        # Target rows in bands: a band only sees source rows within the radius, so the affinity
+        # held at once is [S, band * w, (band + 2r) * w], never all patches against all.
+        for y0 in range(0, h, self.band):
+            y1 = min(h, y0 + self.band)
+            s0, s1 = max(0, y0 - r), min(h, y1 + r)
+            tgt = feats[:, y0:y1].reshape(d, -1)                  # [D, T]
+            src = src_f[:, :, s0:s1].reshape(len(sources), d, -1)  # [S, D, N]
+            sim = torch.einsum("dt,sdn->stn", tgt, src)
+            ty = torch.arange(y0, y1).repeat_interleave(w)
+            tx = xs.repeat(y1 - y0)
+            sy = torch.arange(s0, s1).repeat_interleave(w)
+            sx = xs.repeat(s1 - s0)
+            near = ((ty[:, None] - sy[None]).abs() <= r) & ((tx[:, None] - sx[None]).abs() <= r)
+            aff = torch.where(near, sim / self.temperature, torch.tensor(-math.inf))
+            aff = aff.permute(1, 0, 2).reshape(len(tgt[0]), -1)   # [T, S * N]
+            k = min(self.topk, aff.shape[1])
+            top, idx = aff.topk(k, dim=1)
+            weight = torch.softmax(top, dim=1)                    # exp(cos / T), normalised
+            labels = src_l[:, :, s0:s1].reshape(len(sources), src_l.shape[1], -1)
+            labels = labels.permute(0, 2, 1).reshape(-1, src_l.shape[1])  # [S * N, C]
+            out[:, y0:y1] = (weight[..., None] * labels[idx]).sum(1).T.reshape(-1, y1 - y0, w)
+        self.queue.append((feats, out))
+        return out
+
+
+def labels_to_mask(labels: torch.Tensor, size, object_ids) -> np.ndarray:
+    """Soft patch labels ``[C, h, w]`` to a pixel mask of ``size`` (H, W) holding object ids:
+    bilinear upsampling, each channel rescaled to [0, 1] (as the reference does), argmax."""
+    up = F.interpolate(labels[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    lo = up.flatten(1).min(1).values[:, None, None]
+    hi = up.flatten(1).max(1).values[:, None, None]
+    up = torch.where(hi > 0, (up - lo) / (hi - lo).clamp_min(1e-12), up)
+    ids = torch.tensor([0] + list(object_ids))
+    return ids[up.argmax(0)].numpy()
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+def region_jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """DAVIS J: |pred ∩ gt| / |pred ∪ gt| outside void pixels; both empty counts as 1."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
+    union = (pred | gt).sum()
+    return 1.0 if union == 0 else float((pred & gt).sum() / union)
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a binary mask as DAVIS marks them: a pixel differing from its right,
+    lower or lower-right neighbour (the last row and column compare within themselves)."""
+    seg = seg.astype(bool)
+    e = np.zeros_like(seg)
+    s = np.zeros_like(seg)
+    se = np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]
+    s[:-1, :] = seg[1:, :]
+    se[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ e) | (seg ^ s) | (seg ^ se)
+    b[-1, :] = seg[-1, :] ^ e[-1, :]
+    b[:, -1] = seg[:, -1] ^ s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def _dilate(b: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a disk of ``radius`` pixels (skimage's ``disk``: x² + y² <= r²)."""
+    if radius <= 0:
+        return b.copy()
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    kernel = torch.from_numpy((xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float32))[None, None]
+    x = torch.from_numpy(b.astype(np.float32))[None, None]
+    return (F.conv2d(x, kernel, padding=radius)[0, 0] > 0.5).numpy()
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
+               bound_th: float = 0.008) -> float:
+    """DAVIS F: precision and recall of boundary pixels, each matched if the other boundary lies
+    within ceil(``bound_th`` x image diagonal) pixels; their harmonic mean."""
+    bound_pix = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*pred.shape))
+    keep = np.ones(pred.shape, bool) if void is None else ~void
+    fg_b = seg2bmap(pred.astype(bool) & keep)
+    gt_b = seg2bmap(gt.astype(bool) & keep)
+    n_fg, n_gt = fg_b.sum(), gt_b.sum()
+    if n_fg == 0 and n_gt == 0:
+        return 1.0
+    if n_fg == 0 or n_gt == 0:
+        return 0.0                                  # precision or recall is 0
+    precision = (fg_b & _dilate(gt_b, int(bound_pix))).sum() / n_fg
+    recall = (gt_b & _dilate(fg_b, int(bound_pix))).sum() / n_gt
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+# --- a generated test video ---------------------------------------------------------------------
+
+def moving_shapes_video(frames: int = 12, size=(64, 96), seed: int = 0):
+    """A small video with exact masks: a disc (object 1) and a square (object 2) drifting over a
+    smooth textured background; the square passes in front of the disc.
+
+    Returns ``(frames [T, H, W, 3] uint8, masks [T, H, W] int64)``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (np.stack([np.sin(xx / 7 + c) * np.cos(yy / 9 - c) for c in (0, 1, 2)], -1) + 1) * 60 + 40
+    noise = rng.normal(0, 8, (h, w, 3))
+    colours = {1: np.array([230, 60, 40]), 2: np.array([40, 90, 230])}
+    video, masks = [], []
+    for t in range(frames):
+        a = t / max(1, frames - 1)
+        img = base.copy() + noise
+        m = np.zeros((h, w), np.int64)
+        cy, cx, rad = h * 0.45, w * (0.25 + 0.4 * a), h * 0.22
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad ** 2
+        side = int(h * 0.3)
+        y0, x0 = int(h * (0.6 - 0.35 * a)), int(w * (0.75 - 0.3 * a))
+        square = (yy >= y0) & (yy < y0 + side) & (xx >= x0) & (xx < x0 + side)
+        for obj, region in ((1, disc), (2, square)):
+            img[region] = colours[obj] + rng.normal(0, 6, (region.sum(), 3))
+            m[region] = obj
+        video.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(m)
+    return np.stack(video), np.stack(masks)
+
+
+def write_davis(root, name="shapes", frames: int = 12, size=(64, 96), seed: int = 0, level=""):
+    """Write :func:`moving_shapes_video` in the DAVIS layout (palette masks), for tests/demos."""
+    video, masks = moving_shapes_video(frames, size, seed)
+    jpeg = Path(root) / "JPEGImages" / level / name
+    ann = Path(root) / "Annotations" / level / name
+    jpeg.mkdir(parents=True, exist_ok=True)
+    ann.mkdir(parents=True, exist_ok=True)
+    for t, (img, m) in enumerate(zip(video, masks)):
+        Image.fromarray(img).save(jpeg / f"{t:05d}.jpg", quality=95)
+        _save_indexed(m, ann / f"{t:05d}.png")
+    return Path(root)
+
+
+def _save_indexed(mask: np.ndarray, path):
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE)
+    im.save(path)
+
+
+# --- running a sequence -------------------------------------------------------------------------
+
+def overlay(img: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The frame with each object tinted in its palette colour."""
+    pal = np.array(PALETTE, np.uint8).reshape(256, 3)
+    a = np.asarray(img).astype(np.float32)
+    col = pal[mask].astype(np.float32)
+    obj = (mask > 0)[..., None]
+    return Image.fromarray(np.where(obj, (1 - alpha) * a + alpha * col, a).astype(np.uint8))
+
+
+def segment_sequence(root, sequence, backbone=None, out=None, short_side: int = 480,
+                     n_context: int = 7, radius: int = 12, topk: int = 5,
+                     temperature: float = 0.1, gif_width: int = 240) -> dict:
+    """Segment one DAVIS sequence from its first frame's mask and score it.
+
+    ``backbone=None`` is the trivial baseline that repeats the first frame's mask. With ``out``,
+    writes ``out/<sequence>/<frame>.png`` (object ids as palette indices, the frame's size),
+    ``out/<sequence>/overlay/<frame>.jpg`` and ``out/<sequence>.gif``. Only the queue of recent
+    frames is held in memory (plus small GIF thumbnails). Returns per-object J and F (means over
+    the annotated frames except the first and last), their means, frames and seconds.
+    """
+    frames, masks = sequence_files(root, sequence)
+    first, first_void = read_mask(masks[frames[0].stem])
+    object_ids = sorted(int(i) for i in np.unique(first) if i != 0)
+    if not object_ids:
+        raise ValueError(f"sequence {sequence}: the first-frame mask has no object")
+    if out is not None:
+        seq_dir = Path(out) / sequence
+        (seq_dir / "overlay").mkdir(parents=True, exist_ok=True)
+    prop, thumbs = None, []
+    if backbone is not None:
+        device = next(backbone.parameters()).device
+        p = backbone.patch_embed.patch_size[0]
+        backbone.eval()
+    j = {i: [] for i in object_ids}
+    f = {i: [] for i in object_ids}
+    start = time.perf_counter()
+    scored = range(1, max(2, len(frames) - 1))          # DAVIS leaves out the first and last frame
+    for t, path in enumerate(frames):
+        img = load_rgb(path)
+        size = (img.size[1], img.size[0])
+        if t == 0:
+            pred = first
+            if backbone is not None:
+                feats = patch_features(backbone, image_tensor(path, short_side, p).to(device)).cpu()
+                prop = LabelPropagation(feats, soft_labels(_resize_mask(first, feats.shape[-2:], p),
+                                                           object_ids, feats.shape[-2:]),
+                                        n_context, radius, topk, temperature)
+        elif backbone is None:
+            pred = first
+        else:
+            x = image_tensor(path, short_side, p).to(device)
+            labels = prop(patch_features(backbone, x).cpu())
+            pred = labels_to_mask(labels, x.shape[-2:], object_ids)
+            pred = np.array(Image.fromarray(pred.astype(np.uint8)).resize(img.size, Image.NEAREST))
+        if t in scored and path.stem in masks:
+            gt, void = read_mask(masks[path.stem])
+            for i in object_ids:
+                j[i].append(region_jaccard(pred == i, gt == i, void))
+                f[i].append(boundary_f(pred == i, gt == i, void))
+        if out is not None:
+            _save_indexed(pred, seq_dir / f"{path.stem}.png")
+            ov = overlay(img, pred)
+            ov.save(seq_dir / "overlay" / f"{path.stem}.jpg", quality=85)
+            thumbs.append(ov.resize((gif_width, max(1, round(gif_width * size[0] / size[1])))))
+    seconds = time.perf_counter() - start
+    if out is not None and thumbs:
+        thumbs[0].save(Path(out) / f"{sequence}.gif", save_all=True, append_images=thumbs[1:],
+                       duration=100, loop=0)
+    per_object = {i: {"J": float(np.mean(j[i])) if j[i] else float("nan"),
+                      "F": float(np.mean(f[i])) if f[i] else float("nan")} for i in object_ids}
+    return {"sequence": sequence, "objects": per_object, "frames": len(frames),
+            "seconds": seconds,
+            "J": float(np.mean([o["J"] for o in per_object.values()])),
+            "F": float(np.mean([o["F"] for o in per_object.values()]))}
+
+
+def _resize_mask(mask: np.ndarray, grid, patch: int) -> np.ndarray:
+    """The first mask at the feature map's pixel size (grid x patch), nearest neighbour."""
+    h, w = grid[0] * patch, grid[1] * patch
+    return np.array(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST))
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (MB; Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate_davis(root, backbone=None, sequences=None, out=None, progress=print, **kw) -> dict:
+    """:func:`segment_sequence` over ``sequences`` (default: all), with dataset means over objects
+    (as DAVIS averages), frames per second of the whole loop and the peak resident memory."""
+    names = sequences or list_sequences(root)
+    results, frames, seconds = [], 0, 0.0
+    for name in names:
+        r = segment_sequence(root, name, backbone, out, **kw)
+        results.append(r)
+        frames += r["frames"]
+        seconds += r["seconds"]
+        if progress:
+            progress(f"{name}: J {r['J']:.3f} F {r['F']:.3f} J&F {(r['J'] + r['F']) / 2:.3f} "
+                     f"({r['frames']} frames, {r['frames'] / r['seconds']:.1f} frames/s)")
+    js = [o["J"] for r in results for o in r["objects"].values()]
+    fs = [o["F"] for r in results for o in r["objects"].values()]
+    J, Fm = float(np.nanmean(js)), float(np.nanmean(fs))
+    return {"J": J, "F": Fm, "JF": (J + Fm) / 2, "sequences": results, "frames": frames,
+            "frames_per_s": frames / seconds if seconds else float("nan"),
+            "peak_memory_mb": peak_memory_mb()}
