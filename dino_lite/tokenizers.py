@@ -78,8 +78,9 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Token ids ``[batch, patches]`` (long) of normalised images ``[batch, 3, H, W]``."""
-        x = F.normalize(patchify(images.float(), self.patch_size), dim=-1)
-        return (x @ self.codebook.T).argmax(-1)
+        with torch.autocast(images.device.type, enabled=False):   # bf16 would flip near-ties
+            x = F.normalize(patchify(images.float(), self.patch_size), dim=-1)
+            return (x @ self.codebook.T).argmax(-1)
 
     def extra_repr(self):
         return f"kind={self.kind}, vocab_size={self.vocab_size}, patch_size={self.patch_size}"
