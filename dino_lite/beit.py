@@ -13,6 +13,7 @@ One step, on one crop per image:
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -45,8 +46,13 @@ class BEiT(nn.Module):
         targets = self.tokenizer(images)[mask]                        # [n masked]
         tokens = vit_tokens(self.backbone, images, mask, self.mask_token)
         logits = self.head(tokens[:, self.backbone.num_prefix_tokens:][mask]).float()
-        # a sum over the masked patches divided by their count: the mean, and 0 (not NaN) if a
-        # batch happened to mask nothing
-        loss = F.cross_entropy(logits, targets, reduction="sum") / max(1, len(targets))
+        # the mean over the masked patches of the *global* batch (block masks hide a varying
+        # number per image): this process's sum over the global count, times the number of
+        # processes because DDP averages their gradients; 0 (not NaN) if nothing was masked
+        count, world = torch.tensor(float(len(targets)), device=logits.device), 1
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            dist.all_reduce(count)
+        loss = F.cross_entropy(logits, targets, reduction="sum") * world / count.clamp(min=1)
         accuracy = (logits.argmax(-1) == targets).float().mean().item() if len(targets) else 0.0
         return loss, {"mim_accuracy": accuracy, "masked_share": mask.float().mean().item()}

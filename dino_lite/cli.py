@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, make_config
+from .config import METHODS, PRESETS, make_config
 
 
 def _add_model_source(p):
@@ -67,14 +67,17 @@ def train_config(preset, sets=(), **given):
 def cmd_train(args):
     from .train import train
     cfg = train_config(args.preset, args.set, data=args.data, epochs=args.epochs,
-                       minutes=args.minutes, max_steps=args.max_steps, seed=args.seed)
-    out = Path(args.out or f"runs/{cfg.name}")
+                       minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
+                       method=args.method)
+    out = Path(args.out or f"runs/{cfg.name}" + ("" if cfg.method == "dino" else f"-{cfg.method}"))
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
         last = trainer.history[-1] if trainer.history else None
         msg = f"checkpoint: {out / 'checkpoint.pt'} ({trainer.step} steps)"
         if last:
-            msg += f"; last loss {last['loss']:.3f}, teacher entropy {last['teacher_entropy']:.2f}"
+            msg += f"; last loss {last['loss']:.3f}"
+            if "teacher_entropy" in last:
+                msg += f", teacher entropy {last['teacher_entropy']:.2f}"
         print(msg)
 
 
@@ -159,8 +162,11 @@ def build_parser():
     p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train DINO")
+    t = sub.add_parser("train", help="train DINO, BEiT or SplitMask")
     t.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    t.add_argument("--method", choices=METHODS,
+                   help="dino (default), or a masked image model: beit, splitmask (the preset gives "
+                        "data, backbone, crop size and budget; the method its objective and optimiser)")
     t.add_argument("--data", help="shapes, a folder with train/ and val/, or cifar10/stl10/imagenette")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget; schedules fit the steps that fit")

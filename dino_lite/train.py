@@ -275,6 +275,10 @@ class DINOTrainer:
         """One step of a masked image model (BEiT, SplitMask) on the first global crop of each
         image: draw the masks for the global batch, the model's objective, an AdamW step."""
         views, rows, local = self._prepare(views[:1], step, optimizer)
+        # drop path draws from the global generator: seed it per step, so a resumed run repeats
+        # the uninterrupted one's draws (the data loader's iterator, re-created on resume, takes
+        # a draw from that generator too)
+        torch.manual_seed(seed_for(self.cfg.seed, step, 2, self.rank))
         g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, 1))
         masks = [m[rows].to(self.device) for m in model.draw_masks(g, local * self.world)]
         net = self.student_ddp if model is self.student else model
