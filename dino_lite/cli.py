@@ -136,6 +136,24 @@ def cmd_attention(args):
         print(json.dumps(result))
 
 
+def cmd_smalldata(args):
+    from .smalldata import parse_list, run_smalldata
+    methods = parse_list(args.methods, str, "methods")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    fractions = parse_list(args.fractions, float, "fractions")
+    summary = run_smalldata(args.preset, methods, fractions, args.out, args.steps,
+                            {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps},
+                            data=args.data, seed=args.seed, sets=args.set, progress=not args.json)
+    print(Path(args.out, "smalldata.md").read_text())
+    if args.json:
+        print(json.dumps({"cells": [{k: c[k] for k in ("method", "fraction", "finetune_top1",
+                                                       "knn_top1", "linear_top1")}
+                                    for c in summary["cells"]],
+                          "random_init": {"finetune_top1": summary["random_init"]["finetune_top1"]}}))
+
+
 def cmd_ablate(args):
     from .ablate import parse_rows, run_ablation
     rows = parse_rows(args.rows)
@@ -225,6 +243,20 @@ def build_parser():
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ab.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ab.set_defaults(func=cmd_ablate)
+
+    sd = sub.add_parser("smalldata", help="pre-train each method on fractions of the data, then fine-tune")
+    sd.add_argument("--preset", default="tinyimagenet", choices=sorted(PRESETS))
+    sd.add_argument("--data", help="dataset spec (default: the preset's)")
+    sd.add_argument("--fractions", default="0.1,1", help="comma-separated shares of the training images")
+    sd.add_argument("--methods", default="dino,beit,splitmask")
+    sd.add_argument("--steps", type=int, required=True, help="pre-training steps, the same for every cell")
+    sd.add_argument("--finetune-epochs", type=int, default=10)
+    sd.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: its epochs)")
+    sd.add_argument("--out", default="runs/smalldata")
+    sd.add_argument("--seed", type=int)
+    sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sd.set_defaults(func=cmd_smalldata)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

@@ -89,6 +89,7 @@ class Config:
     split: str = "block"               # SplitMask: block (50/50 halves) | uniform (75% masking, a quarter each)
     decoder_depth: int = 2             # SplitMask: transformer blocks of the shallow decoder
     infonce_temp: float = 0.2          # SplitMask: temperature of the InfoNCE between the two halves
+    data_fraction: float = 1.0         # pre-train on this seeded share of the training images (smalldata)
     # machinery
     bf16: bool | str = "auto"          # bfloat16 autocast: auto (GPUs; CPUs where measured faster) | true | false
     fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, the faster one measured on CPU
@@ -172,6 +173,8 @@ class Config:
                                  f"{self.decoder_depth} and {self.infonce_temp}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas is (beta1, beta2), each in [0, 1), got {self.adam_betas}")
+        if not 0 < self.data_fraction <= 1:
+            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:

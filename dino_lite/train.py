@@ -58,6 +58,12 @@ def distributed_setup():
     return rank, world, device
 
 
+def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
+    """``max(1, round(fraction * n))`` of ``n`` indices, drawn by ``seed``, sorted."""
+    g = torch.Generator().manual_seed(seed_for(seed, "subset"))
+    return sorted(torch.randperm(n, generator=g)[:max(1, round(fraction * n))].tolist())
+
+
 def param_groups(model):
     """AdamW groups: weight decay on weight matrices only, none on biases and norm parameters."""
     decay, no_decay = [], []
@@ -132,6 +138,8 @@ class DINOTrainer:
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+        if cfg.data_fraction < 1:       # a seeded subset of the images (the small-data study)
+            base = torch.utils.data.Subset(base, subset_indices(len(base), cfg.data_fraction, cfg.seed))
         crops = MultiCrop(cfg.global_size, cfg.local_size, cfg.n_local, cfg.global_scale,
                           cfg.local_scale)
         self.dataset = SeededViews(base, crops, cfg.seed)

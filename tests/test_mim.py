@@ -216,3 +216,30 @@ def test_two_processes_follow_one_process(method, tiny_folder, tmp_path):
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert len(two) == 4
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-3
+
+
+def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_folder, tmp_path, capsys):
+    import json
+    args = ["smalldata", "--preset", "cpu-demo", "--data", str(tiny_folder), "--fractions", "0.5,1",
+            "--methods", "dino,beit", "--steps", "2", "--finetune-steps", "2", "--out", str(tmp_path),
+            "--json"] + [a for s in TINY + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
+                         for a in ("--set", s)]
+    main(args)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(c["method"], c["fraction"]) for c in out["cells"]] == [
+        ("dino", 0.5), ("dino", 1.0), ("beit", 0.5), ("beit", 1.0)]
+    for c in out["cells"] + [out["random_init"]]:
+        assert 0 <= c["finetune_top1"] <= 1
+    cfg = json.loads((tmp_path / "beit-0.5" / "config.json").read_text())
+    assert cfg["data_fraction"] == 0.5 and cfg["max_steps"] == 2 and cfg["method"] == "beit"
+    assert len(read_log(tmp_path / "beit-0.5")) == 2          # same iterations on half the images
+    assert (tmp_path / "smalldata.md").read_text().count("| beit |") == 2
+    main(args)                                                # again: every cell is reused
+    assert capsys.readouterr().out.count("reusing") == 4
+
+
+def test_subset_is_seeded_and_of_the_right_size():
+    from dino_lite.train import subset_indices
+    a = subset_indices(100, 0.1, 0)
+    assert len(a) == 10 and a == subset_indices(100, 0.1, 0) and a != subset_indices(100, 0.1, 1)
+    assert len(set(a)) == 10 and all(0 <= i < 100 for i in a)
