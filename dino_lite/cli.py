@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, CheckpointKeyError
-from .config import PRESETS, make_config, train_config
+from .config import METHODS, PRESETS, make_config, train_config
 from .data import DatasetError
 from .rundir import RunDirBusyError
 
@@ -101,14 +101,17 @@ def _report(args, name, value, **extra):
 def cmd_train(args):
     from .train import train
     cfg = train_config(args.preset, args.set, data=args.data, epochs=args.epochs,
-                       minutes=args.minutes, max_steps=args.max_steps, seed=args.seed)
-    out = _out_folder(args.out or f"runs/{cfg.name}")
+                       minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
+                       method=args.method)
+    out = _out_folder(args.out or f"runs/{cfg.name}" + ("" if cfg.method == "dino" else f"-{cfg.method}"))
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
         last = trainer.history[-1] if trainer.history else None
         msg = f"checkpoint: {out / 'checkpoint.pt'} ({trainer.step} steps)"
         if last:
-            msg += f"; last loss {last['loss']:.3f}, teacher entropy {last['teacher_entropy']:.2f}"
+            msg += f"; last loss {last['loss']:.3f}"
+            if "teacher_entropy" in last:
+                msg += f", teacher entropy {last['teacher_entropy']:.2f}"
         print(msg)
 
 
@@ -170,6 +173,24 @@ def cmd_attention(args):
         print(json.dumps(result))
 
 
+def cmd_smalldata(args):
+    from .smalldata import parse_list, run_smalldata
+    methods = parse_list(args.methods, str, "methods")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    fractions = parse_list(args.fractions, float, "fractions")
+    summary = run_smalldata(args.preset, methods, fractions, args.out, args.steps,
+                            {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps},
+                            data=args.data, seed=args.seed, sets=args.set, progress=not args.json)
+    print(Path(args.out, "smalldata.md").read_text())
+    if args.json:
+        print(json.dumps({"cells": [{k: c[k] for k in ("method", "fraction", "finetune_top1",
+                                                       "knn_top1", "linear_top1")}
+                                    for c in summary["cells"]],
+                          "random_init": {"finetune_top1": summary["random_init"]["finetune_top1"]}}))
+
+
 def cmd_ablate(args):
     from .ablate import parse_rows, run_ablation
     rows = parse_rows(args.rows)
@@ -222,8 +243,11 @@ def build_parser():
     p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train DINO")
+    t = sub.add_parser("train", help="train DINO, BEiT or SplitMask")
     t.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    t.add_argument("--method", choices=METHODS,
+                   help="dino (default), or a masked image model: beit, splitmask (the preset gives "
+                        "data, backbone, crop size and budget; the method its objective and optimiser)")
     t.add_argument("--data", help="shapes, a folder with train/ and val/, or cifar10/stl10/imagenette")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=positive_float,
@@ -293,6 +317,20 @@ def build_parser():
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--attention-images", type=int, default=200)
     e.set_defaults(func=cmd_estimate)
+
+    sd = sub.add_parser("smalldata", help="pre-train each method on fractions of the data, then fine-tune")
+    sd.add_argument("--preset", default="tinyimagenet", choices=sorted(PRESETS))
+    sd.add_argument("--data", help="dataset spec (default: the preset's)")
+    sd.add_argument("--fractions", default="0.1,1", help="comma-separated shares of the training images")
+    sd.add_argument("--methods", default="dino,beit,splitmask")
+    sd.add_argument("--steps", type=int, required=True, help="pre-training steps, the same for every cell")
+    sd.add_argument("--finetune-epochs", type=int, default=10)
+    sd.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: its epochs)")
+    sd.add_argument("--out", default="runs/smalldata")
+    sd.add_argument("--seed", type=int)
+    sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sd.set_defaults(func=cmd_smalldata)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

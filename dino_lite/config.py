@@ -20,6 +20,19 @@ SHARED = "shared:"          # data spec prefix: a data set under the shared data
 TEACHERS = ("momentum", "student_copy", "previous_iteration", "previous_epoch")
 CENTERINGS = ("center", "sinkhorn_knopp", "none")
 LOSSES = ("ce", "mse", "infonce")
+METHODS = ("dino", "beit", "splitmask")
+TOKENIZERS = ("random_projection", "random_patches", "kmeans")
+
+# What a method brings besides its objective: the optimisation it was published with. These
+# replace the preset's values (a preset's optimiser settings were tuned for DINO) but never a
+# value given explicitly (make_config's ``overrides`` and ``sets``, the command line's flags).
+# Data, backbone, crop size and budget stay the preset's. Masked image models see one crop per
+# image (the first global crop), so they turn multi-crop off.
+_BEIT_RECIPE = dict(
+    lr=1.5e-3 * 256 / 2048,            # BEiT: 1.5e-3 at batch 2048, scaled linearly (per 256 here)
+    min_lr=1e-5, weight_decay=0.05, weight_decay_end=0.05, adam_betas=(0.9, 0.98),
+    drop_path=0.1, clip_grad=3.0, optimizer="adamw", n_local=0)
+METHOD_DEFAULTS: dict[str, dict] = {"dino": {}, "beit": _BEIT_RECIPE, "splitmask": _BEIT_RECIPE}
 
 
 @dataclass
@@ -76,6 +89,17 @@ class Config:
     sharpening: bool = True            # False: the teacher uses the student's temperature
     loss: str = "ce"                   # ce (DINO) | mse (BYOL, normalised outputs) | infonce (MoCo v2)
     predictor: bool = False            # BYOL's MLP predictor on the student's output
+    # the method: DINO, or a masked image model (BEiT, SplitMask; docs/masked-image-modelling.md)
+    method: str = "dino"               # dino | beit | splitmask (its optimiser: METHOD_DEFAULTS)
+    adam_betas: tuple = (0.9, 0.999)   # AdamW betas (BEiT and SplitMask: (0.9, 0.98))
+    tokenizer: str = "random_projection"   # patch targets: random_projection | random_patches | kmeans
+    vocab_size: int = 8192             # V, the tokenizer's codebook size
+    tokenizer_images: int = 512        # training images whose patches fit random_patches / kmeans
+    beit_mask_ratio: float = 0.4       # BEiT: share of patches hidden by block-wise masking
+    split: str = "block"               # SplitMask: block (50/50 halves) | uniform (75% masking, a quarter each)
+    decoder_depth: int = 2             # SplitMask: transformer blocks of the shallow decoder
+    infonce_temp: float = 0.2          # SplitMask: temperature of the InfoNCE between the two halves
+    data_fraction: float = 1.0         # pre-train on this seeded share of the training images (smalldata)
     # machinery
     bf16: bool | str = "auto"          # bfloat16 autocast: auto (GPUs; CPUs where measured faster) | true | false
     fused_attention: str = "auto"      # auto | on | off: auto = fused on GPU, the faster one measured on CPU
@@ -176,6 +200,26 @@ class Config:
             raise ValueError(f"mask_prob is a probability in [0, 1], got {self.mask_prob}")
         if not isinstance(self.mask_ratio, (tuple, list)) or len(self.mask_ratio) != 2 or not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
             raise ValueError(f"mask_ratio is (low, high) with 0 <= low <= high <= 1, got {self.mask_ratio}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "dino":
+            if not self.arch.startswith("vit"):
+                raise ValueError(f"{self.method} is a masked image model and needs a ViT, got arch={self.arch!r}")
+            if self.tokenizer not in TOKENIZERS:
+                raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+            if self.vocab_size < 2:
+                raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
+            if not 0 < self.beit_mask_ratio < 1:
+                raise ValueError(f"beit_mask_ratio must be in (0, 1), got {self.beit_mask_ratio}")
+            if self.split not in ("block", "uniform"):
+                raise ValueError(f"split must be 'block' or 'uniform', got {self.split!r}")
+            if self.decoder_depth < 1 or self.infonce_temp <= 0:
+                raise ValueError("decoder_depth must be >= 1 and infonce_temp > 0, got "
+                                 f"{self.decoder_depth} and {self.infonce_temp}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas is (beta1, beta2), each in [0, 1), got {self.adam_betas}")
+        if not 0 < self.data_fraction <= 1:
+            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if not 0 <= self.momentum_teacher <= 1:
@@ -236,6 +280,14 @@ PRESETS: dict[str, dict] = {
     "imagenet-resnet50": {**_IMAGENET, "arch": "resnet50", "optimizer": "sgd", "drop_path": 0.0,
                           "weight_decay": 1e-4, "weight_decay_end": 1e-4,
                           "global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14)},
+    # BEiT's pre-training at the paper's scale: 224 px, one crop of scale (0.08, 1), batch 2048,
+    # 800 epochs; the method's own recipe (METHOD_DEFAULTS) gives the optimiser. Also SplitMask's:
+    # `train --preset imagenet-beit-vitb16 --method splitmask`.
+    "imagenet-beit-vits16": {**_IMAGENET, "method": "beit", "n_local": 0, "batch_size": 2048,
+                             "epochs": 800, "global_scale": (0.08, 1.0), "vocab_size": 8192},
+    "imagenet-beit-vitb16": {**_IMAGENET, "method": "beit", "arch": "vit_base", "n_local": 0,
+                             "batch_size": 2048, "epochs": 800, "global_scale": (0.08, 1.0),
+                             "vocab_size": 8192},
 }
 
 
@@ -287,12 +339,13 @@ def resolve_data(spec: str) -> str:
 
 def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
                 sets: list[str] | None = None) -> Config:
-    """Resolve a preset, then ``overrides`` (a dict), then ``sets`` (``["key=value", ...]``)."""
+    """Resolve a preset, then the method's defaults (:data:`METHOD_DEFAULTS`; the method is the
+    one given, else the preset's, else DINO), then ``overrides`` (a dict), then ``sets``
+    (``["key=value", ...]``). Explicit values always win over the method's defaults."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = {**PRESETS[preset], "name": preset}
-    values.update(overrides or {})
-    explicit = set(overrides or {}) - {"fp32_variant"}
+    explicit = dict(overrides or {})
     names = {f.name for f in fields(Config)}
     for item in sets or []:
         if "=" not in item:
@@ -302,10 +355,14 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
         try:
-            values[key] = _parse_value(key, text.strip())
+            explicit[key] = _parse_value(key, text.strip())
         except ValueError as e:
             raise ValueError(f"--set {key}={text.strip()}: {e}") from None
-        explicit.add(key)
+    method = explicit.get("method", values.get("method", "dino"))
+    if method not in METHOD_DEFAULTS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    values.update(METHOD_DEFAULTS[method])
+    values.update(explicit)
     # what the caller asked for explicitly wins over the preset's fp32 variant
     values["fp32_variant"] = {k: v for k, v in values.get("fp32_variant", {}).items()
                               if k not in explicit}

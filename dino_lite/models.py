@@ -130,6 +130,19 @@ def vit_tokens(vit, images, mask=None, mask_token=None):
     return vit.norm(vit.blocks(x))
 
 
+def vit_visible_tokens(vit, images, keep):
+    """A timm ViT's final-normed tokens over a subset of patches, ``[batch, 1 + k, D]`` (CLS
+    first): the encoder of SplitMask (and MAE). ``keep`` (``[batch, k]`` long, the same k for
+    every image) lists each image's visible patches; the others are dropped *after* the position
+    embedding is added, so each kept token carries its own position, and the blocks never see a
+    placeholder for the dropped ones."""
+    x = vit._pos_embed(vit.patch_embed(images))        # [batch, prefix + patches, D]
+    prefix = vit.num_prefix_tokens
+    patches = torch.gather(x[:, prefix:], 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    x = vit.norm_pre(torch.cat([x[:, :prefix], patches], dim=1))
+    return vit.norm(vit.blocks(x))
+
+
 class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
     of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given, and with

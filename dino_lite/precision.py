@@ -106,11 +106,12 @@ def measure_cpu(width: int = 128, heads: int = 4, tokens: int = 65, batch: int =
 
 def _measure(width, heads, tokens, batch):
     rows = min(batch * tokens, 2048)
-    times = {"fp32": _seconds(_linear_step(width, rows, False)),
-             "bf16": _seconds(_linear_step(width, rows, True), reps=2)}
-    bf16 = times["fp32"] / times["bf16"] >= BF16_MARGIN
-    for name, fused in (("fused", True), ("explicit", False)):
-        times[name] = _seconds(_attention_step(width, heads, batch, tokens, fused, bf16))
+    with torch.enable_grad():      # the workloads take a backward step, also when called from
+        times = {"fp32": _seconds(_linear_step(width, rows, False)),     # inside no_grad (evaluation)
+                 "bf16": _seconds(_linear_step(width, rows, True), reps=2)}
+        bf16 = times["fp32"] / times["bf16"] >= BF16_MARGIN
+        for name, fused in (("fused", True), ("explicit", False)):
+            times[name] = _seconds(_attention_step(width, heads, batch, tokens, fused, bf16))
     return times
 
 

@@ -1,6 +1,10 @@
-"""DINO training: student learns to match an EMA teacher across multi-crop views.
+"""Training: one loop for every method; DINO's step here, the masked image models' in their modules.
 
-One step: the teacher sees the 2 global crops, the student sees all crops; the loss compares
+``cfg.method`` picks DINO or a masked image model (BEiT, SplitMask; see :mod:`dino_lite.methods`
+for the interface). The loop (data, optimiser, schedules, time budget, log, checkpoints, resume,
+torchrun) is shared; :meth:`DINOTrainer.train_step` runs the method's step.
+
+One DINO step: the teacher sees the 2 global crops, the student sees all crops; the loss compares
 every teacher view with every *other* student view; the student takes an AdamW step; the teacher
 moves towards the student by EMA; the center moves towards the mean teacher output.
 ``cfg.teacher`` swaps the EMA for the paper's other teachers (student copy, previous iteration,
@@ -28,6 +32,7 @@ from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
 from .loss import DINOLoss, PatchLoss, koleo_loss
+from .methods import build_method
 from .models import build_student_teacher, update_teacher
 from .precision import Precision, for_config
 from .rundir import RunLock, open_log, read_records, sync
@@ -84,6 +89,12 @@ def resume_config(saved: Config, given: Config | None) -> Config:
     return Config.from_dict(new)
 
 
+def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
+    """``max(1, round(fraction * n))`` of ``n`` indices, drawn by ``seed``, sorted."""
+    g = torch.Generator().manual_seed(seed_for(seed, "subset"))
+    return sorted(torch.randperm(n, generator=g)[:max(1, round(fraction * n))].tolist())
+
+
 def param_groups(model):
     """AdamW groups: weight decay on weight matrices only, none on biases and norm parameters."""
     decay, no_decay = [], []
@@ -95,10 +106,11 @@ def param_groups(model):
 
 
 def build_optimizer(cfg: Config, model):
-    """AdamW (the ViT recipe) or SGD with momentum 0.9; lr and weight decay are set every step."""
+    """AdamW (the ViT recipe; betas ``cfg.adam_betas``) or SGD with momentum 0.9; lr and weight
+    decay are set every step."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups(model), lr=0.0, momentum=0.9)
-    return torch.optim.AdamW(param_groups(model))
+    return torch.optim.AdamW(param_groups(model), betas=tuple(cfg.adam_betas))
 
 
 def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
@@ -118,7 +130,11 @@ def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
 
 def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
     """The loss module of ``cfg``: temperatures, center and the ablation switches; with iBOT's
-    masked patch prediction on, its :class:`PatchLoss` (and patch center) rides along as ``.patch``."""
+    masked patch prediction on, its :class:`PatchLoss` (and patch center) rides along as ``.patch``.
+    The masked image models keep no loss state (their objective is part of the model): an empty
+    module, so checkpoints and the re-plan treat every method alike."""
+    if cfg.method != "dino":
+        return torch.nn.Module()
     loss = DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
                     sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
                     cfg.centering, cfg.sharpening, cfg.loss)
@@ -168,6 +184,8 @@ class DINOTrainer:
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+        if cfg.data_fraction < 1:       # a seeded subset of the images (the small-data study)
+            base = torch.utils.data.Subset(base, subset_indices(len(base), cfg.data_fraction, cfg.seed))
         crops = MultiCrop(cfg.global_size, cfg.local_size, cfg.n_local, cfg.global_scale,
                           cfg.local_scale)
         self.dataset = SeededViews(base, crops, cfg.seed)
@@ -178,7 +196,10 @@ class DINOTrainer:
             collate_fn=collate_views, pin_memory=self.device.type == "cuda",
             generator=torch.Generator())     # not the global RNG: resume stays exact
 
-        self.student, self.teacher = build_student_teacher(cfg, self.precision.fused_attention)
+        if cfg.method == "dino":
+            self.student, self.teacher = build_student_teacher(cfg, self.precision.fused_attention)
+        else:       # one network, trained directly: kept as both, so checkpoints read the same
+            self.student = self.teacher = build_method(cfg, self.precision.fused_attention)
         if self.world > 1 and self.device.type == "cuda":   # BatchNorm over the global batch
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
@@ -235,7 +256,15 @@ class DINOTrainer:
         return self.precision.autocast(self.device.type)
 
     def train_step(self, views, step, student, teacher, loss_fn, optimizer):
-        """One DINO step on ``views`` (list of crop batches, globals first); returns the record."""
+        """One step of the configured method on ``views`` (list of crop batches, globals first);
+        returns the log record."""
+        if self.cfg.method == "dino":
+            return self.dino_step(views, step, student, teacher, loss_fn, optimizer)
+        return self.masked_step(views, step, student, optimizer)
+
+    def _prepare(self, views, step, optimizer):
+        """Views on the device with their photometric augmentations, and this step's lr and
+        weight decay set; returns (views, this process's rows of the global batch, local batch)."""
         views = [v.to(self.device, non_blocking=True) for v in views]
         local = len(views[0])
         rows = slice(self.rank * local, (self.rank + 1) * local)
@@ -247,6 +276,25 @@ class DINOTrainer:
             group["lr"] = float(self.sched["lr"][step])
             if not group.get("no_decay"):
                 group["weight_decay"] = float(self.sched["wd"][step])
+        return views, rows, local
+
+    def _global_mean(self, values: list[float], step: int) -> list[float]:
+        """``values`` (the loss first) averaged over the processes, so the log shows the global
+        batch; a non-finite loss stops the run on every rank."""
+        logged = torch.tensor(values)
+        if self.world > 1:
+            logged = logged.to(self.device)
+            dist.all_reduce(logged)
+            logged = logged.cpu() / self.world
+        if not math.isfinite(logged[0].item()):
+            raise NonFiniteLossError(
+                f"loss is {logged[0].item()} at step {step}; training stopped. The last good checkpoint "
+                f"is kept at {self.out / CHECKPOINT} (if one was written); try a lower lr.")
+        return logged.tolist()
+
+    def dino_step(self, views, step, student, teacher, loss_fn, optimizer):
+        """One DINO step (the paper's Algorithm 1) on ``views``; returns the record."""
+        views, rows, local = self._prepare(views, step, optimizer)
         hide = predict = None
         if self.cfg.ibot:
             hide, predict = self.patch_masks(step, rows, local)
@@ -270,17 +318,9 @@ class DINOTrainer:
             koleo = sum(koleo_loss(f) for f in feats[:2])
             loss = loss + self.cfg.koleo * koleo
             stats["koleo"] = koleo.item()     # logged unweighted; "loss" is the weighted total
-        logged = torch.tensor([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
-                               stats["kl"]])
-        if self.world > 1:                      # log the global batch's means; stop on every rank
-            logged = logged.to(self.device)
-            dist.all_reduce(logged)
-            logged = logged.cpu() / self.world
-        loss_value, stats["teacher_entropy"], stats["teacher_batch_entropy"], stats["kl"] = logged.tolist()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {step}; training stopped. The last good checkpoint "
-                f"is kept at {self.out / CHECKPOINT} (if one was written); try a lower lr.")
+        loss_value, stats["teacher_entropy"], stats["teacher_batch_entropy"], stats["kl"] = \
+            self._global_mean([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
+                               stats["kl"]], step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_grad:
@@ -298,6 +338,29 @@ class DINOTrainer:
                 "lr": float(self.sched["lr"][step]),
                 "wd": float(self.sched["wd"][step]), "momentum": momentum,
                 "teacher_temp": loss_fn.teacher_temp(step), **stats}
+
+    def masked_step(self, views, step, model, optimizer):
+        """One step of a masked image model (BEiT, SplitMask) on the first global crop of each
+        image: draw the masks for the global batch, the model's objective, an AdamW step."""
+        views, rows, local = self._prepare(views[:1], step, optimizer)
+        # drop path draws from the global generator: seed it per step, so a resumed run repeats
+        # the uninterrupted one's draws (the data loader's iterator, re-created on resume, takes
+        # a draw from that generator too)
+        torch.manual_seed(seed_for(self.cfg.seed, step, 2, self.rank))
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, 1))
+        masks = [m[rows].to(self.device) for m in model.draw_masks(g, local * self.world)]
+        net = self.student_ddp if model is self.student else model
+        with self.autocast():
+            loss, stats = net(views[0], *masks)
+        loss_value, *values = self._global_mean([loss.item(), *stats.values()], step)
+        stats = dict(zip(stats, values))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad)
+        optimizer.step()
+        return {"step": step, "loss": loss_value, "precision": self.precision.name,
+                "lr": float(self.sched["lr"][step]), "wd": float(self.sched["wd"][step]), **stats}
 
     def patch_masks(self, step, rows, local):
         """The student's hidden patches on the two global crops, ``[2 x local batch, patches]``,
@@ -479,8 +542,8 @@ class DINOTrainer:
                         log.write(json.dumps(rec) + "\n")
                     mid_step = False
                     bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", H_t=f"{rec['teacher_entropy']:.2f}",
-                                    refresh=False)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False,
+                                    **({"H_t": f"{rec['teacher_entropy']:.2f}"} if "teacher_entropy" in rec else {}))
                     if self.on_step:
                         self.on_step(rec)
                     if self.step == self.replan_step:

@@ -1,0 +1,126 @@
+"""The small-data study of El-Nouby et al. 2021 in miniature: does pre-training on less data hurt
+DINO more than the masked image models?
+
+Each method is pre-trained on each fraction of the training images (a seeded subset) for the
+*same number of iterations*, so a smaller subset is seen for more epochs, as in the paper. Every
+encoder is then fine-tuned on the full labelled training set with one fixed recipe and budget,
+and scored by k-NN and a linear probe too (the paper finds those weak for masked models); a
+randomly initialised encoder fine-tuned the same way is the baseline. Finished cells are kept in
+``OUT/<method>-<fraction>/result.json`` and reused when the command runs again with the same
+settings, as ``ablate`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .ablate import _write_json
+from .checkpoint import backbone_from_checkpoint
+from .config import make_config
+from .data import build_dataset
+from .evaluate import finetune_accuracy, knn_and_linear_accuracy, random_init_backbone
+
+# iNaturalist-2019 fine-tuning top-1 (%) after pre-training on 1% / 10% / 100% of ImageNet
+PAPER_INAT19 = {"dino": {0.01: 70.1, 0.1: 73.1, 1.0: 78.4},
+                "beit": {0.01: 74.1, 0.1: 74.5, 1.0: 75.2},
+                "splitmask": {0.01: 74.8, 0.1: 75.4, 1.0: 75.4}}
+PAPER_TOKENIZERS = {"random_projection": 75.2, "random_patches": 75.3, "kmeans": 75.0}
+
+
+def parse_list(text: str, kind, name: str) -> list:
+    try:
+        items = [kind(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} expects a comma-separated list, got {text!r}") from None
+    if not items:
+        raise ValueError(f"--{name} is empty")
+    return items
+
+
+def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=()):
+    """A cell's pre-training config: the preset and the method's defaults, ``steps`` iterations
+    on ``fraction`` of the images; epochs cover the steps, and the warm-up keeps its share."""
+    given = {"method": method, "data_fraction": fraction, "max_steps": steps, "minutes": None}
+    if data is not None:
+        given["data"] = data
+    if seed is not None:
+        given["seed"] = seed
+    cfg = make_config(preset, given, list(sets))
+    images = max(1, round(fraction * len(build_dataset(cfg.data, train=True, image_size=cfg.image_size))))
+    per_epoch = max(1, images // cfg.batch_size)
+    epochs = max(1, math.ceil(steps / per_epoch))
+    cfg.warmup_epochs = cfg.warmup_epochs * epochs / cfg.epochs
+    cfg.epochs = epochs
+    return cfg.validate()
+
+
+def _key(cfg, finetune: dict) -> dict:
+    """What identifies a cell, as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps({"config": cfg.to_dict(), "finetune": finetune}))
+
+
+def _scores(backbone, cfg, finetune: dict, progress) -> dict:
+    scores = knn_and_linear_accuracy(backbone, cfg)
+    scores["finetune_top1"] = finetune_accuracy(backbone, cfg, progress=progress, **finetune)
+    return scores
+
+
+def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, data=None, seed=None,
+                  sets=(), progress=True) -> dict:
+    """Every (method, fraction) cell and the random-init baseline; returns the summary (also in
+    ``OUT/smalldata.json`` and ``OUT/smalldata.md``)."""
+    from .train import train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for method in methods:
+        for fraction in fractions:
+            cfg = cell_config(preset, method, fraction, steps, data, seed, sets)
+            key = _key(cfg, finetune)
+            cell_dir = out_dir / f"{method}-{fraction:g}"
+            saved = cell_dir / "result.json"
+            if saved.exists() and json.loads(saved.read_text())["key"] == key:
+                print(f"{method} on {fraction:g} of the images: reusing {saved}")
+                result = json.loads(saved.read_text())["result"]
+            else:
+                print(f"{method} on {fraction:g} of the images: {steps} steps")
+                train(cfg, cell_dir, progress=progress)
+                backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
+                result = _scores(backbone, cfg, finetune, progress)
+                _write_json(saved, {"key": key, "result": result})
+            cells.append({"method": method, "fraction": fraction, "tokenizer": cfg.tokenizer,
+                          **result, "paper_inat19": PAPER_INAT19[method].get(fraction)})
+    base = cell_config(preset, "dino", 1.0, steps, data, seed, sets)
+    cached = out_dir / "random_init.json"
+    key = _key(base, finetune)
+    if cached.exists() and json.loads(cached.read_text())["key"] == key:
+        random_init = json.loads(cached.read_text())["result"]
+    else:
+        random_init = _scores(random_init_backbone(base), base, finetune, progress)
+        _write_json(cached, {"key": key, "result": random_init})
+    summary = {"preset": preset, "data": base.data, "steps": steps, "finetune": finetune,
+               "cells": cells, "random_init": random_init}
+    _write_json(out_dir / "smalldata.json", summary)
+    (out_dir / "smalldata.md").write_text(markdown_table(summary))
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+    lines = [f"Pre-training: {summary['steps']} steps on each fraction of `{summary['data']}`; "
+             f"fine-tuning on all of it: {summary['finetune']}.", "",
+             "| method | fraction | fine-tune | k-NN | linear | paper iNat-19 fine-tune |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in summary["cells"]:
+        paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
+        lines.append(f"| {c['method']} | {c['fraction']:g} | {pct(c['finetune_top1'])} | "
+                     f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {paper} |")
+    r = summary["random_init"]
+    lines.append(f"| random init | - | {pct(r['finetune_top1'])} | {pct(r['knn_top1'])} | "
+                 f"{pct(r['linear_top1'])} | - |")
+    lines += ["", "Paper, tokenizers (iNat-19 fine-tune after ImageNet, BEiT): " +
+              ", ".join(f"{k} {v}" for k, v in PAPER_TOKENIZERS.items())]
+    return "\n".join(lines) + "\n"
