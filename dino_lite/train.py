@@ -158,6 +158,8 @@ class DINOTrainer:
         if self.rank == 0:
             RunLock(self.out).check()       # refuse early when another run trains into out_dir
         ckpt = None
+        if resume == "auto":            # notebooks: continue a run that exists, else start one
+            resume = (self.out / CHECKPOINT).exists()
         if resume:
             if not (self.out / CHECKPOINT).exists():
                 raise FileNotFoundError(f"--resume: there is no checkpoint {self.out / CHECKPOINT} "
@@ -576,7 +578,9 @@ class DINOTrainer:
 
 
 def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None):
-    """Train DINO with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log)."""
+    """Train with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log).
+    ``resume=True`` continues the run's checkpoint (an error without one); ``resume="auto"``
+    continues it when it exists and starts the run otherwise."""
     trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step)
     trainer.history = trainer.run()
     return trainer

@@ -51,7 +51,7 @@ RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
 
 # %%
 cfg = make_config("cpu-demo", dict(minutes=None, max_steps=STEPS))
-train(cfg, RUN, resume=True)
+train(cfg, RUN, resume="auto")
 log = read_log(RUN)
 steps = [r["step"] for r in log]
 fig, axes = plt.subplots(1, 3, figsize=(13, 3))

@@ -63,7 +63,7 @@ def live_plot(record):
         handle.update(fig)
 
 
-train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume=True, on_step=live_plot)
+train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume="auto", on_step=live_plot)
 log = read_log(RUN)
 ax.clear()
 ax.plot([r["step"] for r in log], [r["loss"] for r in log])

@@ -44,7 +44,7 @@ from dino_lite.train import CHECKPOINT, train
 torch.set_num_threads(2)
 STEPS = 280          # knob: training steps (about 2 minutes here); 2000+ gives a longer, better run
 RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
-train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume=True, progress=False)
+train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume="auto", progress=False)
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
 images, names, masks, _ = shapes_attention_set(cfg.image_size, 200)
 

@@ -52,7 +52,7 @@ torch.set_num_threads(2)
 STEPS = 100          # knob: DINO training steps on the embedded shapes (about 45 s here)
 N_QUERIES = 100      # knob: retrieval queries
 RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
-train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume=True, progress=False)
+train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume="auto", progress=False)
 trained, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
 models = {"DINO (trained)": trained, "random init": random_init_backbone(cfg)}
 work = Path(tempfile.mkdtemp())
