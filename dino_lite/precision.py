@@ -100,7 +100,9 @@ def measure_cpu(width: int = 128, heads: int = 4, tokens: int = 65, batch: int =
     """Seconds for the model-shaped workloads on this CPU: ``fp32`` and ``bf16`` linear layers,
     and attention with the ``fused`` kernel and ``explicit`` softmax (in the faster precision).
     Cached per shape: a process measures once (about 0.1 s with native bf16, under 1 s without)."""
-    with torch.enable_grad():          # callers may be inside torch.no_grad() (evaluation)
+    # callers may be inside torch.no_grad() (evaluation); the probe's random weights must not
+    # move the global generator, or a network built after it would depend on whether it ran
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         return _measure(width, heads, tokens, batch)
 
 

@@ -148,3 +148,11 @@ def test_an_fp32_run_with_the_variant_resumes(tiny_folder, tmp_path, monkeypatch
     train(cfg, tmp_path, progress=False)
     resumed = DINOTrainer(cfg, tmp_path, resume=True, progress=False)   # the command, given again
     assert resumed.cfg.global_size == 24 and resumed.step == 2
+
+
+def test_measuring_leaves_the_global_generator_alone():
+    precision.measure_cpu.cache_clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    precision.measure_cpu(16, 2, 5, 2)
+    assert torch.equal(torch.get_rng_state(), before)
