@@ -84,6 +84,18 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def cached_result(path: Path, key, compute):
+    """``compute()``, stored in ``path`` beside ``key`` and reused while the key is the same
+    (the random-init baselines of the ablation table and of the small-data study)."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = compute()
+    _write_json(path, {"key": key, "result": result})
+    return result
+
+
 def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True) -> dict:
     """Train one row and score it. With ``eval_every`` the teacher's k-NN is also measured
     every that many steps (on at most ``knn_max_train`` training images) for the curves."""
@@ -157,13 +169,9 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
                       **_switches(cfg), "paper_knn": paper_knn, "paper_linear": paper_linear,
                       "knn_curve": result["knn_curve"], "history": result["history"],
                       "max_entropy": result["max_entropy"]})
-    cached = out_dir / "random_init.json"          # the baseline depends on the base config only
-    previous = json.loads(cached.read_text()) if cached.exists() else {}
-    if previous.get("config") == base.to_dict():
-        random_init = previous["scores"]
-    else:
-        random_init = knn_and_linear_accuracy(random_init_backbone(base), base)
-        _write_json(cached, {"config": base.to_dict(), "scores": random_init})
+    # the baseline depends on the base config only
+    random_init = cached_result(out_dir / "random_init.json", base.to_dict(),
+                                lambda: knn_and_linear_accuracy(random_init_backbone(base), base))
     summary = {"data": base.data, "preset": base.name, "seed": base.seed, "minutes": base.minutes,
                "max_steps": base.max_steps, "random_init": random_init, "rows": table}
     _write_json(out_dir / "ablation.json", summary)

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from .ablate import _write_json
+from .ablate import _write_json, cached_result
 from .checkpoint import backbone_from_checkpoint
 from .config import make_config
 from .data import build_dataset
@@ -93,13 +93,8 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, da
             cells.append({"method": method, "fraction": fraction, "tokenizer": cfg.tokenizer,
                           **result, "paper_inat19": PAPER_INAT19[method].get(fraction)})
     base = cell_config(preset, "dino", 1.0, steps, data, seed, sets)
-    cached = out_dir / "random_init.json"
-    key = _key(base, finetune)
-    if cached.exists() and json.loads(cached.read_text())["key"] == key:
-        random_init = json.loads(cached.read_text())["result"]
-    else:
-        random_init = _scores(random_init_backbone(base), base, finetune, progress)
-        _write_json(cached, {"key": key, "result": random_init})
+    random_init = cached_result(out_dir / "random_init.json", _key(base, finetune),
+                                lambda: _scores(random_init_backbone(base), base, finetune, progress))
     summary = {"preset": preset, "data": base.data, "steps": steps, "finetune": finetune,
                "cells": cells, "random_init": random_init}
     _write_json(out_dir / "smalldata.json", summary)
