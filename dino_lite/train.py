@@ -177,8 +177,9 @@ class DINOTrainer:
             self.precision = for_config(cfg, self.device.type)
         if self.rank == 0 and progress:
             print(self.precision)
-        if cfg.for_precision(self.precision.bf16, self.device.type) != cfg:
-            cfg = cfg.for_precision(self.precision.bf16, self.device.type).validate()
+        as_run = cfg.for_precision(self.precision.bf16, self.device.type)
+        if as_run != cfg:
+            cfg = as_run.validate()
             if self.rank == 0 and progress:
                 print("fp32 on this CPU: the preset's cheaper fp32 variant applies: " +
                       ", ".join(f"{k}={v}" for k, v in cfg.fp32_variant.items()))
