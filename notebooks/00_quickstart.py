@@ -103,7 +103,23 @@ print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.
 # dark ground" instead of shape, because brightness survives the augmentations (they shift hue
 # freely in this preset but keep the order of light and dark). `docs/RESULTS.md` (design
 # decisions) tells that story with numbers.
+
+# %% [markdown]
+# ## Summary and exercises
 #
+# This notebook trained the CPU preset, compared the teacher's k-NN accuracy with the same
+# network at random initialisation, and drew the last block's attention over the test images.
+# Every later notebook unpacks one piece of this run.
+#
+# **Exercises.**
+# 1. Set `STEPS` to half its value and rerun: predict first whether k-NN or the attention maps
+#    suffer more.
+# 2. Evaluate the *student* instead of the teacher (the checkpoint's `student` weights): is the teacher
+#    better, as the paper reports?
+# 3. Replace `cpu-demo` by `make_config("cpu-demo", dict(n_local=0, ...))` (no multi-crop) and
+#    compare the k-NN gap.
+
+# %% [markdown]
 # ## Check
 # The claims, asserted: the trained features beat random initialisation on k-NN by at least 20
 # points; DINO's attention overlaps the objects better than a random network's; centering and

@@ -133,6 +133,22 @@ measured_ratio = rows[0][2] / rows[1][2]
 print(f"/16 is {measured_ratio:.1f}x faster than /8 here; the paper's table: {1007 / 180:.1f}x")
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# A ViT cuts the image into patches, embeds each with one strided convolution, prepends a CLS
+# token and adds position embeddings, interpolated when the crop size changes. Going from /16 to
+# /8 patches quadruples the tokens and costs far more than 4x in attention.
+#
+# **Exercises.**
+# 1. Compute by hand how many tokens a 96 px local crop gives at patch 8 and at patch 16, then
+#    check with the notebook's code.
+# 2. Change the patch size in section 2 and confirm that the strided convolution and the reshaped
+#    linear layer still agree.
+# 3. The CPU presets replace the patch embedding by a convolutional stem (`stem="conv"`): build
+#    one with `build_backbone(..., stem="conv")` and count its parameters against the linear patch
+#    embedding.
+
+# %% [markdown]
 # ## Check
 # The claims of this notebook, asserted: the linear patch map *is* the strided convolution,
 # the token count is `1 + (size / p)^2` at any input size, and /8 costs several times /16.

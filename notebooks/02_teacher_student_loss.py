@@ -131,6 +131,22 @@ plt.title(f"minimum at {best:.2f} = 0.1 x tau_s / tau_t = {0.1 * 0.1 / 0.04:.2f}
 plt.show()
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# The loss compares every teacher view (the 2 global crops) with every *other* student view, as a
+# cross-entropy between a sharpened, centred teacher softmax and the student's softmax; the hand
+# computation matches `dino_loss`, and pairs of the same view are skipped because the student
+# could match them without learning anything view-invariant.
+#
+# **Exercises.**
+# 1. Set the teacher temperature equal to the student's and the center to zero: where does the
+#    same-view pair's KL go, and why?
+# 2. Add a third global crop by hand: how many (teacher, student) pairs does the loss average
+#    over now?
+# 3. Turn off the photometric asymmetry (blur and solarisation per view) in `augment.photometric`
+#    and predict how the loss landscape changes.
+
+# %% [markdown]
 # ## Check
 # The package's loss equals the hand computation; a copy already agrees with itself on the same
 # view (those cells sit at the teacher's entropy) but not across views, and the loss is the mean

@@ -90,6 +90,21 @@ widgets.interact(explore,
                  steps=widgets.IntSlider(value=150, min=50, max=600, step=50));
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# Centering alone drives the teacher to the uniform distribution and sharpening alone to a one-
+# hot one; only both together keep the teacher informative. The entropy of the batch-mean teacher
+# minus the per-image entropy (the teacher's information) is what tells collapse apart from
+# learning.
+#
+# **Exercises.**
+# 1. Set `center_momentum=1.0` (the center never moves) and predict the curves before you run.
+# 2. Find, with the sliders, the highest teacher temperature at which the run still avoids the
+#    uniform collapse.
+# 3. Write down H = h + KL for one of the runs from its logged values and check the identity
+#    numerically.
+
+# %% [markdown]
 # ## Check
 # Centering alone ends near the uniform distribution with the student no longer learning;
 # sharpening alone ends near one-hot; both together stay in between with the KL clearly above

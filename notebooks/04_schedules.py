@@ -131,6 +131,22 @@ print(f"one epoch is {epoch_steps} steps: within {STEPS} steps the previous-epoc
       f"{'still the random initialisation' if STEPS < epoch_steps else 'updated at each epoch end'}")
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# Every schedule of the recipe is one array per iteration: warm-up then cosine for the learning
+# rate, cosine for weight decay and teacher momentum, a linear warm-up for the teacher
+# temperature. The momentum sets the window over which the teacher averages the student, and the
+# teacher variants differ only in that window.
+#
+# **Exercises.**
+# 1. Set the teacher momentum to 0.999 for a 144-step run: over how many steps does the teacher
+#    average, and what does that predict for its k-NN?
+# 2. Plot the learning rate for a batch of 64 and of 1024: where does the linear scaling rule
+#    enter?
+# 3. Within how many steps does the previous-epoch teacher first change on the dataset used here?
+#    Compute it from the epoch length printed above.
+
+# %% [markdown]
 # ## Check
 # The schedules start and end where the paper says, and the EMA update is exactly
 # `lambda theta_t + (1 - lambda) theta_s`. On the real photos the momentum teacher beats the

@@ -147,6 +147,21 @@ widgets.interact(show, image=widgets.IntSlider(0, 0, len(pics) - 1),
                  opacity=widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.1));
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# The CLS token's attention in the last block, kept to the smallest set of patches holding 60% of
+# its mass, gives a mask that can be scored against the true object with the Jaccard index,
+# beside random initialisation and a centre prior; the explorer shows any image, head and block.
+#
+# **Exercises.**
+# 1. Change the mass from 60% to 30% and 90%: which threshold favours the centre prior, and which
+#    the trained maps?
+# 2. Find a head that looks at the background in most images: what does it attend to on an image
+#    without clutter?
+# 3. Score the best single head against the head mean: which one does the paper report, and which
+#    is more stable here?
+
+# %% [markdown]
 # ## Check
 # DINO's attention overlaps the objects better than the same network with random weights, and
 # puts more than twice the object's area share of its mass on the object; the 60% rule keeps

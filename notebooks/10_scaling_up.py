@@ -99,6 +99,20 @@ print(f"largest loss gap between the runs: {gap:.4f}")
 # converts them to SyncBatchNorm, as the reference does.
 
 # %% [markdown]
+# ## Summary and exercises
+#
+# The same package builds the torchrun or SLURM command for the paper's recipe on 8 GPUs, and a
+# real 2-process run on this CPU follows the 1-process run because every image gets the same
+# crops and colour jitter whatever the number of processes; the batch is global and the learning
+# rate scales with it.
+#
+# **Exercises.**
+# 1. Print the launcher's command for 2 nodes of 8 GPUs: what changes, and what stays the same?
+# 2. Rerun the 2-process comparison with the BatchNorm head (`head_bn=true`): why can the losses
+#    now differ slightly on a CPU?
+# 3. Compute the learning rate the recipe uses at batch 1024 and at batch 64.
+
+# %% [markdown]
 # ## Check: the launcher builds the paper's command, and 2 processes follow 1
 
 # %%
