@@ -1,4 +1,4 @@
-"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,ablate,config} ...``."""
+"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,ablate,data,config} ...``."""
 
 from __future__ import annotations
 
@@ -238,6 +238,19 @@ def cmd_config(args):
     print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
 
 
+def cmd_data(args):
+    from .download import download, locations
+    if args.action == "list":
+        for d in locations():
+            where = d["found"] or "not found (looked in " + ", ".join(map(str, d["searched"])) + ")"
+            print(f"{d['name']:20s} {where}\n{'':20s} {d['about']}")
+        print("get a missing one with: python -m dino_lite data download NAME")
+    else:
+        if not args.name:
+            raise ValueError("data download needs a NAME: tinyimagenet-dev20, pets-mini or davis-dev")
+        download(args.name, args.root, progress=not args.no_progress, keep_archives=args.keep_archives)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m dino_lite", description=__doc__)
     p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
@@ -331,6 +344,15 @@ def build_parser():
     sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sd.set_defaults(func=cmd_smalldata)
+
+    dt = sub.add_parser("data", help="list where the photo data sets are found, or download one")
+    dt.add_argument("action", choices=("list", "download"))
+    dt.add_argument("name", nargs="?", help="tinyimagenet-dev20 (tinyimagenet), pets-mini (pets) "
+                                            "or davis-dev (davis)")
+    dt.add_argument("--root", help="folder to build NAME in (default: $DINO_LITE_DATA, else data/)")
+    dt.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
+    dt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dt.set_defaults(func=cmd_data)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

@@ -1,8 +1,10 @@
 """Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides.
 
 Presets hold no machine paths. A preset that trains on one of the shared data sets names it
-``shared:NAME``; :func:`make_config` resolves that to ``NAME`` under :func:`shared_data_root`:
-the folder in ``$DINO_LITE_SHARED_DATA``, or else ``../shared/data`` beside the repository.
+``shared:NAME``; :func:`make_config` resolves that with :func:`find_data`: ``NAME`` under
+:func:`shared_data_root` (``$DINO_LITE_SHARED_DATA``, else ``../shared/data`` beside the
+repository), else ``NAME`` under :func:`download_root`, where ``python -m dino_lite data download``
+puts it (``$DINO_LITE_DATA``, else ``data/`` in the repository).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
+DOWNLOAD_ENV = "DINO_LITE_DATA"     # the same variable dino_lite.data reads for its own files
 SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
 # the choices of the ablation switches (see the Config fields below)
@@ -330,10 +333,30 @@ def shared_data_root() -> Path:
     return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def download_root() -> Path:
+    """Where ``python -m dino_lite data download`` puts data sets by default: ``$DINO_LITE_DATA``
+    if set, else the repository's ``data/`` folder (git-ignored)."""
+    root = os.environ.get(DOWNLOAD_ENV)
+    return Path(root) if root else Path(__file__).resolve().parents[1] / "data"
+
+
+def data_search_path(name: str) -> list[Path]:
+    """The places a data set ``name`` is looked for, in order: the shared root, the download root."""
+    return [shared_data_root() / name, download_root() / name]
+
+
+def find_data(name: str) -> Path | None:
+    """The first folder of :func:`data_search_path` that exists, or None."""
+    return next((p for p in data_search_path(name) if p.is_dir()), None)
+
+
 def resolve_data(spec: str) -> str:
-    """``shared:NAME`` -> the path of ``NAME`` under :func:`shared_data_root`; other specs unchanged."""
+    """``shared:NAME`` -> the folder :func:`find_data` finds for ``NAME``; when neither place has
+    it, the path under :func:`shared_data_root` (whose absence the caller reports, e.g. with
+    :func:`dino_lite.download.how_to_get`). Other specs are returned unchanged."""
     if isinstance(spec, str) and spec.startswith(SHARED):
-        return str(shared_data_root() / spec[len(SHARED):])
+        name = spec[len(SHARED):]
+        return str(find_data(name) or shared_data_root() / name)
     return spec
 
 
