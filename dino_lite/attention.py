@@ -19,6 +19,10 @@ from PIL import Image
 from .data import eval_transform, load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CMAP = "inferno"                     # the one colour map of every attention figure
+GAMMA = 0.5                          # its square-root scale: weak maps stay visible beside sharp heads
+MASK_COLOUR = "tab:orange"           # the 60%-mass mask
+OUTLINE_COLOUR = "cyan"              # the true object outline
 
 
 @contextmanager
@@ -124,7 +128,8 @@ def score_maps(maps: torch.Tensor, gt: torch.Tensor, valid=None, mass: float = 0
     ``jaccard``: mask from the head-averaged map; ``jaccard_best_head``: the best single head per
     image; ``object_mass``: the head-averaged map's share of attention on the object, against
     ``object_area``, the object's share of the image (what a uniform map scores). All are means
-    over images, 0 to 1.
+    over images, 0 to 1; ``per_image`` and ``per_image_best_head`` hold the two Jaccards of each
+    image (for standard errors and paired differences).
     """
     size = gt.shape[-2:]
     mean_mask = upsample(mass_mask(maps.mean(1), mass), size).bool()
@@ -134,7 +139,8 @@ def score_maps(maps: torch.Tensor, gt: torch.Tensor, valid=None, mass: float = 0
     area = object_mass(torch.ones_like(maps[:, 0]), gt, valid)
     return {"jaccard": float(j_mean.mean()), "jaccard_best_head": float(j_heads.max(1).values.mean()),
             "object_mass": float(object_mass(maps.mean(1), gt, valid).mean()),
-            "object_area": float(area.mean()), "per_image": j_mean.tolist()}
+            "object_area": float(area.mean()), "per_image": j_mean.tolist(),
+            "per_image_best_head": j_heads.max(1).values.tolist()}
 
 
 def load_mask(path, size: int, trimap: bool = False):
@@ -186,38 +192,85 @@ def load_image_folder(images_dir, size: int, masks_dir=None, trimap=False, limit
     return x, [f.stem for f in files], torch.stack(masks), torch.stack(valid)
 
 
-def overlay_figure(images: torch.Tensor, maps: torch.Tensor, gt=None, mass: float = 0.6,
-                   names=None, max_images: int = 6):
-    """A matplotlib figure: per image, the photo, the head-mean map, its 60% mask and each head."""
-    import matplotlib.pyplot as plt
+def attention_norm(vmax: float):
+    """The colour scale of attention maps: 0 to ``vmax`` on a square-root scale (a sharp head
+    reaches 0.5 or more on one patch while a uniform map is 1/64 everywhere; on a linear scale
+    the latter would be invisible). The colour bar shows the true values."""
+    from matplotlib.colors import PowerNorm
+    return PowerNorm(GAMMA, vmin=0.0, vmax=vmax)
 
+
+def to_rgb(x: torch.Tensor) -> np.ndarray:
+    """A normalised ``[3, H, W]`` tensor back to an ``[H, W, 3]`` array in 0..1, for display."""
     from .augment import IMAGENET_MEAN, IMAGENET_STD
-    n = min(len(images), max_images)
-    heads = maps.shape[1]
-    cols = 3 + heads
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def overlay_figure(images: torch.Tensor, maps: torch.Tensor, gt=None, mass: float = 0.6,
+                   names=None, max_images: int = 6, random_maps: torch.Tensor | None = None):
+    """A matplotlib figure: per image, the photo, the 60%-mass mask of the head-mean map, the
+    head-mean map, each head, and (given ``random_maps``) the random-init network's head mean.
+
+    Every map uses one colour map on one scale (:func:`attention_norm`, 0 to the largest patch
+    weight shown; maps are the CLS token's attention over the patches, each summing to 1), with
+    one colour bar: a head that looks brighter attends harder. ``gt`` ([B, H, W] bool) adds the
+    true object outline.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    n = min(len(images), max_images)
+    heads = maps.shape[1]
     size = images.shape[-2:]
+    columns = [("image", None), (f"{mass:.0%} mask of the mean", None), ("trained: mean", None)]
+    columns += [(f"head {h}", h) for h in range(heads)]
+    if random_maps is not None:
+        columns.append(("random init: mean", None))
+    shown = [maps[:n].amax((1, 2, 3)), maps[:n].mean(1).amax((1, 2))]
+    if random_maps is not None:
+        shown.append(random_maps[:n].mean(1).amax((1, 2)))
+    vmax = float(torch.stack(shown).max())
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.45 * len(columns) + 1.2, 1.55 * n + 0.9),
+                             squeeze=False)
     for i in range(n):
-        img = (images[i] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        img = to_rgb(images[i])
         avg = maps[i].mean(0)
-        mask = upsample(mass_mask(avg, mass), size)
-        panels = [(img, names[i] if names else "image"), (upsample(avg, size, "bilinear").numpy(), "mean")]
-        for ax, (p, title) in zip(axes[i], panels):
-            ax.imshow(p)
-            ax.set_title(title, fontsize=7)
-        axes[i, 2].imshow(img)
-        axes[i, 2].imshow(mask.numpy(), alpha=0.5, cmap="autumn")
-        if gt is not None:
-            axes[i, 2].contour(gt[i].float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
-        axes[i, 2].set_title(f"{int(mass * 100)}% mask", fontsize=7)
-        for h in range(heads):
-            axes[i, 3 + h].imshow(upsample(maps[i, h], size, "bilinear").numpy(), cmap="inferno")
-            axes[i, 3 + h].set_title(f"head {h}", fontsize=7)
+        mask = upsample(mass_mask(avg, mass), size).numpy()
+        axes[i, 0].imshow(img)
+        axes[i, 1].imshow(img)
+        axes[i, 1].imshow(np.ma.masked_where(mask < 0.5, mask), cmap=ListedColormap([MASK_COLOUR]),
+                          alpha=0.6)
+        panels = [avg] + [maps[i, h] for h in range(heads)]
+        if random_maps is not None:
+            panels.append(random_maps[i].mean(0))
+        for ax, p in zip(axes[i, 2:], panels):
+            im = ax.imshow(upsample(p, size).numpy(), cmap=CMAP, norm=attention_norm(vmax))
         for ax in axes[i]:
-            ax.axis("off")
-    fig.tight_layout()
+            if gt is not None:
+                ax.contour(gt[i].float().numpy(), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(names[i] if names else f"image {i}", fontsize=7)
+    for ax, (title, _) in zip(axes[0], columns):
+        ax.set_title(title, fontsize=7)
+    grid = maps.shape[-2:]
+    fig.subplots_adjust(left=0.04, right=0.86, top=1 - 0.45 / fig.get_figheight(),
+                        bottom=0.5 / fig.get_figheight(), wspace=0.05, hspace=0.08)
+    cax = fig.add_axes([0.88, 0.5 / fig.get_figheight(), 0.015, 1 - 0.95 / fig.get_figheight()])
+    cb = fig.colorbar(im, cax=cax)
+    cb.set_label(f"share of the CLS attention per patch, square-root scale\n"
+                 f"({grid[0]}x{grid[1]} patches, each map sums to 1; uniform = {1 / grid.numel():.3f})",
+                 fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    handles = [Patch(color=MASK_COLOUR, alpha=0.6, label=f"patches holding {mass:.0%} of the mean map")]
+    if gt is not None:
+        handles.append(Line2D([], [], color=OUTLINE_COLOUR, label="true object outline"))
+    fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.03, 0.0))
     return fig
 
 
