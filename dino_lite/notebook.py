@@ -24,7 +24,9 @@ def notebook_base(steps: int, batch_size: int = 32) -> tuple[Config, bool]:
     cfg = make_config("tinyimagenet", photos)
     if Path(cfg.data).is_dir():
         return cfg, True
+    from .download import how_to_get
     print(f"{cfg.data} is absent: using the embedded shapes instead (the claims are not checked)")
+    print(how_to_get("tinyimagenet-dev20"))
     return make_config("cpu-demo", dict(minutes=None, max_steps=steps, batch_size=batch_size)), False
 
 
