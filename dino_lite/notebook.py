@@ -1,35 +1,47 @@
-"""What the notebooks share: the small-budget base recipe of their real-photo rows and the
-folder where those rows are kept, so that notebooks 04, 05 and 07 reuse each other's runs.
+"""What the notebooks share: one small DINO recipe on the embedded shapes, and the folder where
+its runs are kept, so that a run trained by one notebook is reused by the next.
 
-The notebooks run from ``notebooks/``, hence ``repo_root=".."``.
+Notebook 00 trains the DINO row; 05, 06, 08 and 09 reuse its checkpoint; 04 adds the
+student-copy teacher and 07 the MSE loss, each trained once with the same seed and budget.
+Every user has the shapes (they are generated from a seed), so every notebook checks its
+claims on a fresh clone. The notebooks run from ``notebooks/``, hence ``repo_root=".."``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .ablate import run_ablation
 from .config import Config, make_config
 
-
-def notebook_base(steps: int, batch_size: int = 32) -> tuple[Config, bool]:
-    """The small-budget base of notebooks 04, 05 and 07: the tinyimagenet recipe for ``steps``
-    steps of ``batch_size`` images on ``tinyimagenet-dev20`` under the shared data root
-    (:func:`dino_lite.config.shared_data_root`) when that folder exists (real photos, where the
-    claims are checked), else the cpu-demo recipe on the embedded shapes. A run this short keeps
-    the faster teacher of the cpu-demo recipe (momentum 0.95, an average over about 20 steps):
-    the preset's 0.98 suits its 10-minute runs of ~3000 steps. The preset's additions from
-    later papers (DINOv2's KoLeo term, iBOT's masked patch prediction) are off, so that each row
-    tests the paper's DINO components alone. Returns ``(config, on_real_data)``."""
-    photos = dict(max_steps=steps, batch_size=batch_size, momentum_teacher=0.95, koleo=0.0, ibot=0.0)
-    cfg = make_config("tinyimagenet", photos)
-    if Path(cfg.data).is_dir():
-        return cfg, True
-    from .download import how_to_get
-    print(f"{cfg.data} is absent: using the embedded shapes instead (the claims are not checked)")
-    print(how_to_get("tinyimagenet-dev20"))
-    return make_config("cpu-demo", dict(minutes=None, max_steps=steps, batch_size=batch_size)), False
+# 200 steps of 64 images at 48 px global / 24 px local crops: about 2 minutes on a 2-core CPU
+# in either precision. The smaller crops cost 0.6x the preset's 64/32 per step and learn
+# nearly as much per step (docs/RESULTS.md, "Numbers in the notebooks"), and they are the
+# crops the preset takes anyway on a CPU without native bf16 (its ``fp32_variant``), so the
+# notebooks train the same recipe on every machine.
+DEMO_STEPS = 200
+DEMO_CROPS = dict(global_size=48, local_size=24)
 
 
-def notebook_run_dir(base: Config, steps: int, repo_root="..") -> Path:
-    """Where the notebooks keep the rows they train with :func:`notebook_base`."""
-    return Path(repo_root) / "runs" / "notebooks" / f"ablate-{base.name}-{steps}steps"
+def demo_config(steps: int = DEMO_STEPS) -> Config:
+    """The notebooks' recipe: the ``cpu-demo`` preset for ``steps`` steps with 48/24 px crops."""
+    return make_config("cpu-demo", dict(minutes=None, max_steps=steps, **DEMO_CROPS))
+
+
+def demo_dir(steps: int = DEMO_STEPS, repo_root="..") -> Path:
+    """The folder holding the notebooks' rows (``<dir>/<row>/checkpoint.pt``)."""
+    return Path(repo_root) / "runs" / "notebooks" / f"shapes-{steps}steps"
+
+
+def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..") -> dict:
+    """Train (or reuse) ``rows`` of :data:`dino_lite.ablate.ROWS` with :func:`demo_config` and
+    score each by k-NN and linear probe; the k-NN curve is measured twice per run (on 1000
+    training images). Returns :func:`dino_lite.ablate.run_ablation`'s table."""
+    return run_ablation(demo_config(steps), list(rows), demo_dir(steps, repo_root),
+                        eval_every=steps // 2, knn_max_train=1000, progress=False)
+
+
+def demo_run(steps: int = DEMO_STEPS, repo_root="..") -> Path:
+    """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``."""
+    demo_rows(("dino",), steps, repo_root)
+    return demo_dir(steps, repo_root) / "dino"

@@ -25,78 +25,115 @@
 # 2. **Does the last layer's attention find the object?** The CLS token's attention, thresholded
 #    to keep 60% of its mass, scored against the true object masks (Jaccard index).
 #
-# The run is cached in `runs/notebooks/`: notebooks 05 and 06 reuse it.
+# **Run time:** about 3 minutes on a 2-core CPU (2 of training, then evaluation); a second run
+# reuses the checkpoint and takes seconds. **Knobs:** `STEPS` (training length) and `N_IMAGES`
+# (test images scored for attention). The run is kept in `runs/notebooks/`: notebooks 04-09
+# reuse it.
 
 # %%
-from pathlib import Path
+import math
 
 import matplotlib.pyplot as plt
 import torch
 
+from dino_lite.ablate import collapse_verdict, teacher_information
 from dino_lite.attention import attention_maps, overlay_figure, score_maps, shapes_attention_set
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
-from dino_lite.config import make_config
-from dino_lite.evaluate import knn_accuracy, random_init_backbone
-from dino_lite.train import CHECKPOINT, read_log, train
+from dino_lite.evaluate import random_init_backbone
+from dino_lite.notebook import DEMO_STEPS, demo_dir, demo_rows
+from dino_lite.train import CHECKPOINT, read_log
 
 torch.set_num_threads(2)
-STEPS = 280          # knob: training steps (about 2 minutes here); 2000+ gives a longer, better run
-RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
+STEPS = DEMO_STEPS   # knob: 200 steps of 64 images (about 2 minutes here). Longer runs raise k-NN
+                     # (84.9% after 658 steps) but sharpen the heads, which lowers the Jaccard
+                     # score below (docs/RESULTS.md, "Attention against training length")
+N_IMAGES = 200       # knob: test images scored for attention
 
 # %% [markdown]
 # ## Train
-# `train` lays the cosine schedules out over `STEPS` steps (the command line's `--minutes`
-# instead fits them to a time budget) and writes a checkpoint; a second call resumes, so a
-# finished run is simply reloaded.
+# `demo_rows` trains the `cpu-demo` preset for `STEPS` steps with 48 px global and 24 px local
+# crops (the notebooks' recipe, `dino_lite.notebook.demo_config`), then scores the teacher by
+# k-NN and by a linear probe, and the same network at random initialisation. A second call
+# finds the finished run and only reloads it.
+#
+# The curves below are the paper's Fig. 7 quantities. The cross-entropy the student minimises
+# is H(teacher, student) = h(teacher) + KL(teacher || student): the loss can only fall as far as
+# the teacher's own entropy h. Early on the teacher is almost uniform (h near ln K) and KL
+# drops fast as the student copies it; then the teacher sharpens (h falls) and becomes more
+# informative, so the student has something new to learn and KL rises again. A loss that stops
+# falling is therefore not a failure: what matters is that h stays below ln K and KL stays above 0.
 
 # %%
-cfg = make_config("cpu-demo", dict(minutes=None, max_steps=STEPS))
-train(cfg, RUN, resume="auto")
+table = demo_rows(["dino"], STEPS)
+dino, random_init = table["rows"][0], table["random_init"]
+RUN = demo_dir(STEPS) / "dino"
 log = read_log(RUN)
 steps = [r["step"] for r in log]
-fig, axes = plt.subplots(1, 3, figsize=(13, 3))
-axes[0].plot(steps, [r["loss"] for r in log])
-axes[0].set(title="DINO loss", xlabel="step")
-axes[1].plot(steps, [r["teacher_entropy"] for r in log])
-axes[1].axhline(torch.log(torch.tensor(float(cfg.out_dim))).item(), ls=":", c="gray")
-axes[1].set(title="teacher entropy (dotted: ln K, uniform)", xlabel="step")
+ln_k = log[-1]["max_entropy"]
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+axes[0].plot(steps, [r["loss"] for r in log], label="H = h + KL (the loss)")
+axes[0].plot(steps, [r["teacher_entropy"] + r["kl"] for r in log], ls="--", label="h + KL, from the log")
+axes[0].set(title="DINO loss", xlabel="step", ylabel="nats")
+axes[0].legend(fontsize=8)
+axes[1].plot(steps, [r["teacher_entropy"] for r in log], label="h: per-image teacher entropy")
+axes[1].plot(steps, [r["teacher_batch_entropy"] for r in log], label="entropy of the batch-mean teacher")
+axes[1].axhline(ln_k, ls=":", c="gray", label=f"ln K = {ln_k:.2f} (uniform)")
+axes[1].set(title="teacher entropy", xlabel="step", ylabel="nats")
+axes[1].legend(fontsize=8)
 axes[2].plot(steps, [r["kl"] for r in log])
-axes[2].set(title="KL(teacher || student)", xlabel="step")
+axes[2].set(title="KL(teacher || student)", xlabel="step", ylabel="nats")
+plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## k-NN: trained teacher against random initialisation
+# What to look at: the two dashed and solid loss curves lie on top of each other (the loss is
+# the teacher's entropy plus the KL); the per-image entropy (blue, middle) separates from the
+# batch-mean entropy (orange), which is the teacher telling images apart; KL never reaches 0.
+
+# %% [markdown]
+# ## k-NN and linear probe: trained teacher against random initialisation
 
 # %%
-backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
-random_backbone = random_init_backbone(cfg)
-knn_trained = knn_accuracy(backbone, cfg)
-knn_random = knn_accuracy(random_backbone, cfg)
-print(f"k-NN top-1: trained {knn_trained:.1%}   random init {knn_random:.1%}   (10 classes: chance 10%)")
+print(f"k-NN top-1: trained {dino['knn_top1']:.1%}   random init {random_init['knn_top1']:.1%}   "
+      f"(10 classes: chance 10%)")
+print(f"linear probe: trained {dino['linear_top1']:.1%}   random init {random_init['linear_top1']:.1%}")
+# the standard error of an accuracy p measured on n test images is sqrt(p (1 - p) / n)
+se = math.sqrt(0.25 / 1000)
+print(f"standard error on 1000 test images: at most {se:.1%}")
 
 # %% [markdown]
 # ## Attention maps of the last block
 # Per test image: the image, the head-averaged CLS attention, its 60%-mass mask (cyan: the true
-# object outline) and every head.
+# object outline) and every head; first the trained teacher, then the same network at random
+# initialisation. Look for maps that trace the shape after training and maps spread over the
+# whole image before.
 
 # %%
-images, names, masks, _ = shapes_attention_set(cfg.image_size, 200)
+backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
+random_backbone = random_init_backbone(cfg)
+images, names, masks, _ = shapes_attention_set(cfg.image_size, N_IMAGES)
 maps_trained = attention_maps(backbone, images)
 maps_random = attention_maps(random_backbone, images)
-overlay_figure(images, maps_trained, masks, names=names, max_images=4)
+fig = overlay_figure(images, maps_trained, masks, names=names, max_images=4)
+fig.suptitle(f"trained teacher, {STEPS} steps", y=1.02)
 plt.show()
-jac_trained = score_maps(maps_trained, masks)["jaccard"]
-jac_random = score_maps(maps_random, masks)["jaccard"]
+fig = overlay_figure(images, maps_random, masks, names=names, max_images=2)
+fig.suptitle("random initialisation", y=1.05)
+plt.show()
+scores_trained, scores_random = score_maps(maps_trained, masks), score_maps(maps_random, masks)
+jac_trained, jac_random = scores_trained["jaccard"], scores_random["jaccard"]
 print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.3f}   random init {jac_random:.3f}")
 
 # %% [markdown]
 # ## Reading the result
-# Both claims of the paper show up in two CPU minutes:
+# Both claims of the paper show up in a few CPU minutes:
 #
 # * **The features know the classes.** With no label, k-NN on the trained teacher's CLS token
-#   beats the same network with random weights by a wide margin (the numbers above).
+#   beats the same network with random weights by tens of points (the numbers above), far more
+#   than the standard error of 1000 test images.
 # * **Attention finds the objects.** The last block's CLS attention traces the shapes, and its
-#   60% mask overlaps the true object far better than a random network's.
+#   60% mask overlaps the true object better than a random network's, whose maps spread over the
+#   whole image.
 #
 # The dataset is built for this: every object has the same brightness and only its hue is
 # random. In an earlier version brightness was random too, and DINO learned "bright object on
@@ -107,37 +144,39 @@ print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.
 # %% [markdown]
 # ## Summary and exercises
 #
-# This notebook trained the CPU preset, compared the teacher's k-NN accuracy with the same
-# network at random initialisation, and drew the last block's attention over the test images.
-# Every later notebook unpacks one piece of this run.
+# This notebook trained the notebooks' CPU recipe, compared the teacher's k-NN accuracy with the
+# same network at random initialisation, and drew the last block's attention over the test
+# images. Every later notebook unpacks one piece of this run.
 #
 # **Exercises.**
 # 1. Set `STEPS` to half its value and rerun: predict first whether k-NN or the attention maps
 #    suffer more.
-# 2. Evaluate the *student* instead of the teacher (the checkpoint's `student` weights): is the teacher
-#    better, as the paper reports?
-# 3. Replace `cpu-demo` by `make_config("cpu-demo", dict(n_local=0, ...))` (no multi-crop) and
-#    compare the k-NN gap.
+# 2. Evaluate the *student* instead of the teacher (the checkpoint's `student` weights): is the
+#    teacher better, as the paper reports?
+# 3. Train the `no_multicrop` row (`demo_rows(["no_multicrop"])`) and compare the k-NN gap.
 
 # %% [markdown]
 # ## Check
-# The claims, asserted: the trained features beat random initialisation on k-NN by at least 20
-# points; DINO's attention overlaps the objects better than a random network's; centering and
-# sharpening kept the teacher away from both collapses (it still gives different images
-# different distributions: teacher information above 0.3 nats; and the student still has
-# something to learn, KL > 0); and the CLS attention over patches is a (partial) probability
-# distribution.
+# The claims, asserted, each with what would make it fail:
+# * k-NN on the trained features beats random initialisation by at least 15 points (ten
+#   standard errors): fails if training taught the features nothing about the classes;
+# * the attention Jaccard of the trained teacher beats the random network's by at least 0.05:
+#   fails if the maps do not concentrate on the objects;
+# * the loss is the teacher entropy plus the KL at every logged step (to 1e-3 nats): fails if
+#   the logged quantities are not the ones the loss is made of;
+# * the teacher did not collapse by the rule notebook 07 uses for every row
+#   (`dino_lite.ablate.collapse_verdict`): fails if every image got the same distribution;
+# * KL stayed above 0.05 nats over the last 10% of steps: fails if the student had caught up
+#   with a teacher that no longer changes.
 
 # %%
-from dino_lite.ablate import teacher_information
-
-tail = log[-50:]
+tail = log[-max(1, len(log) // 10):]
 kl_end = sum(r["kl"] for r in tail) / len(tail)
 information = teacher_information(log)
 print(f"teacher information over the last 10% of steps: {information:.2f} nats; KL {kl_end:.3f}")
-assert knn_trained > knn_random + 0.20, (knn_trained, knn_random)
+assert dino["knn_top1"] > random_init["knn_top1"] + 0.15, (dino["knn_top1"], random_init["knn_top1"])
 assert jac_trained > jac_random + 0.05, (jac_trained, jac_random)
-assert information > 0.3 and kl_end > 0.05, (information, kl_end)
-patch_mass = maps_trained.sum((-2, -1))          # CLS attention to patches: the rest goes to CLS itself
-assert (maps_trained >= 0).all() and (patch_mass <= 1 + 1e-4).all() and (patch_mass > 0).all()
+assert all(abs(r["loss"] - r["teacher_entropy"] - r["kl"]) < 1e-3 for r in log)
+assert not collapse_verdict(log), information
+assert kl_end > 0.05, kl_end
 print("all checks passed")

@@ -26,7 +26,7 @@
 # lets you look at any image (also your own), block and head.
 #
 # **Run time** on a 2-core CPU: about 15 seconds when the run of notebook 00 exists (it is
-# loaded); otherwise training it first adds a few minutes (280 steps; 209 s in the stored run's log).
+# loaded); otherwise training it first adds about 2 minutes (200 steps).
 #
 # **Knobs:** `STEPS` (the run's length), `N_IMAGES` (test images scored), `SOURCE` (the
 # explorer's network: this project's or the paper's published ViT-S/16).
@@ -42,17 +42,16 @@ from IPython.display import display
 from dino_lite.attention import (attention_maps, centre_prior, mass_mask, object_mass,
                                  overlay_figure, published_dino, score_maps, shapes_attention_set)
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
-from dino_lite.config import make_config
 from dino_lite.data import eval_transform
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.explorer import AttentionExplorer
-from dino_lite.train import CHECKPOINT, train
+from dino_lite.notebook import DEMO_STEPS, demo_run
+from dino_lite.train import CHECKPOINT
 
 torch.set_num_threads(2)
-STEPS = 280          # knob: training steps (a few minutes the first time); longer runs raise k-NN but sharpen the heads, which lowers the Jaccard (1000 steps: 0.30; docs/RESULTS.md)
+STEPS = DEMO_STEPS   # knob: training steps (200: about 2 minutes the first time); longer runs raise k-NN but sharpen the heads, which lowers the Jaccard (1000 steps: 0.30; docs/RESULTS.md)
 N_IMAGES = 200       # knob: test images scored (the standard errors below shrink as 1/sqrt(N))
-RUN = Path("..") / "runs" / "notebooks" / f"cpu-demo-{STEPS}steps"
-train(make_config("cpu-demo", dict(minutes=None, max_steps=STEPS)), RUN, resume="auto", progress=False)
+RUN = demo_run(STEPS)                                    # notebook 00's run, trained here if absent
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
 random_backbone = random_init_backbone(cfg)
 images, names, masks, _ = shapes_attention_set(cfg.image_size, N_IMAGES)
@@ -105,18 +104,17 @@ plt.title(f"last block, mean over {len(images)} test images")
 plt.show()
 
 # %% [markdown]
-# **Two kinds of head.** In this run heads 0 and 3 put most of their attention on the object
-# (79% and 89%, where the object covers 16% of the image), while heads 1 and 2 put about three
-# quarters of theirs *off* the object, often on a single patch just outside the outline or in a
-# corner (head 1 in the last row of the grid). They still land on the object a little more often
-# than a uniform map would (28% and 25% against 16%). Other runs of this recipe show the same
-# (docs/RESULTS.md: one head in four typically attends to the background or a corner). Two
-# plausible reasons, not tested here: attention must sum to 1, so a head whose query matches no
-# patch well still spends its weight somewhere, and ViTs are known to park such weight on a few
-# low-information background patches (Darcet et al. 2024, *Vision Transformers Need
-# Registers*); and the background's texture is shared by both global crops of an image, a cheap
-# cue for the student to match the teacher. The head-mean map, which the Jaccard below scores,
-# is dominated by the two object heads.
+# **Two kinds of head.** In this run heads 0, 1 and 3 put most of their attention on the object
+# (83%, 84% and 69%, where the object covers 16% of the image), while head 2 puts almost nine
+# tenths of its attention *off* the object (12% on it, less than a uniform map's 16%), often on
+# a few patches around the outline or in a corner. Other runs of this recipe show the same
+# (docs/RESULTS.md: one head in four typically attends to the background or a corner); which
+# head does it changes from run to run. Two plausible reasons, not tested here: attention must
+# sum to 1, so a head whose query matches no patch well still spends its weight somewhere, and
+# ViTs are known to park such weight on a few low-information background patches (Darcet et al.
+# 2024, *Vision Transformers Need Registers*); and the background's texture is shared by both
+# global crops of an image, a cheap cue for the student to match the teacher. The head-mean
+# map, which the Jaccard below scores, is dominated by the three object heads.
 
 # %% [markdown]
 # ## The 60% rule, step by step
@@ -186,24 +184,25 @@ ax.set_title(f"{len(images)} test images; bars: 1 standard error")
 plt.show()
 
 # %% [markdown]
-# **Reading the numbers.** The trained maps beat random initialisation clearly: +0.061 Jaccard
-# (head mean), 7.8 standard errors of the paired per-image difference. Against the centre prior
-# they *lose* in this run: 0.324 against 0.380 for the head mean (-0.056, 4.9 standard errors),
-# and the best single head, which the paper reports, is no better (0.319, -0.061 against the
-# prior). The prior is strong on this dataset: the shapes are large and near the centre, and the
-# 60% mask of a wide Gaussian is a central blob about the size of an object. The trained maps are
-# more *focused* (55% of their attention lands on the object, against the prior's 33%), but their
-# 60% mask keeps only a few patches, fewer than the object covers, which the Jaccard punishes. A
-# single head is sharper still, so the best head scores no better than the head mean.
+# **Reading the numbers.** The trained maps beat random initialisation clearly: 0.455 against
+# 0.115 Jaccard for the head mean (+0.340, 57 standard errors of the paired per-image
+# difference); the random network's maps land on the object no more than a uniform map would
+# (15% against the object's 16%). Against the centre prior the trained head mean wins too in
+# this run (0.455 against 0.380, +0.075, 6.5 standard errors), while the best single head, the
+# score the paper reports, is level with the prior (0.374 against 0.380, within half a
+# standard error). The prior is strong on this dataset: the shapes are large and near the
+# centre, and the 60% mask of a wide Gaussian is a central blob about the size of an object. A
+# single head is sharper than the head mean and keeps fewer patches than the object covers,
+# which the Jaccard punishes.
 #
 # **Which noise the error bars show.** A standard error over images says how much a mean would
-# move with other test images *for this network*; it does not cover retraining. The same
-# 280-step recipe trained at an earlier commit scored 0.446 (docs/RESULTS.md), above the prior,
-# and runs of 280 to 1000 steps range from 0.25 to 0.48. So the comparison with the centre prior
-# depends on the run, and the check below does not assert it. Trained above random init held in
-# every recorded run of up to about 650 steps; longer runs sharpen the heads until the Jaccard
-# falls to random init's level (0.248 at 997 steps), which is why `STEPS` says "longer is not
-# better" for this score.
+# move with other test images *for this network*; it does not cover retraining. Runs of the
+# 64 px recipe from 280 to 1000 steps range from 0.25 to 0.48 (docs/RESULTS.md), one of them
+# below the prior (0.324 at 280 steps), so the comparison with the centre prior depends on the
+# run, and the check below does not assert it. Trained above random init held in every recorded
+# run of up to about 650 steps; longer runs sharpen the heads until the Jaccard falls to random
+# init's level (0.248 at 997 steps), which is why `STEPS` says "longer is not better" for this
+# score.
 
 # %% [markdown]
 # ## Explorer

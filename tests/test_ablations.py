@@ -156,6 +156,13 @@ def test_collapse_verdict_reads_the_two_teacher_entropies():
     assert not collapse_verdict([rec(1.0, 3.5)] * 10)               # sharp per image, spread over the batch
     assert collapse_verdict([rec(1.0, 3.5)] * 9 + [rec(ln_k, ln_k)])   # judged on the end of the run
     assert teacher_information([rec(1.0, 3.5)] * 18 + [rec(1.0, 2.0), rec(2.0, 4.0)]) == pytest.approx(1.5)
+    # the threshold is absolute (0.2 nats), whatever K: a K = 4096 teacher still near uniform but
+    # telling images apart by 0.46 nats (the notebooks' 200-step run) is not collapsed, one
+    # telling them apart by 0.15 nats is
+    ln_big = math.log(4096)
+    big = lambda h, hb: {"teacher_entropy": h, "teacher_batch_entropy": hb, "max_entropy": ln_big}  # noqa: E731
+    assert not collapse_verdict([big(7.64, 8.10)] * 10)
+    assert collapse_verdict([big(7.95, 8.10)] * 10)
 
 
 def test_rows_cover_the_paper_table_and_teacher_variants():

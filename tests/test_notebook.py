@@ -1,32 +1,37 @@
-"""notebook.py: the notebooks' small-budget base and where their runs are kept."""
+"""The notebooks' shared recipe and run folder (dino_lite.notebook)."""
 
 from pathlib import Path
 
-from dino_lite.config import SHARED_DATA_ENV
-from dino_lite.notebook import notebook_base, notebook_run_dir
+import dino_lite.notebook as nb
+from dino_lite.config import PRESETS
 
 
-def test_notebook_base_trains_on_photos_when_the_shared_data_has_them(monkeypatch, tmp_path):
-    (tmp_path / "tinyimagenet-dev20").mkdir()
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
-    cfg, real = notebook_base(144)
-    assert real
-    assert cfg.name == "tinyimagenet" and cfg.data == str(tmp_path / "tinyimagenet-dev20")
-    assert (cfg.max_steps, cfg.batch_size, cfg.momentum_teacher) == (144, 32, 0.95)
-    assert cfg.koleo == 0 and cfg.ibot == 0           # the paper's DINO components alone
+def test_demo_config_is_the_cpu_demo_preset_with_its_fp32_crops():
+    cfg = nb.demo_config(50)
+    assert cfg.name == "cpu-demo" and cfg.max_steps == 50 and cfg.minutes is None
+    assert (cfg.global_size, cfg.local_size) == (48, 24)
+    # the same crops the preset takes on a CPU without native bf16, so every machine trains the
+    # same recipe in the notebooks
+    assert nb.DEMO_CROPS == PRESETS["cpu-demo"]["fp32_variant"]
 
 
-def test_notebook_base_falls_back_to_the_shapes(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))   # an empty root: no photos
-    cfg, real = notebook_base(50, batch_size=16)
-    assert not real
-    assert (cfg.name, cfg.data, cfg.max_steps, cfg.batch_size, cfg.minutes) == ("cpu-demo", "shapes", 50, 16, None)
-    assert "absent" in capsys.readouterr().out
+def test_demo_dir_is_one_folder_per_length():
+    assert nb.demo_dir(200) == Path("..") / "runs" / "notebooks" / "shapes-200steps"
+    assert nb.demo_dir(200, repo_root="/r") == Path("/r/runs/notebooks/shapes-200steps")
+    assert nb.demo_dir(200) != nb.demo_dir(400)
 
 
-def test_notebook_run_dir_is_shared_by_runs_of_the_same_base(monkeypatch, tmp_path):
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
-    base, _ = notebook_base(144)
-    assert notebook_run_dir(base, 144) == Path("..") / "runs" / "notebooks" / "ablate-cpu-demo-144steps"
-    assert notebook_run_dir(base, 144, repo_root="/r") == Path("/r/runs/notebooks/ablate-cpu-demo-144steps")
-    assert notebook_run_dir(base, 144) != notebook_run_dir(base, 288)
+def test_demo_rows_and_demo_run_share_one_table(monkeypatch):
+    calls = []
+
+    def fake_run_ablation(base, rows, out_dir, eval_every=None, knn_max_train=None, progress=True):
+        calls.append((base, rows, out_dir, eval_every, knn_max_train, progress))
+        return {"rows": [], "random_init": {}}
+
+    monkeypatch.setattr(nb, "run_ablation", fake_run_ablation)
+    assert nb.demo_run(steps=40, repo_root="/r") == Path("/r/runs/notebooks/shapes-40steps/dino")
+    nb.demo_rows(["mse"], steps=40, repo_root="/r")
+    (base_a, rows_a, out_a, every_a, max_a, progress_a), (base_b, rows_b, out_b, *_) = calls
+    assert rows_a == ["dino"] and rows_b == ["mse"]
+    assert out_a == out_b and base_a.to_dict() == base_b.to_dict()   # same folder, same base: rows are reused
+    assert every_a == 20 and max_a == 1000 and progress_a is False
