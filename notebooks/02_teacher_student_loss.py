@@ -339,9 +339,13 @@ print(f"fixed g: row norm {norms[True][-1]:.4f} after 30 steps while the directi
 # steps, then the gradients dropped in the step):
 
 # %%
-step_fn = getattr(dino_lite.train, "dino_step", None) or dino_lite.train.DINOTrainer.dino_step
+# the package's DINO step: a function dino_lite.train.dino_step, or the trainer's method
+step_fn = (getattr(dino_lite.train, "dino_step", None)
+           or getattr(getattr(dino_lite.train, "DINOTrainer", None), "dino_step", None))
+assert step_fn is not None, "no dino_step found in dino_lite.train"
 step_source = inspect.getsource(step_fn)
-module_lines = inspect.getsource(dino_lite.train).splitlines()
+modules = {dino_lite.train, inspect.getmodule(step_fn)}
+module_lines = [line for m in sorted(modules, key=lambda m: m.__name__) for line in inspect.getsource(m).splitlines()]
 for i, line in enumerate(module_lines):
     if "freeze_last_layer" in line:
         shown = module_lines[i:i + 3] if line.strip().startswith("if ") else [line]
