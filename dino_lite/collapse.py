@@ -22,7 +22,8 @@ from .models import DINOHead, MultiCropWrapper, update_teacher
 def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
                  center_momentum=0.9, student_temp=0.1, out_dim=64, n_images=512, dim=32,
                  batch=64, noise=0.5, lr=1e-3, momentum=0.99, seed=0) -> dict:
-    """Train a toy DINO and return per-step ``teacher_entropy``, ``kl`` and ``loss`` arrays.
+    """Train a toy DINO and return per-step ``teacher_entropy`` (h), ``kl``, ``loss`` (H) and
+    ``teacher_batch_entropy`` (entropy of the batch-mean teacher distribution) arrays.
 
     ``centering=False`` keeps the center at zero (it is equivalent to ``center_momentum=1``);
     ``sharpening=False`` sets the teacher temperature equal to the student's.
@@ -38,7 +39,7 @@ def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
                        student_temp=student_temp,
                        center_momentum=center_momentum if centering else 1.0)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    hist = {"teacher_entropy": [], "kl": [], "loss": []}
+    hist = {"teacher_entropy": [], "kl": [], "loss": [], "teacher_batch_entropy": []}
     for step in range(steps):
         x = images[torch.randint(0, n_images, (batch,), generator=g)]
         views = [x + noise * torch.randn(x.shape, generator=g) for _ in range(2)]
@@ -53,6 +54,7 @@ def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
         update_teacher(student, teacher, momentum)
         hist["teacher_entropy"].append(stats["teacher_entropy"])
         hist["kl"].append(stats["kl"])
+        hist["teacher_batch_entropy"].append(stats["teacher_batch_entropy"])
         hist["loss"].append(loss.item())
     out = {k: np.array(v) for k, v in hist.items()}
     out["max_entropy"] = float(np.log(out_dim))
