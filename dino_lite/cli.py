@@ -183,6 +183,7 @@ def cmd_smalldata(args):
     tokenizers = parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else []
     summary = run_smalldata(args.preset, methods, fractions, args.out, args.steps,
                             {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps,
+                             "lr": args.finetune_lr,
                              "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")},
                             data=args.data, seed=args.seed, sets=args.set, progress=not args.json,
                             tokenizers=tokenizers, tokenizer_fraction=args.tokenizer_fraction,
@@ -333,6 +334,8 @@ def build_parser():
     sd.add_argument("--steps", type=int, required=True, help="pre-training steps, the same for every cell")
     sd.add_argument("--finetune-epochs", type=int, default=10)
     sd.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: its epochs)")
+    sd.add_argument("--finetune-lr", type=float, default=1e-4,
+                    help="fine-tuning peak lr per 256 images (one-cycle schedule)")
     sd.add_argument("--finetune-seeds", default="0",
                     help="comma-separated seeds: each encoder is fine-tuned once per seed (mean reported)")
     sd.add_argument("--tokenizers", help="comma-separated tokenizers for the BEiT tokenizer comparison "

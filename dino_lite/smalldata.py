@@ -75,6 +75,17 @@ def _scores(backbone, cfg, finetune: dict, progress) -> dict:
     return scores
 
 
+def _pretrained(cfg, cell_dir: Path) -> bool:
+    """Whether ``cell_dir`` holds a finished pre-training run of exactly ``cfg``."""
+    from .train import CHECKPOINT, read_log
+    saved = cell_dir / "config.json"
+    if not (saved.exists() and (cell_dir / CHECKPOINT).exists()):
+        return False
+    ran = json.loads(saved.read_text())
+    ran.pop("resolved_precision", None)
+    return ran == json.loads(json.dumps(cfg.to_dict())) and len(read_log(cell_dir)) == cfg.max_steps
+
+
 def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
     """Pre-train one cell and score it, or reuse its saved result while its key is unchanged."""
     from .train import train
@@ -83,8 +94,11 @@ def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
     if saved.exists() and json.loads(saved.read_text())["key"] == key:
         print(f"{cell_dir.name}: reusing {saved}")
         return json.loads(saved.read_text())["result"]
-    print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
-    train(cfg, cell_dir, progress=progress)
+    if _pretrained(cfg, cell_dir):       # only the evaluation changed: keep the pre-training
+        print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
+    else:
+        print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
+        train(cfg, cell_dir, progress=progress)
     backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
     result = _scores(backbone, cfg, finetune, progress)
     _write_json(saved, {"key": key, "result": result})

@@ -250,6 +250,11 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     assert table.count("| beit |") == 2 and "| random_patches | 0.5 |" in table
     main(args)                                                # again: every cell is reused
     assert capsys.readouterr().out.count("reusing") == 6      # 4 cells + 2 tokenizer rows
+    stamp = (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns
+    main(args + ["--finetune-lr", "0.001"])                   # a new recipe: scored again,
+    out = capsys.readouterr().out                             # the pre-training kept
+    assert out.count("reusing the finished pre-training") == 5
+    assert (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 def test_data_driven_tokenizers_are_fitted_on_the_cells_subset(tiny_folder, monkeypatch):
