@@ -58,11 +58,11 @@ def show(x):
     return (x.permute(1, 2, 0) * STD + MEAN).clamp(0, 1).numpy()
 
 
-def overlay(ax, x, hidden, title, colour=(1.0, 0.0, 1.0)):
-    """``x`` with the ``hidden`` patches ([64] bool) painted over, patch grid drawn."""
+def overlay(ax, x, hidden, title, colour=(0.05, 0.05, 0.2)):
+    """``x`` with the ``hidden`` patches ([64] bool) darkened, patch grid drawn."""
     img = show(x).copy()
     m = hidden.view(GRID).repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
-    img[m] = 0.35 * img[m] + 0.65 * np.array(colour)
+    img[m] = 0.2 * img[m] + 0.8 * np.array(colour)
     ax.imshow(img, extent=(0, GRID[1], GRID[0], 0))
     ax.set_xticks(range(0, GRID[1] + 1, 2))
     ax.set_yticks(range(0, GRID[0] + 1, 2))
@@ -101,13 +101,13 @@ def visible_neighbours(masks):
 
 axes[2].hist(block.sum(1).numpy(), bins=np.arange(0, 30) - 0.5, color="tab:purple", label="block")
 axes[2].axvline(target, color="k", ls="--", label=f"target {target}")
-axes[2].set_xlabel("hidden patches per image (1000 masks)")
-axes[2].set_ylabel("masks")
+axes[2].set_xlabel("hidden patches per mask")
+axes[2].set_ylabel("masks (of 1000)")
 axes[2].legend(fontsize=8)
 share = {"block": visible_neighbours(block), "uniform": visible_neighbours(uniform)}
 axes[3].hist([share["block"].numpy(), share["uniform"].numpy()], bins=np.linspace(0, 1, 6), label=list(share),
              color=["tab:purple", "tab:green"])
-axes[3].set_xlabel("share of a hidden patch's neighbours that are visible")
+axes[3].set_xlabel("visible share of a hidden\npatch's 4 neighbours")
 axes[3].set_ylabel("hidden patches")
 axes[3].legend(fontsize=8)
 fig.tight_layout()
@@ -118,8 +118,10 @@ print(f"minimum block on an 8 x 8 grid: {min_block_patches(64)} patches; block m
       f"(uniform) of its neighbours visible")
 
 # %% [markdown]
-# Blocks stop short of the target when the next block would overshoot it (the histogram's mass
-# below the dashed line), and never pass it.
+# Dark patches are hidden. Almost every block mask reaches the target of 26 exactly; a few stop
+# short, when no block of at least the minimum area fits the remainder in 10 attempts (the small
+# bar left of the dashed line); none passes it. A hidden patch in a block has about a fifth of its
+# neighbours visible, a uniformly hidden one about 60%.
 #
 # ## 2 · SplitMask's two halves
 # SplitMask draws a 50% block mask and takes its complement: two disjoint halves A and B that
@@ -131,8 +133,8 @@ print(f"minimum block on an 8 x 8 grid: {min_block_patches(64)} patches; block m
 a, b = split_masks(torch.Generator().manual_seed(1), 4, GRID, "block")
 qa, qb = split_masks(torch.Generator().manual_seed(1), 4, GRID, "uniform")
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-overlay(axes[0], images[1], ~a[0], "branch A sees (purple: hidden from A)")
-overlay(axes[1], images[1], ~b[0], "branch B sees (purple: hidden from B)")
+overlay(axes[0], images[1], ~a[0], "branch A sees (dark: hidden from A)")
+overlay(axes[1], images[1], ~b[0], "branch B sees (dark: hidden from B)")
 overlay(axes[2], images[1], ~qa[0], "small-data variant: A sees 25%")
 overlay(axes[3], images[1], ~qb[0], "small-data variant: B sees 25%")
 fig.tight_layout()
@@ -176,8 +178,11 @@ print("distinct tokens among the 8 x 64 patches of 8 images:", usage)
 
 # %% [markdown]
 # Random projections are noise-like; the two data-driven codebooks look like patches of the
-# data (flat colours and edges of the shapes). All three redrawings keep the layout of the image:
-# a patch's token already encodes its dominant colour direction and, more coarsely, its edges.
+# data (flat colours, textured backgrounds and the shapes' edges). Redrawn from random-projection
+# tokens the image keeps only a faint outline of the shape (each codeword is noise, only its
+# choice carries information); the data-driven codebooks redraw a recognisable, blocky image, and
+# on these images they use more distinct tokens (printed above). Yet the paper finds all three
+# equally good targets: the target need not look like the image to be worth predicting.
 #
 # ## 4 · Both losses by hand, beside the package's
 # The objectives, written again with plain torch ops on the networks' parameters (not the
@@ -301,7 +306,7 @@ for ax, (method, log) in zip(axes, runs.items()):
         tw = ax.twinx()
         tw.plot([r["step"] for r in log], [r[key] for r in log], color="tab:orange", label=name)
         tw.set_ylabel(name)
-        tw.legend(fontsize=7, loc="center right")
+        tw.legend(fontsize=7, loc="lower left")
     ax.legend(fontsize=7, loc="upper right")
 fig.tight_layout()
 plt.show()
@@ -338,17 +343,19 @@ for m in re.finditer(row, table, re.M):
     study[key], knn[key], linear[key] = (float(m.group(i)) for i in (3, 4, 5))
 paper = {"dino": {"0.1": 73.1, "1": 78.4}, "beit": {"0.1": 74.5, "1": 75.2},
          "splitmask": {"0.1": 75.4, "1": 75.4}}
-fig, ax = plt.subplots(figsize=(8, 3.2))
+fig, ax = plt.subplots(figsize=(10, 3.4))
 x = np.arange(3)
 for i, (frac, colour) in enumerate([("0.1", "tab:orange"), ("1", "tab:blue")]):
     ax.bar(x + (i - 0.5) * 0.38, [study[(m, frac)] for m in paper], 0.36, color=colour,
            label=f"here: pre-trained on {float(frac):.0%} of the images")
-    ax.scatter(x + (i - 0.5) * 0.38, [paper[m][frac] for m in paper], color="k", marker="x",
-               zorder=3, label="paper (iNat-19, ImageNet %s)" % ("10%" if frac == "0.1" else "100%"))
+    ax.scatter(x + (i - 0.5) * 0.38, [paper[m][frac] for m in paper], color=colour, marker="D",
+               edgecolor="k", zorder=3,
+               label="paper: iNat-19 after ImageNet %s" % ("10%" if frac == "0.1" else "100%"))
 ax.axhline(study[("random init", "-")], color="gray", ls="--", label="here: random init")
 ax.set_xticks(x, list(paper))
 ax.set_ylabel("fine-tune top-1 (%)")
-ax.legend(fontsize=7, loc="lower right")
+ax.set_ylim(0, 100)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 fig.tight_layout()
 plt.show()
 drop = {m: study[(m, "1")] - study[(m, "0.1")] for m in paper}
