@@ -180,15 +180,23 @@ def cmd_smalldata(args):
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
     fractions = parse_list(args.fractions, float, "fractions")
+    tokenizers = parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else []
     summary = run_smalldata(args.preset, methods, fractions, args.out, args.steps,
-                            {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps},
-                            data=args.data, seed=args.seed, sets=args.set, progress=not args.json)
+                            {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps,
+                             "lr": args.finetune_lr,
+                             "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")},
+                            data=args.data, seed=args.seed, sets=args.set, progress=not args.json,
+                            tokenizers=tokenizers, tokenizer_fraction=args.tokenizer_fraction,
+                            baseline=not args.no_baseline, mim_sets=args.mim_set)
     print(Path(args.out, "smalldata.md").read_text())
     if args.json:
-        print(json.dumps({"cells": [{k: c[k] for k in ("method", "fraction", "finetune_top1",
-                                                       "knn_top1", "linear_top1")}
-                                    for c in summary["cells"]],
-                          "random_init": {"finetune_top1": summary["random_init"]["finetune_top1"]}}))
+        keep = ("method", "fraction", "tokenizer", "finetune_top1", "finetune_top1_seeds",
+                "knn_top1", "linear_top1")
+        base = summary["random_init"]
+        print(json.dumps({"cells": [{k: c[k] for k in keep} for c in summary["cells"]],
+                          "tokenizer_cells": [{k: c[k] for k in keep}
+                                              for c in summary["tokenizer_cells"]],
+                          "random_init": base and {"finetune_top1": base["finetune_top1"]}}))
 
 
 def cmd_ablate(args):
@@ -339,6 +347,18 @@ def build_parser():
     sd.add_argument("--steps", type=int, required=True, help="pre-training steps, the same for every cell")
     sd.add_argument("--finetune-epochs", type=int, default=10)
     sd.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: its epochs)")
+    sd.add_argument("--finetune-lr", type=float, default=1e-4,
+                    help="fine-tuning peak lr per 256 images (one-cycle schedule)")
+    sd.add_argument("--finetune-seeds", default="0",
+                    help="comma-separated seeds: each encoder is fine-tuned once per seed (mean reported)")
+    sd.add_argument("--tokenizers", help="comma-separated tokenizers for the BEiT tokenizer comparison "
+                    "(random_projection, random_patches, kmeans); default: none")
+    sd.add_argument("--tokenizer-fraction", type=float,
+                    help="fraction of the images for the tokenizer comparison (default: the last)")
+    sd.add_argument("--mim-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the BEiT and SplitMask cells only (e.g. lr=0.0015)")
+    sd.add_argument("--no-baseline", action="store_true",
+                    help="skip the random-init baseline (to run the cells one at a time)")
     sd.add_argument("--out", default="runs/smalldata")
     sd.add_argument("--seed", type=int)
     sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

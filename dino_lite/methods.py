@@ -36,11 +36,16 @@ from .tokenizers import build_tokenizer
 
 
 def build_tokenizer_for(cfg):
-    """The config's tokenizer; data-driven kinds read ``cfg.tokenizer_images`` training images."""
+    """The config's tokenizer; data-driven kinds read ``cfg.tokenizer_images`` of the images the
+    run pre-trains on (with ``cfg.data_fraction < 1``, the same seeded subset as the trainer)."""
     dataset = None
     if cfg.tokenizer != "random_projection":
+        from .train import subset_indices       # train imports this module
         dataset = build_dataset(cfg.data, train=True, transform=eval_transform(cfg.global_size),
                                 image_size=cfg.image_size)
+        if cfg.data_fraction < 1:
+            dataset = torch.utils.data.Subset(
+                dataset, subset_indices(len(dataset), cfg.data_fraction, cfg.seed))
     return build_tokenizer(cfg.tokenizer, cfg.vocab_size, cfg.patch_size, cfg.seed, dataset,
                            cfg.tokenizer_images)
 

@@ -12,6 +12,7 @@ settings, as ``ablate`` does.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -62,41 +63,93 @@ def _key(cfg, finetune: dict) -> dict:
 
 
 def _scores(backbone, cfg, finetune: dict, progress) -> dict:
+    """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed in
+    ``finetune["seeds"]`` (each from a copy of the pre-trained weights): ``finetune_top1`` is
+    their mean, ``finetune_top1_seeds`` the single runs."""
     scores = knn_and_linear_accuracy(backbone, cfg)
-    scores["finetune_top1"] = finetune_accuracy(backbone, cfg, progress=progress, **finetune)
+    recipe = {k: v for k, v in finetune.items() if k != "seeds"}
+    runs = [finetune_accuracy(copy.deepcopy(backbone), cfg, progress=progress, seed=s, **recipe)
+            for s in finetune.get("seeds", [0])]
+    scores["finetune_top1_seeds"] = runs
+    scores["finetune_top1"] = sum(runs) / len(runs)
     return scores
 
 
-def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, data=None, seed=None,
-                  sets=(), progress=True) -> dict:
-    """Every (method, fraction) cell and the random-init baseline; returns the summary (also in
-    ``OUT/smalldata.json`` and ``OUT/smalldata.md``)."""
+def _pretrained(cfg, cell_dir: Path) -> bool:
+    """Whether ``cell_dir`` holds a finished pre-training run of exactly ``cfg``."""
+    from .train import CHECKPOINT, read_log
+    saved = cell_dir / "config.json"
+    if not (saved.exists() and (cell_dir / CHECKPOINT).exists()):
+        return False
+    ran = json.loads(saved.read_text())
+    ran.pop("resolved_precision", None)
+    return ran == json.loads(json.dumps(cfg.to_dict())) and len(read_log(cell_dir)) == cfg.max_steps
+
+
+def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
+    """Pre-train one cell and score it, or reuse its saved result while its key is unchanged."""
     from .train import train
+    key = _key(cfg, finetune)
+    saved = cell_dir / "result.json"
+    if saved.exists() and json.loads(saved.read_text())["key"] == key:
+        print(f"{cell_dir.name}: reusing {saved}")
+        return json.loads(saved.read_text())["result"]
+    if _pretrained(cfg, cell_dir):       # only the evaluation changed: keep the pre-training
+        print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
+    else:
+        print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
+        train(cfg, cell_dir, progress=progress)
+    backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
+    result = _scores(backbone, cfg, finetune, progress)
+    _write_json(saved, {"key": key, "result": result})
+    return result
+
+
+def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, data=None, seed=None,
+                  sets=(), progress=True, tokenizers=(), tokenizer_fraction=None,
+                  baseline=True, mim_sets=()) -> dict:
+    """Every (method, fraction) cell and the random-init baseline; returns the summary (also in
+    ``OUT/smalldata.json`` and ``OUT/smalldata.md``).
+
+    ``tokenizers`` adds the tokenizer comparison: BEiT pre-trained on ``tokenizer_fraction`` of
+    the images (default: the last fraction) once per tokenizer, in ``OUT/beit-F-TOKENIZER``; the
+    data-driven tokenizers are fitted on that cell's subset. ``baseline=False`` skips the random-
+    init baseline (to run the cells one at a time); the summary then has ``random_init: None``.
+    ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only (after ``sets``),
+    for example a learning rate for short runs, where BEiT's is far too small."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = []
     for method in methods:
         for fraction in fractions:
-            cfg = cell_config(preset, method, fraction, steps, data, seed, sets)
-            key = _key(cfg, finetune)
-            cell_dir = out_dir / f"{method}-{fraction:g}"
-            saved = cell_dir / "result.json"
-            if saved.exists() and json.loads(saved.read_text())["key"] == key:
-                print(f"{method} on {fraction:g} of the images: reusing {saved}")
-                result = json.loads(saved.read_text())["result"]
-            else:
-                print(f"{method} on {fraction:g} of the images: {steps} steps")
-                train(cfg, cell_dir, progress=progress)
-                backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
-                result = _scores(backbone, cfg, finetune, progress)
-                _write_json(saved, {"key": key, "result": result})
+            cfg = cell_config(preset, method, fraction, steps, data, seed,
+                              list(sets) + (list(mim_sets) if method != "dino" else []))
+            result = _run_cell(cfg, out_dir / f"{method}-{fraction:g}", finetune, progress)
             cells.append({"method": method, "fraction": fraction, "tokenizer": cfg.tokenizer,
                           **result, "paper_inat19": PAPER_INAT19[method].get(fraction)})
+    tokenizer_cells = []
+    if tokenizers:
+        fraction = fractions[-1] if tokenizer_fraction is None else tokenizer_fraction
+        for tokenizer in tokenizers:
+            if tokenizer not in PAPER_TOKENIZERS:
+                raise ValueError(f"unknown tokenizer {tokenizer!r}; choose from {list(PAPER_TOKENIZERS)}")
+            beit_sets = list(sets) + list(mim_sets)
+            cfg = cell_config(preset, "beit", fraction, steps, data, seed,
+                              beit_sets + [f"tokenizer={tokenizer}"])
+            default = cell_config(preset, "beit", fraction, steps, data, seed, beit_sets).tokenizer
+            cell_dir = out_dir / (f"beit-{fraction:g}" if tokenizer == default
+                                  else f"beit-{fraction:g}-{tokenizer}")
+            result = _run_cell(cfg, cell_dir, finetune, progress)
+            tokenizer_cells.append({"method": "beit", "fraction": fraction, "tokenizer": tokenizer,
+                                    **result, "paper_inat19": PAPER_TOKENIZERS[tokenizer]})
     base = cell_config(preset, "dino", 1.0, steps, data, seed, sets)
-    random_init = cached_result(out_dir / "random_init.json", _key(base, finetune),
-                                lambda: _scores(random_init_backbone(base), base, finetune, progress))
+    random_init = None
+    if baseline:
+        random_init = cached_result(out_dir / "random_init.json", _key(base, finetune),
+                                    lambda: _scores(random_init_backbone(base), base, finetune, progress))
     summary = {"preset": preset, "data": base.data, "steps": steps, "finetune": finetune,
-               "cells": cells, "random_init": random_init}
+               "sets": list(sets), "mim_sets": list(mim_sets),
+               "cells": cells, "tokenizer_cells": tokenizer_cells, "random_init": random_init}
     _write_json(out_dir / "smalldata.json", summary)
     (out_dir / "smalldata.md").write_text(markdown_table(summary))
     return summary
@@ -105,17 +158,37 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, da
 def markdown_table(summary: dict) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
-    lines = [f"Pre-training: {summary['steps']} steps on each fraction of `{summary['data']}`; "
-             f"fine-tuning on all of it: {summary['finetune']}.", "",
+
+    def finetune(c):
+        runs = c.get("finetune_top1_seeds") or [c["finetune_top1"]]
+        each = " / ".join(pct(r) for r in runs)
+        return pct(c["finetune_top1"]) + (f" ({each})" if len(runs) > 1 else "")
+
+    seeds = summary["finetune"].get("seeds", [0])
+    recipe = {k: v for k, v in summary["finetune"].items() if k != "seeds"}
+    sets = " ".join(summary.get("sets", [])) or "none"
+    mim = " ".join(summary.get("mim_sets", [])) or "none"
+    lines = [f"Pre-training: {summary['steps']} steps on each fraction of `{summary['data']}` "
+             f"(overrides: {sets}; masked models also: {mim}); fine-tuning on all of it: "
+             f"{recipe}, seeds {seeds} (mean, then each run).", "",
              "| method | fraction | fine-tune | k-NN | linear | paper iNat-19 fine-tune |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
-        lines.append(f"| {c['method']} | {c['fraction']:g} | {pct(c['finetune_top1'])} | "
+        lines.append(f"| {c['method']} | {c['fraction']:g} | {finetune(c)} | "
                      f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {paper} |")
     r = summary["random_init"]
-    lines.append(f"| random init | - | {pct(r['finetune_top1'])} | {pct(r['knn_top1'])} | "
-                 f"{pct(r['linear_top1'])} | - |")
-    lines += ["", "Paper, tokenizers (iNat-19 fine-tune after ImageNet, BEiT): " +
-              ", ".join(f"{k} {v}" for k, v in PAPER_TOKENIZERS.items())]
+    if r is not None:
+        lines.append(f"| random init | - | {finetune(r)} | {pct(r['knn_top1'])} | "
+                     f"{pct(r['linear_top1'])} | - |")
+    if summary.get("tokenizer_cells"):
+        lines += ["", "Tokenizers (BEiT; paper: iNat-19 fine-tune after ImageNet):", "",
+                  "| tokenizer | fraction | fine-tune | k-NN | linear | paper |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for c in summary["tokenizer_cells"]:
+            lines.append(f"| {c['tokenizer']} | {c['fraction']:g} | {finetune(c)} | "
+                         f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {c['paper_inat19']:.1f} |")
+    else:
+        lines += ["", "Paper, tokenizers (iNat-19 fine-tune after ImageNet, BEiT): " +
+                  ", ".join(f"{k} {v}" for k, v in PAPER_TOKENIZERS.items())]
     return "\n".join(lines) + "\n"

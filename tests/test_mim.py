@@ -222,6 +222,8 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     import json
     args = ["smalldata", "--preset", "cpu-demo", "--data", str(tiny_folder), "--fractions", "0.5,1",
             "--methods", "dino,beit", "--steps", "2", "--finetune-steps", "2", "--out", str(tmp_path),
+            "--finetune-seeds", "0,1", "--tokenizers", "random_projection,random_patches",
+            "--tokenizer-fraction", "0.5", "--mim-set", "lr=0.001",
             "--json"] + [a for s in TINY + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
                          for a in ("--set", s)]
     main(args)
@@ -230,12 +232,56 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
         ("dino", 0.5), ("dino", 1.0), ("beit", 0.5), ("beit", 1.0)]
     for c in out["cells"] + [out["random_init"]]:
         assert 0 <= c["finetune_top1"] <= 1
+    for c in out["cells"]:                                    # one fine-tuning per seed, the mean
+        assert len(c["finetune_top1_seeds"]) == 2
+        assert c["finetune_top1"] == pytest.approx(sum(c["finetune_top1_seeds"]) / 2)
+    # the tokenizer comparison: the default tokenizer's cell is beit-0.5 itself, the other is new
+    assert [(c["tokenizer"], c["fraction"]) for c in out["tokenizer_cells"]] == [
+        ("random_projection", 0.5), ("random_patches", 0.5)]
+    assert out["tokenizer_cells"][0]["finetune_top1"] == out["cells"][2]["finetune_top1"]
+    cfg = json.loads((tmp_path / "beit-0.5-random_patches" / "config.json").read_text())
+    assert cfg["tokenizer"] == "random_patches" and cfg["data_fraction"] == 0.5
     cfg = json.loads((tmp_path / "beit-0.5" / "config.json").read_text())
     assert cfg["data_fraction"] == 0.5 and cfg["max_steps"] == 2 and cfg["method"] == "beit"
+    assert cfg["lr"] == 0.001                                 # --mim-set reaches the masked cells only
+    assert json.loads((tmp_path / "dino-0.5" / "config.json").read_text())["lr"] != 0.001
     assert len(read_log(tmp_path / "beit-0.5")) == 2          # same iterations on half the images
-    assert (tmp_path / "smalldata.md").read_text().count("| beit |") == 2
+    table = (tmp_path / "smalldata.md").read_text()
+    assert table.count("| beit |") == 2 and "| random_patches | 0.5 |" in table
     main(args)                                                # again: every cell is reused
-    assert capsys.readouterr().out.count("reusing") == 4
+    assert capsys.readouterr().out.count("reusing") == 6      # 4 cells + 2 tokenizer rows
+    stamp = (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns
+    main(args + ["--finetune-lr", "0.001"])                   # a new recipe: scored again,
+    out = capsys.readouterr().out                             # the pre-training kept
+    assert out.count("reusing the finished pre-training") == 5
+    assert (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_data_driven_tokenizers_are_fitted_on_the_cells_subset(tiny_folder, monkeypatch):
+    """With data_fraction < 1 the tokenizer sees only the images the run pre-trains on."""
+    import dino_lite.methods as methods
+    from dino_lite.data import build_dataset
+    from dino_lite.train import subset_indices
+    seen = {}
+
+    def spy(kind, vocab_size, patch_size, seed, dataset, n_images):
+        seen["dataset"] = dataset
+        return build_tokenizer(kind, vocab_size, patch_size, seed, dataset, n_images)
+
+    from dino_lite.tokenizers import build_tokenizer
+    monkeypatch.setattr(methods, "build_tokenizer", spy)
+    cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16,
+                      data_fraction=0.25)
+    methods.build_tokenizer_for(cfg)
+    full = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+    keep = subset_indices(len(full), 0.25, cfg.seed)
+    assert len(seen["dataset"]) == len(keep) == 24
+    # the same images as the trainer's subset, in the same order
+    assert [seen["dataset"].dataset.samples[i] for i in seen["dataset"].indices] == \
+        [full.samples[i] for i in keep]
+    cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16)
+    methods.build_tokenizer_for(cfg)
+    assert len(seen["dataset"]) == len(full) == 96
 
 
 def test_subset_is_seeded_and_of_the_right_size():

@@ -1,0 +1,425 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Masked image modelling beside DINO: BEiT, SplitMask and the small-data study
+#
+# **What this teaches.** DINO learns by matching two augmented *views* of an image. Masked image
+# models learn by *hiding part of one view* and predicting what was hidden. El-Nouby et al. 2021
+# ("Are Large-scale Datasets Necessary for Self-Supervised Pre-training?") found that these
+# denoising objectives (BEiT, and their SplitMask) lose little when pre-trained on 1% or 10% of
+# ImageNet, where DINO loses several points. Here we take the pieces apart: the masks (BEiT's
+# blocks, MAE-style uniform masking, SplitMask's two halves), the targets (a *tokenizer* turning
+# every patch into one of V codewords), both losses computed by hand beside the package's, a
+# short run of each method, and the study's table from a longer run on real photos.
+#
+# **Run time:** about a minute on 2 CPU cores (three short runs are cached in `../runs`).
+# **Knobs:** `STEPS` (steps of each short run), `VOCAB` (codebook size of the tokenizer figures).
+
+# %%
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dino_lite.config import make_config
+from dino_lite.data import build_dataset, eval_transform
+from dino_lite.masking import block_masks, min_block_patches, split_masks, uniform_masks
+from dino_lite.methods import build_method
+from dino_lite.tokenizers import build_tokenizer, codebook_image, redraw
+from dino_lite.train import read_log, train
+
+torch.set_num_threads(2)
+STEPS = 30         # knob: steps of each method's short run (batch 32 on the embedded shapes)
+VOCAB = 512        # knob: codebook size of the tokenizer figures (the runs use the preset's 8192)
+GRID = (8, 8)      # 64 px images, 8 px patches: the cpu-demo and tinyimagenet presets
+shapes = build_dataset("shapes", train=True, transform=eval_transform(64))
+images = torch.stack([shapes[i][0] for i in range(8)])          # [8, 3, 64, 64], normalised
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+
+def show(x):
+    """A normalised [3, H, W] image as an [H, W, 3] array in [0, 1]."""
+    return (x.permute(1, 2, 0) * STD + MEAN).clamp(0, 1).numpy()
+
+
+def overlay(ax, x, hidden, title, colour=(0.05, 0.05, 0.2)):
+    """``x`` with the ``hidden`` patches ([64] bool) darkened, patch grid drawn."""
+    img = show(x).copy()
+    m = hidden.view(GRID).repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+    img[m] = 0.2 * img[m] + 0.8 * np.array(colour)
+    ax.imshow(img, extent=(0, GRID[1], GRID[0], 0))
+    ax.set_xticks(range(0, GRID[1] + 1, 2))
+    ax.set_yticks(range(0, GRID[0] + 1, 2))
+    ax.grid(color="white", lw=0.3)
+    ax.set_xlabel("patch column")
+    ax.set_ylabel("patch row")
+    ax.set_title(title, fontsize=9)
+
+
+# %% [markdown]
+# ## 1 · Two ways to hide 40% of the patches
+# BEiT hides **blocks**: rectangles of at least a minimum area (16 patches of a 14 x 14 grid,
+# scaled here to our 8 x 8 grid) with a log-uniform aspect ratio in [0.3, 1/0.3], added until the
+# target of 40% is reached, never beyond it. **Uniform** masking (MAE) hides each patch
+# independently of its neighbours. Look at how much of a hidden patch's neighbourhood is still
+# visible: a uniformly hidden patch can be interpolated from its neighbours, a patch in the middle
+# of a block cannot.
+
+# %%
+g = torch.Generator().manual_seed(0)
+target = round(0.4 * 64)
+block = block_masks(g, 1000, GRID, 0.4)
+uniform = uniform_masks(g, 1000, 64, 0.4)
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+overlay(axes[0], images[0], block[0], f"block mask ({int(block[0].sum())} of 64)")
+overlay(axes[1], images[0], uniform[0], f"uniform mask ({int(uniform[0].sum())} of 64)")
+
+
+def visible_neighbours(masks):
+    """For each hidden patch, how many of its 4 neighbours are visible."""
+    m = masks.view(-1, 1, *GRID).float()
+    vis = F.conv2d(F.pad(1 - m, (1, 1, 1, 1)), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]))
+    inside = F.conv2d(F.pad(torch.ones_like(m), (1, 1, 1, 1)), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]))
+    return (vis / inside)[m.bool()]
+
+
+axes[2].hist(block.sum(1).numpy(), bins=np.arange(0, 30) - 0.5, color="tab:purple", label="block")
+axes[2].axvline(target, color="k", ls="--", label=f"target {target}")
+axes[2].set_xlabel("hidden patches per mask")
+axes[2].set_ylabel("masks (of 1000)")
+axes[2].legend(fontsize=8)
+share = {"block": visible_neighbours(block), "uniform": visible_neighbours(uniform)}
+axes[3].hist([share["block"].numpy(), share["uniform"].numpy()], bins=np.linspace(0, 1, 6), label=list(share),
+             color=["tab:purple", "tab:green"])
+axes[3].set_xlabel("visible share of a hidden\npatch's 4 neighbours")
+axes[3].set_ylabel("hidden patches")
+axes[3].legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+print(f"minimum block on an 8 x 8 grid: {min_block_patches(64)} patches; block masks hide "
+      f"{block.sum(1).float().mean():.1f} patches on average (at most {int(block.sum(1).max())}); "
+      f"a hidden patch has {share['block'].mean():.2f} (block) vs {share['uniform'].mean():.2f} "
+      f"(uniform) of its neighbours visible")
+
+# %% [markdown]
+# Dark patches are hidden. Almost every block mask reaches the target of 26 exactly; a few stop
+# short, when no block of at least the minimum area fits the remainder in 10 attempts (the small
+# bar left of the dashed line); none passes it. A hidden patch in a block has about a fifth of its
+# neighbours visible, a uniformly hidden one about 60%.
+#
+# ## 2 · SplitMask's two halves
+# SplitMask draws a 50% block mask and takes its complement: two disjoint halves A and B that
+# together cover every patch. The encoder runs once on A's patches alone (no placeholders for
+# B) and once on B's; a small decoder then predicts the tokens of the other half. In the paper's
+# small-data variant each branch sees a uniformly drawn quarter and predicts the other 75%.
+
+# %%
+a, b = split_masks(torch.Generator().manual_seed(1), 4, GRID, "block")
+qa, qb = split_masks(torch.Generator().manual_seed(1), 4, GRID, "uniform")
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+overlay(axes[0], images[1], ~a[0], "branch A sees (dark: hidden from A)")
+overlay(axes[1], images[1], ~b[0], "branch B sees (dark: hidden from B)")
+overlay(axes[2], images[1], ~qa[0], "small-data variant: A sees 25%")
+overlay(axes[3], images[1], ~qb[0], "small-data variant: B sees 25%")
+fig.tight_layout()
+plt.show()
+print("block split: A and B disjoint:", not (a & b).any().item(), "| cover every patch:",
+      (a | b).all().item(), "| A sees", a.sum(1).tolist(), "patches per image")
+print("uniform split: A sees", qa.sum(1).tolist(), "and B", qb.sum(1).tolist(), "of 64; disjoint:",
+      not (qa & qb).any().item())
+
+# %% [markdown]
+# ## 3 · Tokenizers: what the models predict
+# The paper replaces BEiT's learned dVAE tokenizer by fixed codebooks of V unit vectors e_i: a
+# patch x (normalised pixels, then L2-normalised) gets the token argmax_i x·e_i. Three codebooks:
+# **random projection** (random Gaussian vectors, the paper's default), **random patches** (patches
+# sampled from training images) and **k-means** centroids of training patches. The redrawn image
+# replaces each patch by its codeword (scaled to the patch's norm): what survives is all the
+# target tells the model about the image. The paper finds the three nearly equal after
+# fine-tuning (75.2 / 75.3 / 75.0 on iNat-19).
+
+# %%
+kinds = ["random_projection", "random_patches", "kmeans"]
+tokenizers = {k: build_tokenizer(k, VOCAB, 8, seed=0, dataset=shapes, n_images=256) for k in kinds}
+fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
+axes[0, 0].imshow(show(images[2]))
+axes[0, 0].set_title("image", fontsize=9)
+axes[1, 0].axis("off")
+usage = {}
+for col, (kind, tok) in enumerate(tokenizers.items(), start=1):
+    axes[0, col].imshow(codebook_image(tok, n=64))
+    axes[0, col].set_title(f"{kind}: 64 of {VOCAB} codewords", fontsize=9)
+    axes[1, col].imshow(redraw(tok, images[2]))
+    axes[1, col].set_title("image redrawn from its tokens", fontsize=9)
+    ids = torch.cat([tok(images[i:i + 1]) for i in range(8)]).flatten()
+    usage[kind] = len(ids.unique())
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+print("distinct tokens among the 8 x 64 patches of 8 images:", usage)
+
+# %% [markdown]
+# Random projections are noise-like; the two data-driven codebooks look like patches of the
+# data (flat colours, textured backgrounds and the shapes' edges). Redrawn from random-projection
+# tokens the image keeps only a faint outline of the shape (each codeword is noise, only its
+# choice carries information); the data-driven codebooks redraw a recognisable, blocky image, and
+# on these images they use more distinct tokens (printed above). Yet the paper finds all three
+# equally good targets: the target need not look like the image to be worth predicting.
+#
+# ## 4 · Both losses by hand, beside the package's
+# The objectives, written again with plain torch ops on the networks' parameters (not the
+# package's `vit_tokens`, `vit_visible_tokens`, `info_nce` or tokenizer code).
+#
+# **BEiT:** tokens of all patches; the hidden patches' embeddings replaced by the mask token
+# *before* the position embedding; the encoder; a linear head over V at the hidden patches;
+# cross-entropy averaged over the hidden patches.
+
+# %%
+torch.manual_seed(0)
+beit, splitmask = (build_method(make_config("cpu-demo", dict(method=m, vocab_size=VOCAB))).eval()
+                   for m in ("beit", "splitmask"))      # eval(): no drop path, both sides agree
+
+
+def tokens_by_hand(codebook, x, p=8):
+    b, c, h, w = x.shape
+    patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+    return (F.normalize(patches, dim=-1) @ codebook.T).argmax(-1)           # [b, 64]
+
+
+def encode_by_hand(vit, tokens):
+    """CLS + position embedding + blocks + final norm over a [b, n, D] sequence of patch tokens
+    whose position embeddings are already added."""
+    x = torch.cat([vit.cls_token.expand(len(tokens), -1, -1) + vit.pos_embed[:, :1], tokens], 1)
+    for blk in vit.blocks:
+        x = blk(x)
+    return vit.norm(x)
+
+
+def beit_by_hand(model, x, mask):
+    vit = model.backbone
+    targets = tokens_by_hand(model.tokenizer.codebook, x)
+    emb = vit.patch_embed(x).flatten(1, 2)                                    # [b, 64, D]
+    emb = torch.where(mask.unsqueeze(-1), model.mask_token, emb) + vit.pos_embed[:, 1:]
+    out = encode_by_hand(vit, emb)[:, 1:]
+    logits = out[mask] @ model.head.weight.T + model.head.bias
+    return F.cross_entropy(logits, targets[mask])
+
+
+(mask,) = beit.draw_masks(torch.Generator().manual_seed(2), len(images))
+with torch.no_grad():
+    beit_package, _ = beit(images, mask)
+    beit_hand = beit_by_hand(beit, images, mask)
+print(f"BEiT loss: package {beit_package.item():.6f}, by hand {beit_hand.item():.6f} "
+      f"(ln V = {np.log(VOCAB):.3f}: an untrained head is near chance)")
+
+# %% [markdown]
+# **SplitMask:** for branch A, the encoder gets only A's patch embeddings, each with its own
+# position embedding (so the sequence is 1 + 32 tokens long); a decoder gets those 32 outputs at
+# their positions and a mask token at B's 32 positions, adds its own position embedding, and
+# predicts B's tokens. Then the same from B to A. The two branches' decoder outputs, averaged
+# over positions, are matched by InfoNCE: image i's A-vector must pick image i's B-vector among
+# the batch's B-vectors (cosine / 0.2), and vice versa. Loss = CE(A→B) + CE(B→A) + InfoNCE.
+
+# %%
+def branch_by_hand(model, x, visible, targets):
+    vit, b = model.backbone, len(x)
+    emb = vit.patch_embed(x).flatten(1, 2) + vit.pos_embed[:, 1:]           # [b, 64, D]
+    seen = emb[visible].view(b, -1, emb.shape[-1])                          # only the visible half
+    encoded = encode_by_hand(vit, seen)[:, 1:]
+    full = model.mask_token.expand(b, 64, -1).clone()
+    full[visible] = encoded.reshape(-1, encoded.shape[-1])
+    dec = full + model.decoder_pos
+    for blk in model.decoder:
+        dec = blk(dec)
+    dec = model.decoder_norm(dec)
+    logits = dec[~visible] @ model.head.weight.T + model.head.bias
+    return F.cross_entropy(logits, targets[~visible]), dec.mean(1), seen.shape[1]
+
+
+def splitmask_by_hand(model, x, va, vb, temperature=0.2):
+    targets = tokens_by_hand(model.tokenizer.codebook, x)
+    ce_a, pa, seq_a = branch_by_hand(model, x, va, targets)
+    ce_b, pb, _ = branch_by_hand(model, x, vb, targets)
+    pa, pb = F.normalize(pa, dim=-1), F.normalize(pb, dim=-1)
+    sim = pa @ pb.T / temperature                                           # [b, b]
+    labels = torch.arange(len(x))
+    infonce = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+    return ce_a + ce_b + infonce, ce_a, ce_b, infonce, seq_a
+
+
+va, vb = splitmask.draw_masks(torch.Generator().manual_seed(3), len(images))
+with torch.no_grad():
+    split_package, split_stats = splitmask(images, va, vb)
+    split_hand, ce_a, ce_b, nce_hand, seq_a = splitmask_by_hand(splitmask, images, va, vb)
+    swapped, *_ = splitmask_by_hand(splitmask, images, vb, va)
+print(f"SplitMask loss: package {split_package.item():.6f}, by hand {split_hand.item():.6f} "
+      f"= CE(A->B) {ce_a.item():.3f} + CE(B->A) {ce_b.item():.3f} + InfoNCE {nce_hand.item():.3f} "
+      f"(ln {len(images)} = {np.log(len(images)):.3f})")
+print(f"the encoder saw {seq_a} patch tokens per image; swapping the halves gives {swapped.item():.6f}")
+
+# %% [markdown]
+# ## 5 · A short run of each method
+# The same loop trains all three (`python -m dino_lite train --method dino|beit|splitmask`); the
+# method supplies its networks and the loss of one step. `STEPS` steps of batch 32 on the
+# embedded shapes, each method with its own published optimiser (DINO's for DINO, BEiT's for
+# both masked models). BEiT's learning rate, set for 800 ImageNet epochs at batch 2048, barely
+# moves a network in a few dozen steps, so these runs raise it to the CPU value used by the study
+# below (`lr=1.5e-3` per 256 images). The runs are cached: a second execution reads them back.
+
+# %%
+runs = {}
+for method in ["dino", "beit", "splitmask"]:
+    extra = {} if method == "dino" else {"lr": 1.5e-3}
+    # one epoch's schedule (156 steps of 32 of the 5000 images), a short warm-up, cut at STEPS
+    run_cfg = make_config("cpu-demo", dict(method=method, minutes=None, max_steps=STEPS,
+                                           batch_size=32, epochs=1, warmup_epochs=0.05, **extra))
+    out = Path("..") / "runs" / "notebooks" / f"mim-{method}-{STEPS}steps"
+    train(run_cfg, out, resume="auto", progress=False)
+    runs[method] = [r for r in read_log(out) if "loss" in r]
+fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+for ax, (method, log) in zip(axes, runs.items()):
+    ax.plot([r["step"] for r in log], [r["loss"] for r in log], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{method} loss")
+    ax.set_title(method, fontsize=9)
+    second = {"dino": ("kl", "KL(teacher || student)"), "beit": ("mim_accuracy", "masked-token accuracy")}
+    if method in second:
+        key, name = second[method]
+        tw = ax.twinx()
+        tw.plot([r["step"] for r in log], [r[key] for r in log], color="tab:orange", label=name)
+        tw.set_ylabel(name)
+        tw.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right")
+fig.tight_layout()
+plt.show()
+for method, log in runs.items():
+    print(f"{method:10s} loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f} over {len(log)} steps")
+print(f"DINO: teacher entropy {runs['dino'][0]['teacher_entropy']:.3f} -> "
+      f"{runs['dino'][-1]['teacher_entropy']:.3f}, KL {runs['dino'][0]['kl']:.3f} -> {runs['dino'][-1]['kl']:.3f}")
+
+# %% [markdown]
+# The three losses are on different scales (DINO's cross-entropy between teacher and student
+# distributions over K prototypes; BEiT's over V = 8192 tokens, starting near ln 8192 = 9.0;
+# SplitMask's two such terms plus InfoNCE): compare each curve with its own start, not with the
+# others. The masked models' losses fall from the start. DINO's does not, in 30 steps: its
+# cross-entropy is the teacher's entropy plus KL(teacher ‖ student), and only the KL is the
+# student's to lower. The KL falls steadily (orange), while the teacher's entropy, which the
+# student cannot change and which the EMA teacher inherits slowly, rises a little, so their sum
+# stays near ln K = 8.3. Falling losses say each objective is being optimised, not how good the
+# features are; that is what the study measures.
+#
+# ## 6 · The small-data study (from `docs/masked-image-modelling.md`, not re-run here)
+# Each method pre-trained on 10% and on 100% of `tinyimagenet-dev20` (20 classes of Tiny-ImageNet,
+# 64 px photos) for the *same number of steps*, then every encoder fine-tuned on all the labelled
+# training images with one recipe, top-1 on the 1000 validation images. The table, its exact
+# command, commit and CPU are in `docs/masked-image-modelling.md`; this cell reads it from there.
+
+# %%
+doc = (Path("..") / "docs" / "masked-image-modelling.md").read_text()
+table = doc[doc.index("<!-- study-table -->") + 20:doc.index("<!-- /study-table -->")].strip()
+print(table)
+row = r"^\| (dino|beit|splitmask|random init) \| ([\d.]+|-) \| ([\d.]+)[^|]*\| ([\d.]+) \| ([\d.]+) \|"
+study, knn, linear = {}, {}, {}
+for m in re.finditer(row, table, re.M):
+    key = (m.group(1), m.group(2))
+    study[key], knn[key], linear[key] = (float(m.group(i)) for i in (3, 4, 5))
+paper = {"dino": {"0.1": 73.1, "1": 78.4}, "beit": {"0.1": 74.5, "1": 75.2},
+         "splitmask": {"0.1": 75.4, "1": 75.4}}
+fig, ax = plt.subplots(figsize=(10, 3.4))
+x = np.arange(3)
+for i, (frac, colour) in enumerate([("0.1", "tab:orange"), ("1", "tab:blue")]):
+    ax.bar(x + (i - 0.5) * 0.38, [study[(m, frac)] for m in paper], 0.36, color=colour,
+           label=f"here: pre-trained on {float(frac):.0%} of the images")
+    ax.scatter(x + (i - 0.5) * 0.38, [paper[m][frac] for m in paper], color=colour, marker="D",
+               edgecolor="k", zorder=3,
+               label="paper: iNat-19 after ImageNet %s" % ("10%" if frac == "0.1" else "100%"))
+ax.axhline(study[("random init", "-")], color="gray", ls="--", label="here: random init")
+ax.set_xticks(x, list(paper))
+ax.set_ylabel("fine-tune top-1 (%)")
+ax.set_ylim(0, 100)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+fig.tight_layout()
+plt.show()
+drop = {m: study[(m, "1")] - study[(m, "0.1")] for m in paper}
+print("loss from pre-training on 10% instead of 100% (points):",
+      {m: round(d, 1) for m, d in drop.items()}, "| paper:",
+      {m: round(paper[m]["1"] - paper[m]["0.1"], 1) for m in paper})
+
+# %% [markdown]
+# ## Summary
+# - BEiT hides ~40% of the patches in blocks, so a hidden patch's neighbours are mostly hidden
+#   too; uniform masking leaves most neighbours visible.
+# - SplitMask splits the patches into two disjoint halves; each branch's encoder sees only its
+#   half (a sequence half as long), and the halves predict each other's tokens.
+# - The targets are codeword indices of a fixed codebook; random vectors work as codewords.
+# - The hand-written losses match the package's, so the code does what the papers describe.
+# - In miniature (250 pre-training steps per cell on tinyimagenet-dev20, the table above),
+#   **DINO does not degrade more than BEiT and SplitMask**: going from 100% to 10% of the images
+#   changes no method's fine-tune top-1 by more than 0.3 points, inside the noise (1.4 points).
+#   The paper's effect (DINO -5.3 points, BEiT -0.7, SplitMask 0) is *not* reproduced, and this
+#   budget cannot test it: pre-training moved the encoders little (only DINO's linear probe is
+#   clearly above random init's) and 120 fine-tuning steps leave every encoder, random init
+#   included, below the frozen linear probe. The docs say what was tried.
+#
+# **Exercises.**
+# 1. Set `uniform_masks(..., 0.75)` and re-draw the neighbour histogram: why does MAE need to hide
+#    far more patches than BEiT when its masks are uniform?
+# 2. Run `build_tokenizer("kmeans", 16, 8, 0, shapes, 64)` and redraw an image: how few codewords
+#    still keep the shapes recognisable?
+# 3. Re-run the study's cells for SplitMask with `--set split=uniform` (the paper's small-data
+#    variant, each branch seeing 25%): does it help at 10%?
+
+# %% [markdown]
+# ## Check: the claims above hold
+# Each assertion fails if its claim is false: a block mask passing the target or a split that
+# overlaps or leaves a patch out (masking bugs); a hand loss differing from the package's by more
+# than float rounding (the package's objective is not what the text says); the encoder of a
+# SplitMask branch seeing more than its 32 patches (mask tokens leaking in); SplitMask's loss
+# changing when the halves swap (asymmetry); a short run whose loss (for DINO: its KL term) did
+# not fall; and the study
+# statements, checked against the table read from the docs: a method whose 10% and 100% fine-tune
+# numbers differ by more than two standard errors (then some method *does* degrade in miniature),
+# DINO's loss from 10% exceeding the masked models' by more than that (then DINO degrades more,
+# as in the paper), DINO's linear probe not beating random init's by two SEs (then pre-training
+# did nothing measurable), or a pre-trained encoder fine-tuning better than random init by more
+# than the noise (then the fine-tune column does rank pre-training here, and the text is wrong).
+
+# %%
+assert int(block.sum(1).max()) <= target and block.sum(1).float().mean() > 0.8 * target
+assert share["block"].mean() < share["uniform"].mean()
+assert not (a & b).any() and (a | b).all() and (a.sum(1) == 32).all()
+assert not (qa & qb).any() and (qa.sum(1) == 16).all() and (qb.sum(1) == 16).all()
+assert torch.allclose(beit_package, beit_hand, rtol=1e-4, atol=1e-4), (beit_package, beit_hand)
+assert torch.allclose(split_package, split_hand, rtol=1e-4, atol=1e-4), (split_package, split_hand)
+assert abs(split_stats["infonce"] - nce_hand.item()) < 1e-4
+assert seq_a == 32 and torch.allclose(swapped, split_hand, rtol=1e-5, atol=1e-5)
+for method, log in runs.items():          # the student's part of each objective falls
+    key = "kl" if method == "dino" else "loss"
+    first, last = np.mean([r[key] for r in log[:5]]), np.mean([r[key] for r in log[-5:]])
+    assert last < first, (method, key, first, last)
+se = 100 * np.sqrt(0.25 * 0.75 / 1000)       # binomial SE of a ~25% top-1 on 1000 images: 1.4
+assert len(study) == 7, study                  # 3 methods x 2 fractions + random init
+assert all(abs(d) < 2 * se for d in drop.values()), drop                 # no method degrades here
+assert drop["dino"] < min(drop["beit"], drop["splitmask"]) + 2 * se, drop  # DINO not worse
+assert linear[("dino", "1")] > linear[("random init", "-")] + 2 * se, linear
+assert max(v for k, v in study.items() if k[0] != "random init") < study[("random init", "-")] + se
+# what does NOT hold in miniature: the paper's DINO degradation (5.3 points against <= 0.7)
+assert paper["dino"]["1"] - paper["dino"]["0.1"] > 2 * se and not drop["dino"] > 2 * se
