@@ -43,8 +43,8 @@ def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
         x = images[torch.randint(0, n_images, (batch,), generator=g)]
         views = [x + noise * torch.randn(x.shape, generator=g) for _ in range(2)]
         with torch.no_grad():
-            t_out = teacher(views)
-        s_out = student(views)
+            t_out = teacher(views).output
+        s_out = student(views).output
         stats = loss_fn.diagnostics(s_out, t_out, step)
         loss = loss_fn(s_out, t_out, step)
         opt.zero_grad()

@@ -5,7 +5,7 @@ depend on the method: data and views, the optimiser and its schedules, the time 
 checkpoints, exact resume, the stop on a non-finite loss and torchrun. A method supplies the
 networks and one step's objective:
 
-- ``dino`` (:mod:`dino_lite.train`, ``DINOTrainer.dino_step``): student and EMA teacher over
+- ``dino`` (:func:`dino_lite.train.dino_step`): student and EMA teacher over
   multi-crop views, the paper's Algorithm 1; its loss state (the centers) lives in ``loss_fn``.
 - ``beit`` (:class:`dino_lite.beit.BEiT`) and ``splitmask`` (:class:`dino_lite.splitmask.SplitMask`):
   one ``nn.Module`` holding every trained part and the tokenizer (a buffer, so it is saved),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import timm
 import torch
@@ -143,22 +144,28 @@ def vit_visible_tokens(vit, images, keep):
     return vit.norm(vit.blocks(x))
 
 
+class CropOutputs(NamedTuple):
+    """What :class:`MultiCropWrapper` computes for a list of crops."""
+    output: tuple[torch.Tensor, ...]     # the head's (or predictor's) [batch, K], one per crop
+    features: tuple[torch.Tensor, ...]   # the backbone's [batch, D], one per crop
+    patches: torch.Tensor | None         # the head's [n, K] at the n patches to predict (iBOT)
+
+
 class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
-    of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given, and with
-    ``return_features`` also the backbone's features, one ``[batch, D]`` tensor per crop.
+    of same-size crops. Returns :class:`CropOutputs`, one tensor per crop in the order given.
 
     iBOT's masked patch prediction (ViTs) acts on the first run of same-size crops, the global
     crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those patches
     by the learnt ``mask_token`` (which :func:`build_student_teacher` adds), and ``predict``
-    returns, last, the head's ``[n, K]`` logits of the n selected patch tokens.
+    selects the patch tokens whose head outputs come back as ``patches``.
     """
 
     def __init__(self, backbone, head, predictor=None):
         super().__init__()
         self.backbone, self.head, self.predictor = backbone, head, predictor
 
-    def forward(self, crops, return_features=False, hide=None, predict=None):
+    def forward(self, crops, hide=None, predict=None) -> CropOutputs:
         feats, patch_logits, start = [], None, 0
         while start < len(crops):
             end = start
@@ -178,12 +185,7 @@ class MultiCropWrapper(nn.Module):
         if self.predictor is not None:
             with torch.autocast(out.device.type, enabled=False):
                 out = self.predictor(out)
-        result = (out.chunk(len(crops)),)
-        if return_features:
-            result += (feats.chunk(len(crops)),)
-        if predict is not None:
-            result += (patch_logits,)
-        return result if len(result) > 1 else result[0]
+        return CropOutputs(out.chunk(len(crops)), feats.chunk(len(crops)), patch_logits)
 
 
 def use_fused_attention(cfg) -> bool:

@@ -92,7 +92,7 @@ net = MultiCropWrapper(build_backbone("vit_mini", patch_size=8, img_size=64, dep
                        DINOHead(128, K, hidden_dim=64, bottleneck_dim=32)).eval()
 views = [c.float()[None] / 255 for c in MultiCrop(64, 32, n_local=4)(torch.from_numpy(img).permute(2, 0, 1))]
 with torch.no_grad():
-    out = net(views)                            # the same network plays teacher and student
+    out = net(views).output                 # the same network plays teacher and student
 T = 0.1                                         # one temperature for both, no center: a pure copy
 H = torch.tensor([[(-(F.softmax(out[t] / T, -1) * F.log_softmax(out[s] / T, -1)).sum()).item()
                    for s in range(len(out))] for t in range(2)])

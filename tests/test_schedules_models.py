@@ -84,7 +84,7 @@ def test_multicrop_wrapper_one_backbone_pass_per_resolution():
     backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
     wrapper = MultiCropWrapper(backbone, DINOHead(128, 10, 16, 8))
     crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
-    out = wrapper(crops)
+    out = wrapper(crops).output
     assert len(out) == 5 and all(o.shape == (2, 10) for o in out)
     assert calls == [torch.Size([4, 3, 32, 32]), torch.Size([6, 3, 16, 16])]
 
@@ -156,9 +156,11 @@ def test_student_predicts_hidden_patches_through_the_mask_token(tiny_folder):
     crops = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32), torch.randn(3, 3, 16, 16)]
     hide = torch.zeros(6, 16, dtype=torch.bool)
     hide[0, :4] = hide[4, 10:] = True
-    out, feats, patch_logits = student(crops, return_features=True, hide=hide, predict=hide)
+    out, feats, patch_logits = student(crops, hide=hide, predict=hide)
     assert [o.shape for o in out] == [(3, 64)] * 3 and patch_logits.shape == (10, 64)
+    assert [f.shape for f in feats] == [(3, 128)] * 3
     patch_logits.sum().backward()
     assert student.mask_token.grad.abs().sum() > 0
-    t_out, t_patch_logits = teacher(crops[:2], predict=hide)
-    assert t_patch_logits.shape == (10, 64) and len(t_out) == 2
+    t = teacher(crops[:2], predict=hide)
+    assert t.patches.shape == (10, 64) and len(t.output) == 2
+    assert student(crops).patches is None

@@ -151,9 +151,9 @@ def test_time_budget_is_refit_on_the_runs_own_steps(tiny_folder, tmp_path, monke
     monkeypatch.setattr(DINOTrainer, "clock", staticmethod(lambda: now[0]))
     real_step = DINOTrainer.train_step
 
-    def timed_step(self, views, step, student, *rest):
+    def timed_step(self, views, step, student, *rest, **kw):
         now[0] += 1.0 if student is self.student else 0.5
-        return real_step(self, views, step, student, *rest)
+        return real_step(self, views, step, student, *rest, **kw)
     monkeypatch.setattr(DINOTrainer, "train_step", timed_step)
     trainer = train(tiny_config(tiny_folder, minutes=0.5, epochs=100), tmp_path, progress=False)
     # probe: 5 steps (2.5 s), then (30 - 2.5) / 0.5 -> 55 steps; re-fit after 10% of them (5):
@@ -337,7 +337,7 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
     straight = train(cfg, tmp_path / "a", progress=False)
     real = DINOTrainer.train_step
 
-    def step_with_ctrl_c(self, views, step, *rest):
+    def step_with_ctrl_c(self, views, step, *rest, **kw):
         if step == 3:
             diagnostics = self.loss_fn.diagnostics
 
@@ -345,7 +345,7 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
                 os.kill(os.getpid(), signal.SIGINT)
                 return diagnostics(*a, **k)
             monkeypatch.setattr(self.loss_fn, "diagnostics", ctrl_c)
-        return real(self, views, step, *rest)
+        return real(self, views, step, *rest, **kw)
     monkeypatch.setattr(DINOTrainer, "train_step", step_with_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", progress=False)
