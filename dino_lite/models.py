@@ -155,15 +155,18 @@ class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
     of same-size crops. Returns :class:`CropOutputs`, one tensor per crop in the order given.
 
-    iBOT's masked patch prediction (ViTs) acts on the first run of same-size crops, the global
-    crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those patches
-    by the learnt ``mask_token`` (which :func:`build_student_teacher` adds), and ``predict``
-    selects the patch tokens whose head outputs come back as ``patches``.
+    ``predictor`` (BYOL) maps the head's output to a prediction of the other network's.
+    ``mask_token=True`` (iBOT's masked patch prediction, ViTs) adds the learnt ``[1, 1, D]``
+    token that stands in for hidden patches. It acts on the first run of same-size crops, the
+    global crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those
+    patches by the mask token, and ``predict`` selects the patch tokens whose head outputs come
+    back as ``patches``.
     """
 
-    def __init__(self, backbone, head, predictor=None):
+    def __init__(self, backbone, head, predictor=None, mask_token=False):
         super().__init__()
         self.backbone, self.head, self.predictor = backbone, head, predictor
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if mask_token else None
 
     def forward(self, crops, hide=None, predict=None) -> CropOutputs:
         feats, patch_logits, start = [], None, 0
@@ -172,8 +175,7 @@ class MultiCropWrapper(nn.Module):
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
             if start == 0 and (hide is not None or predict is not None):
-                tokens = vit_tokens(self.backbone, torch.cat(crops[:end]), hide,
-                                    getattr(self, "mask_token", None))
+                tokens = vit_tokens(self.backbone, torch.cat(crops[:end]), hide, self.mask_token)
                 feats.append(tokens[:, 0])
                 if predict is not None:
                     patch_logits = self.head(tokens[:, self.backbone.num_prefix_tokens:][predict])
@@ -196,20 +198,18 @@ def use_fused_attention(cfg) -> bool:
 
 
 def build_student_teacher(cfg, fused_attention: bool | None = None):
-    """Student and teacher networks; the teacher is a deep copy that never receives gradients.
-    ``fused_attention`` (default: :func:`use_fused_attention`) picks timm's attention kernel."""
+    """Student and teacher networks; the teacher starts as a copy of the student (without its
+    predictor: only the student predicts) and never receives gradients. ``fused_attention``
+    (default: :func:`use_fused_attention`) picks timm's attention kernel."""
     if fused_attention is None:
         fused_attention = use_fused_attention(cfg)
     backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
                               fused_attention, cfg.stem, cfg.qk_norm)
     head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                     cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
-    student = MultiCropWrapper(backbone, head)
-    if cfg.ibot:
-        student.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
-    teacher = copy.deepcopy(student)
-    if cfg.predictor:
-        student.predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden)
+    predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden) if cfg.predictor else None
+    student = MultiCropWrapper(backbone, head, predictor, mask_token=bool(cfg.ibot))
+    teacher = MultiCropWrapper(copy.deepcopy(backbone), copy.deepcopy(head), mask_token=bool(cfg.ibot))
     for p in teacher.parameters():
         p.requires_grad_(False)
     for m in teacher.modules():           # the teacher averages the student; it does not drop paths

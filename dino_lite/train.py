@@ -37,7 +37,7 @@ from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpo
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
-from .loss import DINOLoss, PatchLoss, koleo_loss
+from .loss import DINOLoss, koleo_loss
 from .methods import build_method
 from .models import build_student_teacher, update_teacher
 from .precision import Precision, for_config
@@ -164,17 +164,14 @@ def teacher_momentum_schedule(cfg: Config, total_steps: int, steps_per_epoch: in
 
 
 def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
-    """The loss module of ``cfg``: temperatures, center and the ablation switches; with iBOT's
-    masked patch prediction on, its :class:`PatchLoss` (and patch center) rides along as ``.patch``.
-    The masked image models keep no loss state (their objective is part of the model): an empty
+    """The loss module of ``cfg``: temperatures, center, the ablation switches and, with iBOT's
+    masked patch prediction on, the patch loss (and its center). The masked image models keep no loss state (their objective is part of the model): an empty
     module, so checkpoints and the re-plan treat every method alike."""
     if cfg.method != "dino":
         return torch.nn.Module()
     loss = DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
                     sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
-                    cfg.centering, cfg.sharpening, cfg.loss)
-    if cfg.ibot:
-        loss.patch = PatchLoss(cfg.out_dim, cfg.out_temp_student, cfg.center_momentum)
+                    cfg.centering, cfg.sharpening, cfg.loss, patch=bool(cfg.ibot))
     return loss
 
 
