@@ -189,7 +189,7 @@ class DINOLoss(nn.Module):
     its own center, which the training step calls on the hidden patches.
     """
 
-    def __init__(self, out_dim, total_steps, warmup_teacher_temp=0.04, teacher_temp=0.04,
+    def __init__(self, out_dim, total_steps, *, warmup_teacher_temp=0.04, teacher_temp=0.04,
                  warmup_teacher_temp_steps=0, student_temp=0.1, center_momentum=0.9,
                  centering="center", sharpening=True, loss="ce", patch=False):
         super().__init__()

@@ -13,7 +13,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+from .config import ARCHS, STEMS, VIT_SIZES
 
 
 def conv_stem(width: int, patch_size: int) -> nn.Sequential:
@@ -36,7 +36,7 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, drop_path=0.0,
+def build_backbone(arch="vit_small", *, patch_size=16, img_size=224, depth=None, drop_path=0.0,
                    fused_attention=True, stem="patch", qk_norm=False):
     """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
 
@@ -50,6 +50,10 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
     ("attention entropy collapse", Zhai et al. 2023) and the attention maps stop covering objects.
     ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     if arch in VIT_SIZES:
         width, default_depth, heads = VIT_SIZES[arch]
         model = timm.create_model(
@@ -58,21 +62,17 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
             drop_path_rate=drop_path, dynamic_img_size=True, qk_norm=qk_norm)
         if stem == "conv":
             model.patch_embed.proj = conv_stem(width, patch_size)
-        elif stem != "patch":
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         for blk in model.blocks:
             blk.attn.fused_attn = fused_attention
         model.embed_dim = width
         return model
-    if arch in ("resnet18", "resnet50"):
-        model = getattr(torchvision.models, arch)(weights=None)
-        if img_size < 100:
-            model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            model.maxpool = nn.Identity()
-        model.embed_dim = model.fc.in_features
-        model.fc = nn.Identity()
-        return model
-    raise ValueError(f"unknown arch {arch!r}; choose from {sorted(VIT_SIZES) + ['resnet18', 'resnet50']}")
+    model = getattr(torchvision.models, arch)(weights=None)     # a ResNet
+    if img_size < 100:
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    model.embed_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model
 
 
 class DINOHead(nn.Module):
@@ -82,7 +82,7 @@ class DINOHead(nn.Module):
     a cosine similarity between the image's bottleneck vector and one prototype.
     """
 
-    def __init__(self, in_dim, out_dim, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
+    def __init__(self, in_dim, out_dim, *, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
                  norm_last_layer=True, use_bn=False):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -203,10 +203,10 @@ def build_student_teacher(cfg, fused_attention: bool | None = None):
     (default: :func:`use_fused_attention`) picks timm's attention kernel."""
     if fused_attention is None:
         fused_attention = use_fused_attention(cfg)
-    backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              fused_attention, cfg.stem, cfg.qk_norm)
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
-                    cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
+    backbone = backbone_for(cfg, fused_attention)
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.head_hidden,
+                    bottleneck_dim=cfg.head_bottleneck, nlayers=cfg.head_layers,
+                    norm_last_layer=cfg.norm_last_layer, use_bn=cfg.head_bn)
     predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden) if cfg.predictor else None
     student = MultiCropWrapper(backbone, head, predictor, mask_token=bool(cfg.ibot))
     teacher = MultiCropWrapper(copy.deepcopy(backbone), copy.deepcopy(head), mask_token=bool(cfg.ibot))
@@ -231,7 +231,14 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
+def backbone_for(cfg, fused_attention: bool, drop_path: float | None = None):
+    """The backbone ``cfg`` describes, at its global crop size; ``drop_path`` defaults to the
+    config's."""
+    return build_backbone(cfg.arch, patch_size=cfg.patch_size, img_size=cfg.global_size,
+                          depth=cfg.depth, drop_path=cfg.drop_path if drop_path is None else drop_path,
+                          fused_attention=fused_attention, stem=cfg.stem, qk_norm=cfg.qk_norm)
+
+
 def build_eval_backbone(cfg):
     """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
-    return build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, 0.0,
-                          use_fused_attention(cfg), cfg.stem, cfg.qk_norm)
+    return backbone_for(cfg, use_fused_attention(cfg), drop_path=0.0)

@@ -169,10 +169,12 @@ def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
     module, so checkpoints and the re-plan treat every method alike."""
     if cfg.method != "dino":
         return torch.nn.Module()
-    loss = DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
-                    sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
-                    cfg.centering, cfg.sharpening, cfg.loss, patch=bool(cfg.ibot))
-    return loss
+    return DINOLoss(cfg.out_dim, total_steps, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                    teacher_temp=cfg.teacher_temp,
+                    warmup_teacher_temp_steps=sched["teacher_temp_warmup"],
+                    student_temp=cfg.out_temp_student, center_momentum=cfg.center_momentum,
+                    centering=cfg.centering, sharpening=cfg.sharpening, loss=cfg.loss,
+                    patch=bool(cfg.ibot))
 
 
 # -- one step ---------------------------------------------------------------------------------

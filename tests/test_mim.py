@@ -77,7 +77,7 @@ def test_info_nce_matches_a_hand_computed_case():
 
 def _tiny_model(kind, split="block", vocab=32):
     torch.manual_seed(0)
-    backbone = build_backbone("vit_mini", 8, 32, depth=2, drop_path=0.0)
+    backbone = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2, drop_path=0.0)
     tok = Tokenizer(vocab, 8).fit(torch.Generator().manual_seed(0))
     if kind == "beit":
         return BEiT(backbone, tok, (4, 4), 0.4)

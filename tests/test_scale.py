@@ -154,7 +154,7 @@ def test_paper_presets(preset, arch, patch):
 
 def _vit_tiny16():
     torch.manual_seed(0)
-    return build_backbone("vit_tiny", 16, 224)
+    return build_backbone("vit_tiny", patch_size=16, img_size=224)
 
 
 def test_official_full_checkpoint_loads_into_our_backbone(tmp_path):

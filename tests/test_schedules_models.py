@@ -82,7 +82,7 @@ def test_multicrop_wrapper_one_backbone_pass_per_resolution():
     backbone = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
     calls = []
     backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
-    wrapper = MultiCropWrapper(backbone, DINOHead(128, 10, 16, 8))
+    wrapper = MultiCropWrapper(backbone, DINOHead(128, 10, hidden_dim=16, bottleneck_dim=8))
     crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
     out = wrapper(crops).output
     assert len(out) == 5 and all(o.shape == (2, 10) for o in out)
