@@ -86,7 +86,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, da
                 result = json.loads(saved.read_text())["result"]
             else:
                 print(f"{method} on {fraction:g} of the images: {steps} steps")
-                train(cfg, cell_dir, progress=progress)
+                train(cfg, cell_dir, progress=progress, overwrite=True)   # a stale cell: replaced
                 backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
                 result = _scores(backbone, cfg, finetune, progress)
                 _write_json(saved, {"key": key, "result": result})

@@ -58,6 +58,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The run got SIGTERM (``kill``, a scheduler, torchrun stopping its workers) and stopped as
+    on Ctrl-C, its checkpoint saved; the command line then exits with 143 (128 + 15)."""
+
+
 @dataclass(frozen=True)
 class Process:
     """Where this process computes: its ``rank`` among ``world`` processes, its ``device``, and
@@ -307,7 +312,8 @@ class DINOTrainer:
 
     clock = staticmethod(time.perf_counter)      # seconds; the time budget's clock
 
-    def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+    def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None,
+                 overwrite=False):
         self.started = self.clock()
         self.rank, self.world, self.device = distributed_setup()
         self.out = Path(out_dir)
@@ -327,6 +333,9 @@ class DINOTrainer:
             if "precision" in ckpt:     # the saved config has the fp32 variant applied, if it was
                 cfg = cfg.for_precision(ckpt["precision"]["bf16"], self.device.type)
             cfg = resume_config(Config.from_dict(ckpt["config"]).validate(), cfg)
+        elif (self.out / CHECKPOINT).exists() and not overwrite:
+            raise FileExistsError(f"{self.out} already holds a training run ({CHECKPOINT}); "
+                                  f"continue it with --resume, or start a new run in another --out")
         cfg = cfg.validate()
         # bf16 or fp32, fused or explicit attention: measured on this machine for a new run
         # (precision.py), kept from the checkpoint on resume so the run continues identically
@@ -486,24 +495,26 @@ class DINOTrainer:
         checkpoint's steps on resume; none on a fresh run), open for appending line by line."""
         return open_log(self.out / LOG, self.step)
 
-    def _on_sigint(self, signum, frame):
-        """Ctrl-C: finish the step under way, then save and stop (see run()); a second Ctrl-C
-        stops at once, keeping the last checkpoint."""
+    def _on_signal(self, signum, frame):
+        """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, then save and stop (see run());
+        a second one stops at once, keeping the last checkpoint."""
         if self._stop:
-            raise KeyboardInterrupt
-        self._stop = True
+            raise Terminated if self._stop == signal.SIGTERM else KeyboardInterrupt
+        self._stop = signum
         if self.rank == 0:
-            print("\nCtrl-C: stopping after this step (again to stop now, without saving)",
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n{name}: stopping after this step (again to stop now, without saving)",
                   file=sys.stderr)
 
-    def _stop_requested(self) -> bool:
-        """Whether any process got Ctrl-C; all processes agree, so they stop at the same step."""
-        stop = bool(self._stop)
+    def _stop_requested(self):
+        """The stop signal any process got (SIGTERM before SIGINT), else None; all processes
+        agree, so they stop at the same step."""
+        stop = int(self._stop or 0)
         if self.world > 1:
             flag = torch.tensor([float(stop)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+            stop = int(flag.item())
+        return stop or None
 
     def run(self) -> list[dict]:
         """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``).
@@ -511,22 +522,23 @@ class DINOTrainer:
         The run folder is locked while the run writes to it (:class:`~dino_lite.rundir.RunLock`).
         Ctrl-C (SIGINT) lets the step under way finish, saves the checkpoint and raises
         KeyboardInterrupt: the saved state is that of a step boundary, so a resumed run continues
-        exactly as an uninterrupted one would."""
+        exactly as an uninterrupted one would. SIGTERM does the same and raises
+        :class:`Terminated` (a KeyboardInterrupt)."""
         self.out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.out) if self.rank == 0 else None
         if lock is not None:
             note = lock.acquire()
             if note:
                 print(note, file=sys.stderr)
-        handler = None
+        handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, self._on_sigint)
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._stop = None
         try:
             return self._run()
         finally:
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
             if lock is not None:
                 lock.release()
 
@@ -580,23 +592,24 @@ class DINOTrainer:
                         bar.total = self.total_steps
                     if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                         self.save()
-                    if self._stop_requested():
-                        raise KeyboardInterrupt
+                    stop = self._stop_requested()
+                    if stop:
+                        raise Terminated if stop == signal.SIGTERM else KeyboardInterrupt
                     if self.step >= self.total_steps:
                         break
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}. The last good checkpoint is kept at "
                                      f"{self.out / CHECKPOINT} (if one was written); try a lower "
                                      f"lr.") from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             bar.close()
+            how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
             if mid_step:      # a second Ctrl-C inside a step: its half-made state is not saved
-                msg = (f"interrupted during step {self.step}; the last checkpoint "
+                msg = (f"{how} during step {self.step}; the last checkpoint "
                        f"{self.out / CHECKPOINT} is kept, continue with --resume")
             else:
                 self.save()
-                msg = (f"interrupted at step {self.step}; checkpoint saved, continue with "
-                       f"--resume")
+                msg = f"{how} at step {self.step}; checkpoint saved, continue with --resume"
             if self.rank == 0:
                 print(msg, file=sys.stderr)
             raise
@@ -608,11 +621,13 @@ class DINOTrainer:
         return history
 
 
-def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None, overwrite=False):
     """Train with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log).
     ``resume=True`` continues the run's checkpoint (an error without one); ``resume="auto"``
-    continues it when it exists and starts the run otherwise."""
-    trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step)
+    continues it when it exists and starts the run otherwise. A new run (``resume=False``) into
+    a folder that holds a checkpoint is refused, unless ``overwrite=True`` replaces that run."""
+    trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step,
+                          overwrite=overwrite)
     trainer.history = trainer.run()
     return trainer
 

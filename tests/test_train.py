@@ -355,3 +355,66 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
     _assert_same_state(straight, resumed)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handler restored
+
+
+def test_sigterm_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
+                                                                 capsys):
+    """SIGTERM (kill, a scheduler, torchrun) is handled as Ctrl-C: the step under way finishes,
+    the checkpoint is saved, Terminated (a KeyboardInterrupt) is raised, and resuming equals
+    the straight run."""
+    import os
+    import signal
+    from dino_lite.train import Terminated
+
+    def unhandled(signum, frame):       # without the trainer's handler, SIGTERM would end pytest
+        raise AssertionError("SIGTERM reached the default handler")
+    outer = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
+        straight = train(cfg, tmp_path / "a", progress=False)
+        real = DINOTrainer.train_step
+
+        def step_with_sigterm(self, views, step, *rest, **kw):
+            if step == 3:
+                diagnostics = self.loss_fn.diagnostics
+
+                def sigterm(*a, **k):            # after both forward passes, before backward
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return diagnostics(*a, **k)
+                monkeypatch.setattr(self.loss_fn, "diagnostics", sigterm)
+            return real(self, views, step, *rest, **kw)
+        monkeypatch.setattr(DINOTrainer, "train_step", step_with_sigterm)
+        with pytest.raises(Terminated):
+            train(cfg, tmp_path / "b", progress=False)
+        assert "terminated (SIGTERM) at step 4; checkpoint saved" in capsys.readouterr().err
+        assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
+        monkeypatch.undo()
+        resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+        _assert_same_state(straight, resumed)
+        assert signal.getsignal(signal.SIGTERM) is unhandled          # handler restored
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused(tiny_folder, tmp_path):
+    """A run without --resume into a folder with a checkpoint, finished or stopped part-way,
+    would overwrite it: refused, naming the folder and the two ways on; nothing is touched."""
+    cfg = tiny_config(tiny_folder, max_steps=4)
+
+    def stop_after_two(rec):
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "partial", progress=False, on_step=stop_after_two)
+    train(cfg, tmp_path / "finished", progress=False)
+    for name, step in (("partial", 2), ("finished", 4)):
+        out = tmp_path / name
+        log = (out / "log.jsonl").read_text()
+        with pytest.raises(FileExistsError, match=rf"{out} already holds a training run.*--resume.*another --out"):
+            train(cfg, out, progress=False)
+        assert load_checkpoint(out / CHECKPOINT)["step"] == step and (out / "log.jsonl").read_text() == log
+    # the ways on: resume (as the notebooks' resume="auto" does), or replace it on purpose
+    assert train(cfg, tmp_path / "partial", resume="auto", progress=False).step == 4
+    assert train(tiny_config(tiny_folder, max_steps=2), tmp_path / "finished", progress=False,
+                 overwrite=True).step == 2
+    assert [r["step"] for r in read_log(tmp_path / "finished")] == [0, 1]
