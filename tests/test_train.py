@@ -3,13 +3,12 @@
 import json
 
 import numpy as np
-
 import pytest
 import torch
 
+from conftest import tiny_config
 from dino_lite.checkpoint import load_checkpoint
 from dino_lite.models import build_backbone
-from conftest import tiny_config
 from dino_lite.train import (CHECKPOINT, DINOTrainer, NonFiniteLossError, make_schedules,
                               param_groups, read_log, train)
 
