@@ -204,6 +204,7 @@ def test_masked_method_trains_resumes_exactly_and_its_checkpoint_round_trips(
     assert is_share_of(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_top1"], 12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["beit", "splitmask"])
 def test_two_processes_follow_one_process(method, tiny_folder, tmp_path):
     """Same images, masks and init on 1 or 2 processes (BEiT's mean over the global batch's masked
