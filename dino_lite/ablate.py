@@ -119,7 +119,8 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
             record(step)
             torch.set_rng_state(rng)
 
-    trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook)
+    # the row's folder is this table's cache: a run left there by other settings is replaced
+    trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook, overwrite=True)
     if eval_every:
         record(0)
     history = trainer.run()

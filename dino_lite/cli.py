@@ -553,8 +553,9 @@ def _add_emerging_commands(sub):
 
 def main(argv=None):
     """Run a command. Bad input (:func:`user_errors`) ends with one ``error: ...`` line and exit
-    code 2, Ctrl-C with exit code 130 (training saves its checkpoint first and says so); other
-    exceptions are bugs and keep their traceback."""
+    code 2, Ctrl-C with exit code 130 and, during training, SIGTERM with 143 (128 + the signal
+    number, as the shell reports a process the signal killed; training saves its checkpoint
+    first and says so); other exceptions are bugs and keep their traceback."""
     args = build_parser().parse_args(argv)
     if args.local_rank is not None:          # torch.distributed.launch style; torchrun sets the env
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -567,11 +568,12 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         _leave_process_group(wait=False)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        from .train import Terminated
         if args.command != "train":          # `train` has printed where it stopped
             print("interrupted", file=sys.stderr)
         _leave_process_group(wait=False)
-        sys.exit(130)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
 
 
 def _leave_process_group(wait):

@@ -32,7 +32,7 @@ def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
     torch.manual_seed(seed)
     images = torch.randn(n_images, dim, generator=g)
     backbone = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 128))
-    student = MultiCropWrapper(backbone, DINOHead(128, out_dim, 256, 32))
+    student = MultiCropWrapper(backbone, DINOHead(128, out_dim, hidden_dim=256, bottleneck_dim=32))
     teacher = copy.deepcopy(student).requires_grad_(False)
     loss_fn = DINOLoss(out_dim, steps, teacher_temp=teacher_temp if sharpening else student_temp,
                        warmup_teacher_temp=teacher_temp if sharpening else student_temp,
@@ -44,8 +44,8 @@ def collapse_run(steps=300, centering=True, sharpening=True, teacher_temp=0.04,
         x = images[torch.randint(0, n_images, (batch,), generator=g)]
         views = [x + noise * torch.randn(x.shape, generator=g) for _ in range(2)]
         with torch.no_grad():
-            t_out = teacher(views)
-        s_out = student(views)
+            t_out = teacher(views).output
+        s_out = student(views).output
         stats = loss_fn.diagnostics(s_out, t_out, step)
         loss = loss_fn(s_out, t_out, step)
         opt.zero_grad()

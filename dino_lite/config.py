@@ -19,6 +19,12 @@ SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
 DOWNLOAD_ENV = "DINO_LITE_DATA"     # the same variable dino_lite.data reads for its own files
 SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
+# the backbones: each ViT's (width, depth, heads), then the torchvision ResNets
+VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
+             "vit_base": (768, 12, 12)}
+ARCHS = (*VIT_SIZES, "resnet18", "resnet50")
+STEMS = ("patch", "conv")          # a ViT's patch embedding: linear (the paper's) or convolutional
+OPTIMIZERS = ("adamw", "sgd")
 # the choices of the ablation switches (see the Config fields below)
 TEACHERS = ("momentum", "student_copy", "previous_iteration", "previous_epoch")
 CENTERINGS = ("center", "sinkhorn_knopp", "none")
@@ -140,9 +146,8 @@ class Config:
         return cls(**d)
 
     def validate(self) -> "Config":
-        archs = ("vit_mini", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
-        if self.arch not in archs:
-            raise ValueError(f"arch must be one of {archs}, got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         for k in ("global_size", "local_size", "image_size", "batch_size", "epochs", "patch_size",
                   "head_hidden", "head_bottleneck", "head_layers"):
             if getattr(self, k) < 1:
@@ -175,10 +180,10 @@ class Config:
             for k in ("global_size", "local_size", "image_size"):
                 if getattr(self, k) % self.patch_size:
                     raise ValueError(f"{k}={getattr(self, k)} is not a multiple of patch_size={self.patch_size}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.bf16 not in (True, False, "auto"):
             raise ValueError(f"bf16 must be auto, true or false, got {self.bf16!r}")
         if self.fused_attention not in ("auto", "on", "off"):

@@ -184,11 +184,14 @@ class DINOLoss(nn.Module):
     the teacher the student's temperature; ``loss`` is ``"ce"`` (DINO), ``"mse"`` (BYOL) or
     ``"infonce"`` (MoCo v2). MSE and InfoNCE compare the outputs directly, so centering and
     temperatures do not enter them (the center is still tracked for the diagnostics).
+
+    ``patch=True`` adds iBOT's masked patch prediction: ``.patch``, a :class:`PatchLoss` with
+    its own center, which the training step calls on the hidden patches.
     """
 
-    def __init__(self, out_dim, total_steps, warmup_teacher_temp=0.04, teacher_temp=0.04,
+    def __init__(self, out_dim, total_steps, *, warmup_teacher_temp=0.04, teacher_temp=0.04,
                  warmup_teacher_temp_steps=0, student_temp=0.1, center_momentum=0.9,
-                 centering="center", sharpening=True, loss="ce"):
+                 centering="center", sharpening=True, loss="ce", patch=False):
         super().__init__()
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
@@ -204,6 +207,7 @@ class DINOLoss(nn.Module):
             warmup_teacher_temp = teacher_temp = student_temp
         self.teacher_temps = teacher_temperature_schedule(
             warmup_teacher_temp, teacher_temp, total_steps, warmup_teacher_temp_steps)
+        self.patch = PatchLoss(out_dim, student_temp, center_momentum) if patch else None
 
     def teacher_temp(self, step: int) -> float:
         return float(self.teacher_temps[min(step, len(self.teacher_temps) - 1)])

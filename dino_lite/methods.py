@@ -5,7 +5,7 @@ depend on the method: data and views, the optimiser and its schedules, the time 
 checkpoints, exact resume, the stop on a non-finite loss and torchrun. A method supplies the
 networks and one step's objective:
 
-- ``dino`` (:mod:`dino_lite.train`, ``DINOTrainer.dino_step``): student and EMA teacher over
+- ``dino`` (:func:`dino_lite.train.dino_step`): student and EMA teacher over
   multi-crop views, the paper's Algorithm 1; its loss state (the centers) lives in ``loss_fn``.
 - ``beit`` (:class:`dino_lite.beit.BEiT`) and ``splitmask`` (:class:`dino_lite.splitmask.SplitMask`):
   one ``nn.Module`` holding every trained part and the tokenizer (a buffer, so it is saved),
@@ -30,7 +30,7 @@ import torch
 from .beit import BEiT
 from .config import METHODS
 from .data import build_dataset, eval_transform
-from .models import build_backbone
+from .models import backbone_for
 from .splitmask import SplitMask
 from .tokenizers import build_tokenizer
 
@@ -46,8 +46,8 @@ def build_tokenizer_for(cfg):
         if cfg.data_fraction < 1:
             dataset = torch.utils.data.Subset(
                 dataset, subset_indices(len(dataset), cfg.data_fraction, cfg.seed))
-    return build_tokenizer(cfg.tokenizer, cfg.vocab_size, cfg.patch_size, cfg.seed, dataset,
-                           cfg.tokenizer_images)
+    return build_tokenizer(cfg.tokenizer, vocab_size=cfg.vocab_size, patch_size=cfg.patch_size,
+                           seed=cfg.seed, dataset=dataset, n_images=cfg.tokenizer_images)
 
 
 def build_method(cfg, fused_attention: bool = True) -> torch.nn.Module:
@@ -55,11 +55,10 @@ def build_method(cfg, fused_attention: bool = True) -> torch.nn.Module:
     if cfg.method not in METHODS or cfg.method == "dino":
         raise ValueError(f"build_method builds the masked image models {METHODS[1:]}, got "
                          f"{cfg.method!r} (DINO's networks come from models.build_student_teacher)")
-    backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              fused_attention, cfg.stem, cfg.qk_norm)
+    backbone = backbone_for(cfg, fused_attention)
     grid = (cfg.global_size // cfg.patch_size,) * 2
     tokenizer = build_tokenizer_for(cfg)
     if cfg.method == "beit":
-        return BEiT(backbone, tokenizer, grid, cfg.beit_mask_ratio)
-    return SplitMask(backbone, tokenizer, grid, cfg.split, cfg.decoder_depth, cfg.infonce_temp,
-                     fused_attention)
+        return BEiT(backbone, tokenizer, grid, mask_ratio=cfg.beit_mask_ratio)
+    return SplitMask(backbone, tokenizer, grid, split=cfg.split, decoder_depth=cfg.decoder_depth,
+                     temperature=cfg.infonce_temp, fused_attention=fused_attention)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import timm
 import torch
@@ -12,7 +13,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+from .config import ARCHS, STEMS, VIT_SIZES
 
 
 def conv_stem(width: int, patch_size: int) -> nn.Sequential:
@@ -35,7 +36,7 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, drop_path=0.0,
+def build_backbone(arch="vit_small", *, patch_size=16, img_size=224, depth=None, drop_path=0.0,
                    fused_attention=True, stem="patch", qk_norm=False):
     """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
 
@@ -49,6 +50,10 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
     ("attention entropy collapse", Zhai et al. 2023) and the attention maps stop covering objects.
     ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     if arch in VIT_SIZES:
         width, default_depth, heads = VIT_SIZES[arch]
         model = timm.create_model(
@@ -57,21 +62,17 @@ def build_backbone(arch="vit_small", patch_size=16, img_size=224, depth=None, dr
             drop_path_rate=drop_path, dynamic_img_size=True, qk_norm=qk_norm)
         if stem == "conv":
             model.patch_embed.proj = conv_stem(width, patch_size)
-        elif stem != "patch":
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         for blk in model.blocks:
             blk.attn.fused_attn = fused_attention
         model.embed_dim = width
         return model
-    if arch in ("resnet18", "resnet50"):
-        model = getattr(torchvision.models, arch)(weights=None)
-        if img_size < 100:
-            model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            model.maxpool = nn.Identity()
-        model.embed_dim = model.fc.in_features
-        model.fc = nn.Identity()
-        return model
-    raise ValueError(f"unknown arch {arch!r}; choose from {sorted(VIT_SIZES) + ['resnet18', 'resnet50']}")
+    model = getattr(torchvision.models, arch)(weights=None)     # a ResNet
+    if img_size < 100:
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    model.embed_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model
 
 
 class DINOHead(nn.Module):
@@ -81,7 +82,7 @@ class DINOHead(nn.Module):
     a cosine similarity between the image's bottleneck vector and one prototype.
     """
 
-    def __init__(self, in_dim, out_dim, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
+    def __init__(self, in_dim, out_dim, *, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
                  norm_last_layer=True, use_bn=False):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -143,30 +144,38 @@ def vit_visible_tokens(vit, images, keep):
     return vit.norm(vit.blocks(x))
 
 
+class CropOutputs(NamedTuple):
+    """What :class:`MultiCropWrapper` computes for a list of crops."""
+    output: tuple[torch.Tensor, ...]     # the head's (or predictor's) [batch, K], one per crop
+    features: tuple[torch.Tensor, ...]   # the backbone's [batch, D], one per crop
+    patches: torch.Tensor | None         # the head's [n, K] at the n patches to predict (iBOT)
+
+
 class MultiCropWrapper(nn.Module):
     """Backbone + head (+ optional predictor) over a list of crops: one backbone pass per run
-    of same-size crops. Returns one ``[batch, K]`` tensor per crop, in the order given, and with
-    ``return_features`` also the backbone's features, one ``[batch, D]`` tensor per crop.
+    of same-size crops. Returns :class:`CropOutputs`, one tensor per crop in the order given.
 
-    iBOT's masked patch prediction (ViTs) acts on the first run of same-size crops, the global
-    crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those patches
-    by the learnt ``mask_token`` (which :func:`build_student_teacher` adds), and ``predict``
-    returns, last, the head's ``[n, K]`` logits of the n selected patch tokens.
+    ``predictor`` (BYOL) maps the head's output to a prediction of the other network's.
+    ``mask_token=True`` (iBOT's masked patch prediction, ViTs) adds the learnt ``[1, 1, D]``
+    token that stands in for hidden patches. It acts on the first run of same-size crops, the
+    global crops, through two ``[crops x batch, patches]`` bool tensors: ``hide`` replaces those
+    patches by the mask token, and ``predict`` selects the patch tokens whose head outputs come
+    back as ``patches``.
     """
 
-    def __init__(self, backbone, head, predictor=None):
+    def __init__(self, backbone, head, predictor=None, mask_token=False):
         super().__init__()
         self.backbone, self.head, self.predictor = backbone, head, predictor
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if mask_token else None
 
-    def forward(self, crops, return_features=False, hide=None, predict=None):
+    def forward(self, crops, hide=None, predict=None) -> CropOutputs:
         feats, patch_logits, start = [], None, 0
         while start < len(crops):
             end = start
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
             if start == 0 and (hide is not None or predict is not None):
-                tokens = vit_tokens(self.backbone, torch.cat(crops[:end]), hide,
-                                    getattr(self, "mask_token", None))
+                tokens = vit_tokens(self.backbone, torch.cat(crops[:end]), hide, self.mask_token)
                 feats.append(tokens[:, 0])
                 if predict is not None:
                     patch_logits = self.head(tokens[:, self.backbone.num_prefix_tokens:][predict])
@@ -178,12 +187,7 @@ class MultiCropWrapper(nn.Module):
         if self.predictor is not None:
             with torch.autocast(out.device.type, enabled=False):
                 out = self.predictor(out)
-        result = (out.chunk(len(crops)),)
-        if return_features:
-            result += (feats.chunk(len(crops)),)
-        if predict is not None:
-            result += (patch_logits,)
-        return result if len(result) > 1 else result[0]
+        return CropOutputs(out.chunk(len(crops)), feats.chunk(len(crops)), patch_logits)
 
 
 def use_fused_attention(cfg) -> bool:
@@ -194,20 +198,18 @@ def use_fused_attention(cfg) -> bool:
 
 
 def build_student_teacher(cfg, fused_attention: bool | None = None):
-    """Student and teacher networks; the teacher is a deep copy that never receives gradients.
-    ``fused_attention`` (default: :func:`use_fused_attention`) picks timm's attention kernel."""
+    """Student and teacher networks; the teacher starts as a copy of the student (without its
+    predictor: only the student predicts) and never receives gradients. ``fused_attention``
+    (default: :func:`use_fused_attention`) picks timm's attention kernel."""
     if fused_attention is None:
         fused_attention = use_fused_attention(cfg)
-    backbone = build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, cfg.drop_path,
-                              fused_attention, cfg.stem, cfg.qk_norm)
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
-                    cfg.head_layers, cfg.norm_last_layer, cfg.head_bn)
-    student = MultiCropWrapper(backbone, head)
-    if cfg.ibot:
-        student.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
-    teacher = copy.deepcopy(student)
-    if cfg.predictor:
-        student.predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden)
+    backbone = backbone_for(cfg, fused_attention)
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.head_hidden,
+                    bottleneck_dim=cfg.head_bottleneck, nlayers=cfg.head_layers,
+                    norm_last_layer=cfg.norm_last_layer, use_bn=cfg.head_bn)
+    predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden) if cfg.predictor else None
+    student = MultiCropWrapper(backbone, head, predictor, mask_token=bool(cfg.ibot))
+    teacher = MultiCropWrapper(copy.deepcopy(backbone), copy.deepcopy(head), mask_token=bool(cfg.ibot))
     for p in teacher.parameters():
         p.requires_grad_(False)
     for m in teacher.modules():           # the teacher averages the student; it does not drop paths
@@ -229,7 +231,14 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
+def backbone_for(cfg, fused_attention: bool, drop_path: float | None = None):
+    """The backbone ``cfg`` describes, at its global crop size; ``drop_path`` defaults to the
+    config's."""
+    return build_backbone(cfg.arch, patch_size=cfg.patch_size, img_size=cfg.global_size,
+                          depth=cfg.depth, drop_path=cfg.drop_path if drop_path is None else drop_path,
+                          fused_attention=fused_attention, stem=cfg.stem, qk_norm=cfg.qk_norm)
+
+
 def build_eval_backbone(cfg):
     """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
-    return build_backbone(cfg.arch, cfg.patch_size, cfg.global_size, cfg.depth, 0.0,
-                          use_fused_attention(cfg), cfg.stem, cfg.qk_norm)
+    return backbone_for(cfg, use_fused_attention(cfg), drop_path=0.0)

@@ -98,7 +98,7 @@ def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
         print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
     else:
         print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
-        train(cfg, cell_dir, progress=progress)
+        train(cfg, cell_dir, progress=progress, overwrite=True)   # a stale cell: replaced
     backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
     result = _scores(backbone, cfg, finetune, progress)
     _write_json(saved, {"key": key, "result": result})

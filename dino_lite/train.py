@@ -1,14 +1,17 @@
 """Training: one loop for every method; DINO's step here, the masked image models' in their modules.
 
-``cfg.method`` picks DINO or a masked image model (BEiT, SplitMask; see :mod:`dino_lite.methods`
-for the interface). The loop (data, optimiser, schedules, time budget, log, checkpoints, resume,
-torchrun) is shared; :meth:`DINOTrainer.train_step` runs the method's step.
+Read it top to bottom as the reference's ``train_one_epoch``: :func:`dino_step` is one step of
+the paper's Algorithm 1, with the options of the config; :func:`masked_step` is one step of a
+masked image model (BEiT, SplitMask; :mod:`dino_lite.methods` gives their interface);
+:class:`DINOTrainer` is the loop around them (data, optimiser, schedules, log, checkpoints,
+exact resume, Ctrl-C, torchrun). The ``--minutes`` time budget is measured in
+:mod:`dino_lite.budget`.
 
 One DINO step: the teacher sees the 2 global crops, the student sees all crops; the loss compares
 every teacher view with every *other* student view; the student takes an AdamW step; the teacher
 moves towards the student by EMA; the center moves towards the mean teacher output.
 ``cfg.teacher`` swaps the EMA for the paper's other teachers (student copy, previous iteration,
-previous epoch); see :meth:`DINOTrainer.teacher_momentum`.
+previous epoch); see :func:`teacher_momentum_schedule`.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from . import budget
 from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpoint
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
-from .loss import DINOLoss, PatchLoss, koleo_loss
+from .loss import DINOLoss, koleo_loss
 from .methods import build_method
 from .models import build_student_teacher, update_teacher
 from .precision import Precision, for_config
@@ -40,7 +46,6 @@ from .schedules import cosine_schedule
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
-PROBE_STEPS = (2, 3)     # untimed warm-up steps, then timed steps, for the --minutes estimate
 # options a resumed run may take from the command line instead of the checkpoint: they change
 # neither the model nor the data nor the randomness
 SAFE_ON_RESUME = ("num_workers", "compile", "name", "notes")
@@ -51,6 +56,21 @@ LENGTH_KEYS = ("epochs", "max_steps")
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The run got SIGTERM (``kill``, a scheduler, torchrun stopping its workers) and stopped as
+    on Ctrl-C, its checkpoint saved; the command line then exits with 143 (128 + 15)."""
+
+
+@dataclass(frozen=True)
+class Process:
+    """Where this process computes: its ``rank`` among ``world`` processes, its ``device``, and
+    the ``precision`` (bf16 or fp32, attention kernel) chosen for the run."""
+    rank: int
+    world: int
+    device: torch.device
+    precision: Precision
 
 
 def distributed_setup():
@@ -113,42 +133,187 @@ def build_optimizer(cfg: Config, model):
     return torch.optim.AdamW(param_groups(model), betas=tuple(cfg.adam_betas))
 
 
-def make_schedules(cfg: Config, total_steps: int, global_batch: int) -> dict:
+def make_schedules(cfg: Config, total_steps: int, global_batch: int,
+                   steps_per_epoch: int | None = None) -> dict:
     """Per-step arrays. Warm-ups are given in epochs of the full recipe; a shorter run (time
-    budget or --max-steps) compresses the whole recipe, warm-ups included, into its steps."""
+    budget or --max-steps) compresses the whole recipe, warm-ups included, into its steps.
+    ``steps_per_epoch`` places the previous-epoch teacher's copies (only that teacher needs it)."""
     def steps(epochs):
         return int(round(epochs / cfg.epochs * total_steps))
     return {
         "lr": cosine_schedule(cfg.lr * global_batch / 256, cfg.min_lr, total_steps,
                               steps(cfg.warmup_epochs)),
         "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps),
-        "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, total_steps),
+        "momentum": teacher_momentum_schedule(cfg, total_steps, steps_per_epoch),
         "freeze_last_layer": steps(cfg.freeze_last_layer),
         "teacher_temp_warmup": steps(cfg.warmup_teacher_temp_epochs),
     }
 
 
+def teacher_momentum_schedule(cfg: Config, total_steps: int, steps_per_epoch: int | None) -> np.ndarray:
+    """The EMA coefficient m applied to the teacher after each step (theta_t <- m theta_t +
+    (1 - m) theta_s): the cosine from ``cfg.momentum_teacher`` to 1 for the momentum teacher;
+    0 (copy the student) after every step for ``student_copy`` and after the last step of each
+    epoch for ``previous_epoch``; 1 (keep) otherwise. ``previous_iteration`` copies the student
+    *before* its update instead (see :func:`dino_step`), so the teacher always lags one step."""
+    if cfg.teacher == "momentum":
+        return cosine_schedule(cfg.momentum_teacher, 1.0, total_steps)
+    momentum = np.ones(total_steps)
+    if cfg.teacher == "student_copy":
+        momentum[:] = 0.0
+    elif cfg.teacher == "previous_epoch":
+        if steps_per_epoch is None:
+            raise ValueError("the previous-epoch teacher's schedule needs steps_per_epoch")
+        momentum[steps_per_epoch - 1::steps_per_epoch] = 0.0
+    return momentum
+
+
 def build_loss(cfg: Config, total_steps: int, sched: dict) -> DINOLoss:
-    """The loss module of ``cfg``: temperatures, center and the ablation switches; with iBOT's
-    masked patch prediction on, its :class:`PatchLoss` (and patch center) rides along as ``.patch``.
-    The masked image models keep no loss state (their objective is part of the model): an empty
+    """The loss module of ``cfg``: temperatures, center, the ablation switches and, with iBOT's
+    masked patch prediction on, the patch loss (and its center). The masked image models keep no loss state (their objective is part of the model): an empty
     module, so checkpoints and the re-plan treat every method alike."""
     if cfg.method != "dino":
         return torch.nn.Module()
-    loss = DINOLoss(cfg.out_dim, total_steps, cfg.warmup_teacher_temp, cfg.teacher_temp,
-                    sched["teacher_temp_warmup"], cfg.out_temp_student, cfg.center_momentum,
-                    cfg.centering, cfg.sharpening, cfg.loss)
-    if cfg.ibot:
-        loss.patch = PatchLoss(cfg.out_dim, cfg.out_temp_student, cfg.center_momentum)
-    return loss
+    return DINOLoss(cfg.out_dim, total_steps, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                    teacher_temp=cfg.teacher_temp,
+                    warmup_teacher_temp_steps=sched["teacher_temp_warmup"],
+                    student_temp=cfg.out_temp_student, center_momentum=cfg.center_momentum,
+                    centering=cfg.centering, sharpening=cfg.sharpening, loss=cfg.loss,
+                    patch=bool(cfg.ibot))
 
+
+# -- one step ---------------------------------------------------------------------------------
+
+def augmented(views, step: int, cfg: Config, proc: Process):
+    """The batch's crops on this process's device with their photometric augmentations (float),
+    and this process's rows of the global batch. The random numbers are drawn for the global
+    batch from a seed fixed by ``(cfg.seed, step)``, so an image gets the same augmentation on 1
+    or N processes and in a resumed run (the trailing 0 is part of the seed: changing it changes
+    recorded results)."""
+    views = [v.to(proc.device, non_blocking=True) for v in views]
+    local = len(views[0])
+    rows = slice(proc.rank * local, (proc.rank + 1) * local)
+    draw = BatchRandom(seed_for(cfg.seed, step, 0), rows, local * proc.world)
+    return photometric(views, draw, cfg.colour_jitter, cfg.rotation, cfg.invert), rows
+
+
+def set_lr_and_wd(optimizer, sched: dict, step: int):
+    """This step's learning rate, and weight decay on the groups that decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(sched["lr"][step])
+        if not group.get("no_decay"):
+            group["weight_decay"] = float(sched["wd"][step])
+
+
+def ibot_masks(step: int, rows: slice, cfg: Config, proc: Process):
+    """iBOT's hidden patches on the two global crops, ``[2 x local batch, patches]``, drawn for
+    the global batch (the same on 1 or N processes), and the patches to predict: the same, or
+    None on a step where some process would predict fewer than two (the head's BatchNorm needs
+    two rows)."""
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, step, 1))
+    n, patches = (rows.stop - rows.start) * proc.world, (cfg.global_size // cfg.patch_size) ** 2
+    full = [patch_masks(g, n, patches, cfg.mask_prob, cfg.mask_ratio) for _ in range(2)]
+    per_process = sum(m.view(proc.world, -1).sum(1) for m in full)
+    hide = torch.cat([m[rows] for m in full]).to(proc.device)
+    return hide, hide if per_process.min() >= 2 else None
+
+
+def global_mean(values: list[float], step: int, proc: Process) -> list[float]:
+    """``values`` (the loss first) averaged over the processes, so the log shows the global
+    batch; a non-finite loss stops the run on every rank."""
+    logged = torch.tensor(values)
+    if proc.world > 1:
+        logged = logged.to(proc.device)
+        dist.all_reduce(logged)
+        logged = logged.cpu() / proc.world
+    if not math.isfinite(logged[0].item()):
+        raise NonFiniteLossError(f"loss is {logged[0].item()} at step {step}; training stopped")
+    return logged.tolist()
+
+
+def dino_step(views, step, student, teacher, loss_fn, optimizer, sched, cfg, proc,
+              student_forward=None) -> dict:
+    """One DINO step, the paper's Algorithm 1, on ``views`` (one batch per crop, the 2 global
+    crops first); returns the step's log record. ``sched`` holds the per-step values (lr, wd,
+    teacher momentum); ``student_forward`` runs the student's forward pass: its DDP wrapper when
+    several processes train (it averages their gradients), else the student itself."""
+    views, rows = augmented(views, step, cfg, proc)           # x1, x2 = augment(x), augment(x)
+    set_lr_and_wd(optimizer, sched, step)
+    hide = predict = None
+    if cfg.ibot:                       # iBOT: the student sees some patches of the global crops hidden
+        hide, predict = ibot_masks(step, rows, cfg, proc)
+    with proc.precision.autocast(proc.device.type):
+        with torch.no_grad():
+            t = teacher(views[:2], predict=predict)           # t1, t2 = gt(x1), gt(x2)
+        s = (student_forward or student)(views, hide=hide, predict=predict)  # s1, s2 = gs(x1), gs(x2)
+    stats = loss_fn.diagnostics(s.output, t.output, step)
+    # loss = H(t1, s2)/2 + H(t2, s1)/2 over every (teacher, other student) view pair; it then
+    # moves the center: C = m*C + (1-m)*cat([t1, t2]).mean(dim=0)
+    loss = loss_fn(s.output, t.output, step)
+    if predict is not None:            # iBOT: the student predicts the teacher at its hidden patches
+        patch = loss_fn.patch(s.patches, t.patches, loss_fn.teacher_temp(step))
+        loss = loss + cfg.ibot * patch
+        stats["patch_loss"] = patch.item()            # logged unweighted, as koleo
+    if cfg.koleo:                      # per global crop, over this process's batch (as DINOv2)
+        koleo = sum(koleo_loss(f) for f in s.features[:2])
+        loss = loss + cfg.koleo * koleo
+        stats["koleo"] = koleo.item()                 # logged unweighted; "loss" is the weighted total
+    keys = ("teacher_entropy", "teacher_batch_entropy", "kl")
+    loss_value, *means = global_mean([loss.item(), *(stats[k] for k in keys)], step, proc)
+    stats.update(zip(keys, means))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()                                           # loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+    if step < sched["freeze_last_layer"]:      # the prototypes stay fixed over the first epoch(s)
+        for p in student.head.last_layer.parameters():
+            p.grad = None
+    if cfg.teacher == "previous_iteration":   # the teacher keeps the weights of before the update
+        update_teacher(student, teacher, 0.0)
+    optimizer.step()                                          # update(gs)
+    momentum = float(sched["momentum"][step])
+    if momentum < 1.0:
+        update_teacher(student, teacher, momentum)            # gt.params = l*gt.params + (1-l)*gs.params
+    return {"step": step, "loss": loss_value, "precision": proc.precision.name,
+            "lr": float(sched["lr"][step]), "wd": float(sched["wd"][step]), "momentum": momentum,
+            "teacher_temp": loss_fn.teacher_temp(step), **stats}
+
+
+def masked_step(views, step, model, optimizer, sched, cfg, proc, model_forward=None) -> dict:
+    """One step of a masked image model (BEiT, SplitMask) on the first global crop of each
+    image: draw the masks for the global batch, the model's objective, an AdamW step.
+    ``model_forward`` is its DDP wrapper when several processes train, else the model itself."""
+    views, rows = augmented(views[:1], step, cfg, proc)
+    set_lr_and_wd(optimizer, sched, step)
+    # drop path draws from the global generator: seed it per step, so a resumed run repeats
+    # the uninterrupted one's draws (the data loader's iterator, re-created on resume, takes
+    # a draw from that generator too)
+    torch.manual_seed(seed_for(cfg.seed, step, 2, proc.rank))
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, step, 1))
+    global_batch = (rows.stop - rows.start) * proc.world
+    masks = [m[rows].to(proc.device) for m in model.draw_masks(g, global_batch)]
+    with proc.precision.autocast(proc.device.type):
+        loss, stats = (model_forward or model)(views[0], *masks)
+    loss_value, *values = global_mean([loss.item(), *stats.values()], step, proc)
+    stats = dict(zip(stats, values))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    optimizer.step()
+    return {"step": step, "loss": loss_value, "precision": proc.precision.name,
+            "lr": float(sched["lr"][step]), "wd": float(sched["wd"][step]), **stats}
+
+
+# -- the loop ---------------------------------------------------------------------------------
 
 class DINOTrainer:
     """Everything one run needs; ``run()`` trains until the step budget is spent."""
 
     clock = staticmethod(time.perf_counter)      # seconds; the time budget's clock
 
-    def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+    def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None,
+                 overwrite=False):
         self.started = self.clock()
         self.rank, self.world, self.device = distributed_setup()
         self.out = Path(out_dir)
@@ -168,7 +333,10 @@ class DINOTrainer:
             if "precision" in ckpt:     # the saved config has the fp32 variant applied, if it was
                 cfg = cfg.for_precision(ckpt["precision"]["bf16"], self.device.type)
             cfg = resume_config(Config.from_dict(ckpt["config"]).validate(), cfg)
-        self.cfg = cfg.validate()
+        elif (self.out / CHECKPOINT).exists() and not overwrite:
+            raise FileExistsError(f"{self.out} already holds a training run ({CHECKPOINT}); "
+                                  f"continue it with --resume, or start a new run in another --out")
+        cfg = cfg.validate()
         # bf16 or fp32, fused or explicit attention: measured on this machine for a new run
         # (precision.py), kept from the checkpoint on resume so the run continues identically
         if ckpt is not None and "precision" in ckpt:
@@ -184,6 +352,7 @@ class DINOTrainer:
                 print("fp32 on this CPU: the preset's cheaper fp32 variant applies: " +
                       ", ".join(f"{k}={v}" for k, v in cfg.fp32_variant.items()))
         self.cfg = cfg
+        self.proc = Process(self.rank, self.world, self.device, self.precision)
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
@@ -214,9 +383,11 @@ class DINOTrainer:
         if cfg.compile:                 # in place, so state_dict keys keep their names
             self.student.backbone.compile()
             self.teacher.backbone.compile()
-        self.student_ddp = self.student
+        # the student's forward pass: with several processes, through DDP, which averages the
+        # gradients over them; the student itself holds the weights (checkpoints, EMA, clipping)
+        self.student_forward = self.student
         if self.world > 1:
-            self.student_ddp = torch.nn.parallel.DistributedDataParallel(
+            self.student_forward = torch.nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(cfg, self.student)
 
@@ -234,14 +405,12 @@ class DINOTrainer:
                     print(f"resuming at step {ckpt['step']}: the schedules are laid out again "
                           f"over {total} steps (were {ckpt['total_steps']})")
         else:
-            total = self._steps_that_fit() if cfg.minutes else self.step_cap
-        self._lay_out(total)
+            total = self._probe_budget() if cfg.minutes else self.step_cap
+        self.total_steps = total
+        self.sched, self.loss_fn = self.lay_out(total)
         self.step = 0
-        # --minutes: re-measure once, on real steps, at the end of the first epoch or after 10%
-        # of the estimate (whichever comes first), and lay the schedules out again
-        self.replan_step = None
-        if cfg.minutes and ckpt is None:
-            self.replan_step = min(self.steps_per_epoch, max(1, self.total_steps // 10))
+        # --minutes: the run re-measures its pace once, on its own steps (budget.refit_step)
+        self.refit_at = budget.refit_step(self.steps_per_epoch, total) if cfg.minutes and ckpt is None else None
         if ckpt is not None:
             self.student.load_state_dict(ckpt["student"])
             self.teacher.load_state_dict(ckpt["teacher"])
@@ -254,191 +423,56 @@ class DINOTrainer:
         self._log = None
         self._stop = None
 
-    # -- one step -------------------------------------------------------------------------
-    def autocast(self):
-        return self.precision.autocast(self.device.type)
+    def lay_out(self, total_steps: int):
+        """The per-step schedules and the loss (its teacher-temperature warm-up) over
+        ``total_steps``; returns ``(sched, loss_fn)``."""
+        sched = make_schedules(self.cfg, total_steps, self.cfg.batch_size, self.steps_per_epoch)
+        return sched, build_loss(self.cfg, total_steps, sched).to(self.device)
 
-    def train_step(self, views, step, student, teacher, loss_fn, optimizer):
-        """One step of the configured method on ``views`` (list of crop batches, globals first);
-        returns the log record."""
+    def train_step(self, views, step, student, teacher, loss_fn, optimizer, sched=None,
+                   student_forward=None) -> dict:
+        """One step of the configured method (:func:`dino_step` or :func:`masked_step`) on
+        ``views`` with the given networks; ``sched`` defaults to the run's schedules."""
+        sched = self.sched if sched is None else sched
         if self.cfg.method == "dino":
-            return self.dino_step(views, step, student, teacher, loss_fn, optimizer)
-        return self.masked_step(views, step, student, optimizer)
+            return dino_step(views, step, student, teacher, loss_fn, optimizer, sched, self.cfg,
+                             self.proc, student_forward)
+        return masked_step(views, step, student, optimizer, sched, self.cfg, self.proc,
+                           student_forward)
 
-    def _prepare(self, views, step, optimizer):
-        """Views on the device with their photometric augmentations, and this step's lr and
-        weight decay set; returns (views, this process's rows of the global batch, local batch)."""
-        views = [v.to(self.device, non_blocking=True) for v in views]
-        local = len(views[0])
-        rows = slice(self.rank * local, (self.rank + 1) * local)
-        # one draw for the global batch, the same on every rank; its seed fixes every run's
-        # augmentations (the trailing 0 is part of it: changing it changes recorded results)
-        views = photometric(views, BatchRandom(seed_for(self.cfg.seed, step, 0), rows, local * self.world),
-                            self.cfg.colour_jitter, self.cfg.rotation, self.cfg.invert)
-        for group in optimizer.param_groups:
-            group["lr"] = float(self.sched["lr"][step])
-            if not group.get("no_decay"):
-                group["weight_decay"] = float(self.sched["wd"][step])
-        return views, rows, local
-
-    def _global_mean(self, values: list[float], step: int) -> list[float]:
-        """``values`` (the loss first) averaged over the processes, so the log shows the global
-        batch; a non-finite loss stops the run on every rank."""
-        logged = torch.tensor(values)
-        if self.world > 1:
-            logged = logged.to(self.device)
-            dist.all_reduce(logged)
-            logged = logged.cpu() / self.world
-        if not math.isfinite(logged[0].item()):
-            raise NonFiniteLossError(
-                f"loss is {logged[0].item()} at step {step}; training stopped. The last good checkpoint "
-                f"is kept at {self.out / CHECKPOINT} (if one was written); try a lower lr.")
-        return logged.tolist()
-
-    def dino_step(self, views, step, student, teacher, loss_fn, optimizer):
-        """One DINO step (the paper's Algorithm 1) on ``views``; returns the record."""
-        views, rows, local = self._prepare(views, step, optimizer)
-        hide = predict = None
-        if self.cfg.ibot:
-            hide, predict = self.patch_masks(step, rows, local)
-        with self.autocast():
-            with torch.no_grad():
-                teacher_out = teacher(views[:2], predict=predict)
-            net = self.student_ddp if student is self.student else student
-            student_out = net(views, return_features=True, hide=hide, predict=predict)
-        if predict is not None:
-            teacher_out, teacher_patches = teacher_out
-            student_out, feats, student_patches = student_out
-        else:
-            student_out, feats = student_out
-        stats = loss_fn.diagnostics(student_out, teacher_out, step)
-        loss = loss_fn(student_out, teacher_out, step)
-        if predict is not None:         # the student predicts, at its hidden patches, the teacher
-            patch = loss_fn.patch(student_patches, teacher_patches, loss_fn.teacher_temp(step))
-            loss = loss + self.cfg.ibot * patch
-            stats["patch_loss"] = patch.item()    # logged unweighted, as koleo
-        if self.cfg.koleo:              # per global crop, over this process's batch (as DINOv2)
-            koleo = sum(koleo_loss(f) for f in feats[:2])
-            loss = loss + self.cfg.koleo * koleo
-            stats["koleo"] = koleo.item()     # logged unweighted; "loss" is the weighted total
-        loss_value, stats["teacher_entropy"], stats["teacher_batch_entropy"], stats["kl"] = \
-            self._global_mean([loss.item(), stats["teacher_entropy"], stats["teacher_batch_entropy"],
-                               stats["kl"]], step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), self.cfg.clip_grad)
-        if step < self.sched["freeze_last_layer"]:
-            for p in student.head.last_layer.parameters():
-                p.grad = None
-        if self.cfg.teacher == "previous_iteration":    # the teacher keeps this step's weights
-            update_teacher(student, teacher, 0.0)
-        optimizer.step()
-        momentum = self.teacher_momentum(step)
-        if momentum < 1.0:
-            update_teacher(student, teacher, momentum)
-        return {"step": step, "loss": loss_value, "precision": self.precision.name,
-                "lr": float(self.sched["lr"][step]),
-                "wd": float(self.sched["wd"][step]), "momentum": momentum,
-                "teacher_temp": loss_fn.teacher_temp(step), **stats}
-
-    def masked_step(self, views, step, model, optimizer):
-        """One step of a masked image model (BEiT, SplitMask) on the first global crop of each
-        image: draw the masks for the global batch, the model's objective, an AdamW step."""
-        views, rows, local = self._prepare(views[:1], step, optimizer)
-        # drop path draws from the global generator: seed it per step, so a resumed run repeats
-        # the uninterrupted one's draws (the data loader's iterator, re-created on resume, takes
-        # a draw from that generator too)
-        torch.manual_seed(seed_for(self.cfg.seed, step, 2, self.rank))
-        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, 1))
-        masks = [m[rows].to(self.device) for m in model.draw_masks(g, local * self.world)]
-        net = self.student_ddp if model is self.student else model
-        with self.autocast():
-            loss, stats = net(views[0], *masks)
-        loss_value, *values = self._global_mean([loss.item(), *stats.values()], step)
-        stats = dict(zip(stats, values))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad)
-        optimizer.step()
-        return {"step": step, "loss": loss_value, "precision": self.precision.name,
-                "lr": float(self.sched["lr"][step]), "wd": float(self.sched["wd"][step]), **stats}
-
-    def patch_masks(self, step, rows, local):
-        """The student's hidden patches on the two global crops, ``[2 x local batch, patches]``,
-        drawn for the global batch (the same on 1 or N processes), and the patches to predict:
-        the same, or None on a step where some process would predict fewer than two (the
-        head's BatchNorm needs two rows)."""
-        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, 1))
-        n, patches = local * self.world, (self.cfg.global_size // self.cfg.patch_size) ** 2
-        full = [patch_masks(g, n, patches, self.cfg.mask_prob, self.cfg.mask_ratio) for _ in range(2)]
-        per_process = sum(m.view(self.world, -1).sum(1) for m in full)
-        hide = torch.cat([m[rows] for m in full]).to(self.device)
-        return hide, hide if per_process.min() >= 2 else None
-
-    def teacher_momentum(self, step: int) -> float:
-        """The EMA coefficient applied to the teacher after ``step``: the cosine schedule for the
-        momentum teacher; 0 (copy the student) every step for ``student_copy`` and at the end of
-        each epoch for ``previous_epoch``; 1 (keep) otherwise. ``previous_iteration`` copies the
-        student *before* its update instead, so the teacher always lags one step."""
-        teacher = self.cfg.teacher
-        if teacher == "momentum":
-            return float(self.sched["momentum"][step])
-        if teacher == "student_copy":
-            return 0.0
-        if teacher == "previous_epoch" and (step + 1) % self.steps_per_epoch == 0:
-            return 0.0
-        return 1.0
-
-    def _steps_that_fit(self):
-        """Time a few throw-away steps on copies of the models and extrapolate to the budget."""
+    # -- the --minutes time budget (dino_lite.budget) ---------------------------------------
+    def _probe_budget(self) -> int:
+        """The steps that fit in the budget, from a few throw-away steps on copies of the
+        networks (their own optimiser, schedules and loss; the run's state is not touched)."""
         student, teacher = copy.deepcopy(self.student), copy.deepcopy(self.teacher)
         optimizer = build_optimizer(self.cfg, student)
-        n = sum(PROBE_STEPS)
-        self.sched = make_schedules(self.cfg, n, self.cfg.batch_size)
-        loss_fn = build_loss(self.cfg, n, self.sched).to(self.device)
+        n = sum(budget.PROBE_STEPS)
+        sched = make_schedules(self.cfg, n, self.cfg.batch_size, self.steps_per_epoch)
+        loss_fn = build_loss(self.cfg, n, sched).to(self.device)
         self.sampler.set_epoch(0)
-        it = iter(self.loader)
-        t0 = None
-        for i in range(n):
-            if i == PROBE_STEPS[0]:
-                t0 = self.clock()
-            self.train_step(next(it)[0], i, student, teacher, loss_fn, optimizer)
-        per_step = (self.clock() - t0) / PROBE_STEPS[1]
-        del it
-        return self._fit(0, per_step, f"{per_step * 1000:.0f} ms/step (probe)")
+        per_step = budget.probe(
+            lambda i, views: self.train_step(views, i, student, teacher, loss_fn, optimizer, sched),
+            iter(self.loader), self.clock)
+        return self._fit_budget(0, per_step, f"{per_step * 1000:.0f} ms/step (probe)")
 
-    def _fit(self, done, per_step, how):
+    def _fit_budget(self, done: int, per_step: float, how: str) -> int:
         """``done`` steps plus those of ``per_step`` seconds that fit in the rest of the budget
-        (counted from the trainer's creation); every rank gets the smallest count."""
-        remaining = self.cfg.minutes * 60 - (self.clock() - self.started)
-        steps = done + max(1, int(remaining / per_step))
-        steps = min(steps, self.step_cap)
-        if self.world > 1:
-            t = torch.tensor([steps], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            steps = int(t.item())
+        (counted from the trainer's creation), the same on every rank."""
+        steps = budget.agree(budget.steps_that_fit(self.cfg.minutes, self.clock() - self.started,
+                                                   per_step, done, self.step_cap), self.device)
         if self.rank == 0:
             print(f"time budget {self.cfg.minutes:g} min: {how} -> {steps} steps")
         return steps
 
-    def _replan(self, run_start):
-        """The probe times 3 steps on copies of the models, a noisy estimate; the run's own pace
-        over its first steps is a better one. Fit the budget again from it and re-lay the
-        schedules over the new count (the centers carry over); steps taken keep what they used."""
+    def _refit_budget(self, run_start: float):
+        """Fit the budget again from the pace of the run's own steps so far and lay the
+        schedules out over the new count; the centers carry over."""
         per_step = (self.clock() - run_start) / self.step
+        self.total_steps = self._fit_budget(
+            self.step, per_step, f"{per_step * 1000:.0f} ms/step over the first {self.step} steps")
         centers = self.loss_fn.state_dict()
-        self._lay_out(self._fit(self.step, per_step, f"{per_step * 1000:.0f} ms/step over the "
-                                                     f"first {self.step} steps"))
+        self.sched, self.loss_fn = self.lay_out(self.total_steps)
         self.loss_fn.load_state_dict(centers)
-
-    def _lay_out(self, total_steps):
-        """The per-step schedules and the loss (its teacher-temperature warm-up) over
-        ``total_steps``."""
-        self.total_steps = total_steps
-        self.sched = make_schedules(self.cfg, total_steps, self.cfg.batch_size)
-        self.loss_fn = build_loss(self.cfg, total_steps, self.sched).to(self.device)
 
     # -- the run --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -461,24 +495,26 @@ class DINOTrainer:
         checkpoint's steps on resume; none on a fresh run), open for appending line by line."""
         return open_log(self.out / LOG, self.step)
 
-    def _on_sigint(self, signum, frame):
-        """Ctrl-C: finish the step under way, then save and stop (see run()); a second Ctrl-C
-        stops at once, keeping the last checkpoint."""
+    def _on_signal(self, signum, frame):
+        """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, then save and stop (see run());
+        a second one stops at once, keeping the last checkpoint."""
         if self._stop:
-            raise KeyboardInterrupt
-        self._stop = True
+            raise Terminated if self._stop == signal.SIGTERM else KeyboardInterrupt
+        self._stop = signum
         if self.rank == 0:
-            print("\nCtrl-C: stopping after this step (again to stop now, without saving)",
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n{name}: stopping after this step (again to stop now, without saving)",
                   file=sys.stderr)
 
-    def _stop_requested(self) -> bool:
-        """Whether any process got Ctrl-C; all processes agree, so they stop at the same step."""
-        stop = bool(self._stop)
+    def _stop_requested(self):
+        """The stop signal any process got (SIGTERM before SIGINT), else None; all processes
+        agree, so they stop at the same step."""
+        stop = int(self._stop or 0)
         if self.world > 1:
             flag = torch.tensor([float(stop)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+            stop = int(flag.item())
+        return stop or None
 
     def run(self) -> list[dict]:
         """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``).
@@ -486,22 +522,23 @@ class DINOTrainer:
         The run folder is locked while the run writes to it (:class:`~dino_lite.rundir.RunLock`).
         Ctrl-C (SIGINT) lets the step under way finish, saves the checkpoint and raises
         KeyboardInterrupt: the saved state is that of a step boundary, so a resumed run continues
-        exactly as an uninterrupted one would."""
+        exactly as an uninterrupted one would. SIGTERM does the same and raises
+        :class:`Terminated` (a KeyboardInterrupt)."""
         self.out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.out) if self.rank == 0 else None
         if lock is not None:
             note = lock.acquire()
             if note:
                 print(note, file=sys.stderr)
-        handler = None
+        handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, self._on_sigint)
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._stop = None
         try:
             return self._run()
         finally:
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
             if lock is not None:
                 lock.release()
 
@@ -536,7 +573,8 @@ class DINOTrainer:
                 for views, _ in self.loader:
                     mid_step = True
                     rec = self.train_step(views, self.step, self.student, self.teacher,
-                                          self.loss_fn, self.optimizer)
+                                          self.loss_fn, self.optimizer, self.sched,
+                                          student_forward=self.student_forward)
                     rec["epoch"] = epoch
                     rec["time"] = round(self.clock() - start, 3)   # s since (re)start
                     self.step += 1
@@ -549,24 +587,29 @@ class DINOTrainer:
                                     **({"H_t": f"{rec['teacher_entropy']:.2f}"} if "teacher_entropy" in rec else {}))
                     if self.on_step:
                         self.on_step(rec)
-                    if self.step == self.replan_step:
-                        self._replan(start)
+                    if self.step == self.refit_at:
+                        self._refit_budget(start)
                         bar.total = self.total_steps
                     if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                         self.save()
-                    if self._stop_requested():
-                        raise KeyboardInterrupt
+                    stop = self._stop_requested()
+                    if stop:
+                        raise Terminated if stop == signal.SIGTERM else KeyboardInterrupt
                     if self.step >= self.total_steps:
                         break
-        except KeyboardInterrupt:
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}. The last good checkpoint is kept at "
+                                     f"{self.out / CHECKPOINT} (if one was written); try a lower "
+                                     f"lr.") from None
+        except KeyboardInterrupt as stop:
             bar.close()
+            how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
             if mid_step:      # a second Ctrl-C inside a step: its half-made state is not saved
-                msg = (f"interrupted during step {self.step}; the last checkpoint "
+                msg = (f"{how} during step {self.step}; the last checkpoint "
                        f"{self.out / CHECKPOINT} is kept, continue with --resume")
             else:
                 self.save()
-                msg = (f"interrupted at step {self.step}; checkpoint saved, continue with "
-                       f"--resume")
+                msg = f"{how} at step {self.step}; checkpoint saved, continue with --resume"
             if self.rank == 0:
                 print(msg, file=sys.stderr)
             raise
@@ -578,11 +621,13 @@ class DINOTrainer:
         return history
 
 
-def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None):
+def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None, overwrite=False):
     """Train with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log).
     ``resume=True`` continues the run's checkpoint (an error without one); ``resume="auto"``
-    continues it when it exists and starts the run otherwise."""
-    trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step)
+    continues it when it exists and starts the run otherwise. A new run (``resume=False``) into
+    a folder that holds a checkpoint is refused, unless ``overwrite=True`` replaces that run."""
+    trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step,
+                          overwrite=overwrite)
     trainer.history = trainer.run()
     return trainer
 

@@ -206,7 +206,7 @@ images = [torch.from_numpy(render(seed=0, split="train", index=i, size=128)[0]).
 per_image = [MultiCrop(64, 32, n_local=4)(im) for im in images]
 views = photometric([torch.stack(v) for v in zip(*per_image)], BatchRandom(seed=3))
 with torch.no_grad():
-    out = [o.double() for o in net(views)]         # one copy plays teacher and student
+    out = [o.double() for o in net(views).output]         # one copy plays teacher and student
 center = torch.cat(out[:2]).mean(0, keepdim=True)     # a center: the batch mean of teacher logits
 settings = {"equal temperatures (0.1), center 0": (0.1, 0.1, torch.zeros(1, K, dtype=torch.float64)),
             "DINO: teacher 0.04, student 0.1, center": (0.04, 0.1, center)}

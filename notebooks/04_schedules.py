@@ -45,7 +45,8 @@ cfg = make_config("imagenet-vits16", dict(warmup_teacher_temp_epochs=30, teacher
 steps_per_epoch = 1_281_167 // cfg.batch_size          # ImageNet-1k at batch 1024
 total = cfg.epochs * steps_per_epoch
 sched = make_schedules(cfg, total, cfg.batch_size)
-temps = DINOLoss(8, total, cfg.warmup_teacher_temp, cfg.teacher_temp, sched["teacher_temp_warmup"]).teacher_temps
+temps = DINOLoss(8, total, warmup_teacher_temp=cfg.warmup_teacher_temp, teacher_temp=cfg.teacher_temp,
+                 warmup_teacher_temp_steps=sched["teacher_temp_warmup"]).teacher_temps
 epochs = np.arange(total) / steps_per_epoch
 
 fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny image-folder dataset rendered from the embedded shapes generator."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,17 @@ def tiny_config(data, **overrides):
                   warmup_epochs=0.5)
     values.update(overrides)
     return make_config("cpu-demo", values)
+
+
+def is_share_of(value, n):
+    """Whether ``value`` is k / n for a whole k in [0, n]: a top-1 score over ``n`` images
+    (the tiny data set's validation split has 12)."""
+    return 0 <= value <= 1 and abs(value * n - round(value * n)) < 1e-6
+
+
+def torchrun(args, timeout=300):
+    """``torchrun --standalone --nproc_per_node=2 -m dino_lite ARGS`` (one thread per process)."""
+    exe = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(exe), "--standalone", "--nproc_per_node=2", "-m", "dino_lite", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)

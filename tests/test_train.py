@@ -2,13 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from dino_lite.checkpoint import load_backbone_state, load_checkpoint, strip_prefixes
+from conftest import tiny_config
+from dino_lite.checkpoint import load_checkpoint
 from dino_lite.models import build_backbone
-from dino_lite.train import CHECKPOINT, DINOTrainer, NonFiniteLossError, read_log, train
-from tests.conftest import tiny_config
+from dino_lite.train import (CHECKPOINT, DINOTrainer, NonFiniteLossError, make_schedules,
+                              param_groups, read_log, train)
 
 
 def test_student_learns_to_match_a_frozen_teacher(tiny_folder, tmp_path):
@@ -73,24 +75,6 @@ def test_checkpoint_is_plain_data_loaded_weights_only(tiny_folder, tmp_path):
     json.dumps(ckpt["config"])
 
 
-@pytest.mark.parametrize("prefix", ["", "module.", "backbone.", "module.backbone."])
-def test_backbone_weights_load_with_any_prefix(prefix):
-    src = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
-    sd = {prefix + k: v for k, v in src.state_dict().items()}
-    sd[prefix.replace("backbone.", "") + "head.mlp.0.weight"] = torch.zeros(2, 2)   # a DINO head key
-    dst = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
-    load_backbone_state(dst, sd)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
-
-
-def test_mismatched_weights_name_the_keys():
-    src = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2)
-    dst = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
-    with pytest.raises(KeyError, match="unexpected.*blocks.1"):
-        load_backbone_state(dst, src.state_dict())
-    assert strip_prefixes({"module.backbone.x": 1}) == {"x": 1}
-
-
 def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_folder, tmp_path):
     losses = {}
     for bf16 in (False, True):
@@ -151,9 +135,9 @@ def test_time_budget_is_refit_on_the_runs_own_steps(tiny_folder, tmp_path, monke
     monkeypatch.setattr(DINOTrainer, "clock", staticmethod(lambda: now[0]))
     real_step = DINOTrainer.train_step
 
-    def timed_step(self, views, step, student, *rest):
+    def timed_step(self, views, step, student, *rest, **kw):
         now[0] += 1.0 if student is self.student else 0.5
-        return real_step(self, views, step, student, *rest)
+        return real_step(self, views, step, student, *rest, **kw)
     monkeypatch.setattr(DINOTrainer, "train_step", timed_step)
     trainer = train(tiny_config(tiny_folder, minutes=0.5, epochs=100), tmp_path, progress=False)
     # probe: 5 steps (2.5 s), then (30 - 2.5) / 0.5 -> 55 steps; re-fit after 10% of them (5):
@@ -337,7 +321,7 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
     straight = train(cfg, tmp_path / "a", progress=False)
     real = DINOTrainer.train_step
 
-    def step_with_ctrl_c(self, views, step, *rest):
+    def step_with_ctrl_c(self, views, step, *rest, **kw):
         if step == 3:
             diagnostics = self.loss_fn.diagnostics
 
@@ -345,7 +329,7 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
                 os.kill(os.getpid(), signal.SIGINT)
                 return diagnostics(*a, **k)
             monkeypatch.setattr(self.loss_fn, "diagnostics", ctrl_c)
-        return real(self, views, step, *rest)
+        return real(self, views, step, *rest, **kw)
     monkeypatch.setattr(DINOTrainer, "train_step", step_with_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", progress=False)
@@ -355,3 +339,108 @@ def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
     _assert_same_state(straight, resumed)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handler restored
+
+
+def test_sigterm_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
+                                                                 capsys):
+    """SIGTERM (kill, a scheduler, torchrun) is handled as Ctrl-C: the step under way finishes,
+    the checkpoint is saved, Terminated (a KeyboardInterrupt) is raised, and resuming equals
+    the straight run."""
+    import os
+    import signal
+    from dino_lite.train import Terminated
+
+    def unhandled(signum, frame):       # without the trainer's handler, SIGTERM would end pytest
+        raise AssertionError("SIGTERM reached the default handler")
+    outer = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
+        straight = train(cfg, tmp_path / "a", progress=False)
+        real = DINOTrainer.train_step
+
+        def step_with_sigterm(self, views, step, *rest, **kw):
+            if step == 3:
+                diagnostics = self.loss_fn.diagnostics
+
+                def sigterm(*a, **k):            # after both forward passes, before backward
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return diagnostics(*a, **k)
+                monkeypatch.setattr(self.loss_fn, "diagnostics", sigterm)
+            return real(self, views, step, *rest, **kw)
+        monkeypatch.setattr(DINOTrainer, "train_step", step_with_sigterm)
+        with pytest.raises(Terminated):
+            train(cfg, tmp_path / "b", progress=False)
+        assert "terminated (SIGTERM) at step 4; checkpoint saved" in capsys.readouterr().err
+        assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
+        monkeypatch.undo()
+        resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+        _assert_same_state(straight, resumed)
+        assert signal.getsignal(signal.SIGTERM) is unhandled          # handler restored
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused(tiny_folder, tmp_path):
+    """A run without --resume into a folder with a checkpoint, finished or stopped part-way,
+    would overwrite it: refused, naming the folder and the two ways on; nothing is touched."""
+    cfg = tiny_config(tiny_folder, max_steps=4)
+
+    def stop_after_two(rec):
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "partial", progress=False, on_step=stop_after_two)
+    train(cfg, tmp_path / "finished", progress=False)
+    for name, step in (("partial", 2), ("finished", 4)):
+        out = tmp_path / name
+        log = (out / "log.jsonl").read_text()
+        with pytest.raises(FileExistsError, match=rf"{out} already holds a training run.*--resume.*another --out"):
+            train(cfg, out, progress=False)
+        assert load_checkpoint(out / CHECKPOINT)["step"] == step and (out / "log.jsonl").read_text() == log
+    # the ways on: resume (as the notebooks' resume="auto" does), or replace it on purpose
+    assert train(cfg, tmp_path / "partial", resume="auto", progress=False).step == 4
+    assert train(tiny_config(tiny_folder, max_steps=2), tmp_path / "finished", progress=False,
+                 overwrite=True).step == 2
+    assert [r["step"] for r in read_log(tmp_path / "finished")] == [0, 1]
+
+
+# -- schedules and optimiser groups ------------------------------------------------------------
+
+def test_momentum_schedule_goes_from_0996_to_1():
+    cfg = tiny_config("unused")
+    sched = make_schedules(cfg.__class__(**{**cfg.to_dict(), "momentum_teacher": 0.996}), 500, 256)
+    assert sched["momentum"][0] == pytest.approx(0.996)
+    assert sched["momentum"][-1] == pytest.approx(1.0)
+    assert sched["wd"][0] == pytest.approx(cfg.weight_decay)
+    assert sched["wd"][-1] == pytest.approx(cfg.weight_decay_end)
+
+
+def test_compressed_run_scales_warmup():
+    cfg = tiny_config("unused", epochs=100, warmup_epochs=10, lr=0.0005)
+    sched = make_schedules(cfg, 1000, 512)          # a 1000-step budget for a 100-epoch recipe
+    assert int(np.argmax(sched["lr"])) == 100       # warm-up is 10% of the steps, as in the recipe
+    assert sched["lr"].max() == pytest.approx(0.0005 * 512 / 256)   # linear scaling rule
+
+
+def test_teacher_variants_are_momentum_schedules():
+    """Every teacher is an EMA coefficient per step: 0 copies the student, 1 keeps the teacher."""
+    cfg = tiny_config("unused")
+
+    def momentum(teacher):
+        return make_schedules(cfg.__class__(**{**cfg.to_dict(), "teacher": teacher}), 12, 16,
+                              steps_per_epoch=4)["momentum"].tolist()
+    assert momentum("student_copy") == [0.0] * 12
+    assert momentum("previous_iteration") == [1.0] * 12        # it copies before the update
+    assert momentum("previous_epoch") == [1, 1, 1, 0] * 3      # after each epoch's last step
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make_schedules(cfg.__class__(**{**cfg.to_dict(), "teacher": "previous_epoch"}), 12, 16)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = build_backbone("vit_mini", patch_size=8, img_size=32, depth=1)
+    decay, no_decay = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert any("norm" in names[id(p)] for p in no_decay["params"])
+    assert all(names[id(p)].endswith("bias") or p.ndim <= 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
