@@ -103,10 +103,10 @@ print(f"standard error on 1000 test images: at most {se:.1%}")
 
 # %% [markdown]
 # ## Attention maps of the last block
-# Per test image: the image, the head-averaged CLS attention, its 60%-mass mask (cyan: the true
-# object outline) and every head; first the trained teacher, then the same network at random
-# initialisation. Look for maps that trace the shape after training and maps spread over the
-# whole image before.
+# Per test image: the image, the 60%-mass mask of the head-averaged CLS attention, the head
+# mean, every head, and (last column) the head mean of the same network at random
+# initialisation; the cyan line is the true object outline, and all maps share the colour bar.
+# Look for maps that trace the shape after training, and the flat random-init map beside them.
 
 # %%
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
@@ -114,11 +114,7 @@ random_backbone = random_init_backbone(cfg)
 images, names, masks, _ = shapes_attention_set(cfg.image_size, N_IMAGES)
 maps_trained = attention_maps(backbone, images)
 maps_random = attention_maps(random_backbone, images)
-fig = overlay_figure(images, maps_trained, masks, names=names, max_images=4)
-fig.suptitle(f"trained teacher, {STEPS} steps", y=1.02)
-plt.show()
-fig = overlay_figure(images, maps_random, masks, names=names, max_images=2)
-fig.suptitle("random initialisation", y=1.05)
+overlay_figure(images, maps_trained, masks, names=names, max_images=4, random_maps=maps_random)
 plt.show()
 scores_trained, scores_random = score_maps(maps_trained, masks), score_maps(maps_random, masks)
 jac_trained, jac_random = scores_trained["jaccard"], scores_random["jaccard"]

@@ -98,6 +98,11 @@ for name, net in (("DINO (trained)", backbone), ("random init", random_init_back
     results[name] = (knn, lin)
     print(f"{name:15s} k-NN {knn:6.1%}   linear {lin:6.1%}")
 
+# %% [markdown]
+# These features are the CLS token alone, so the linear probe here reads less than the one of
+# notebook 00 and of `python -m dino_lite linear`, which concatenate the CLS token with the mean
+# patch token (the paper's protocol for ViT-S): compare numbers within one notebook only.
+
 # %%
 def accuracy_bars(results, chance, title):
     """k-NN and linear top-1 side by side for each network; ``results``: name -> (k-NN, linear)."""

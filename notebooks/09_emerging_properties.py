@@ -186,6 +186,18 @@ print("paper: ROx(M) mAP 41.8 (DINO ViT-S/16); Copydays strong mAP 81.7 (DINO Vi
 
 # %% [markdown]
 # ## Check: the claims above hold
+# Each assertion, and what would make it fail:
+# * `average_precision` equals the mean of the precisions at each relevant rank, computed by
+#   hand for one ranking: fails if AP were computed over all ranks or normalised otherwise;
+# * retrieval mAP of the trained features is more than 0.1 above chance (one class in ten), above
+#   raw pixels, and more than 0.1 above random init: fails if the features did not group images
+#   by shape;
+# * copy detection: raw pixels beat the trained features (the class-invariance cost stated
+#   above), which still beat ten times chance: fails if the trained features were as good as
+#   pixels at telling one copy from its look-alikes, or no better than chance;
+# * VOS: the trained features' J&F beats random init's, and both beat repeating the first mask:
+#   fails if propagation did not follow the object;
+# * the propagated masks are written for every frame (the DAVIS output layout).
 
 # %%
 assert abs(average_precision([10, 11, 12, 13, 14, 15], {10, 12, 15}) - (1 + 2 / 3 + 3 / 6) / 3) < 1e-12
