@@ -23,7 +23,7 @@
 # first frame's mask through a video by nearest neighbours between patch features). Each is
 # compared with a random-init network of the same shape and a feature-free baseline.
 #
-# **Run time:** about 20 s on 2 CPU cores once notebook 00's 200-step run exists (it is
+# **Run time:** about 30 s on 2 CPU cores once notebook 00's 200-step run exists (it is
 # trained here first otherwise, about 2 minutes). **Knobs:** `N_QUERIES`, and `DAVIS` (used
 # when `../shared/data` is present; otherwise the embedded generated video is used).
 
