@@ -117,6 +117,7 @@ class Config:
     fp32_variant: dict = field(default_factory=dict)
     compile: bool = False              # torch.compile the backbones (GPU runs; keys stay unchanged)
     num_workers: int = 2
+    threads: int | str = "auto"        # torch's CPU threads: auto (all cores, fewer while other processes load them; dino_lite.threads) | N
     seed: int = 0
     minutes: float | None = None       # time budget: schedules laid out over the steps that fit
     max_steps: int | None = None
@@ -160,6 +161,8 @@ class Config:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.threads != "auto" and not (type(self.threads) is int and self.threads >= 1):
+            raise ValueError(f"threads must be auto or a number of threads >= 1, got {self.threads!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for k in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "warmup_epochs",
@@ -312,6 +315,8 @@ def _parse_value(name: str, text: str):
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} expects true/false{'/auto' if 'str' in typ else ''}, got {text!r}")
+    if "int" in typ and "str" in typ and text.lower() == "auto":
+        return "auto"
     if "dict" in typ:
         if text.lower() in ("none", "{}", ""):
             return {}

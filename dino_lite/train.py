@@ -43,12 +43,13 @@ from .models import build_student_teacher, update_teacher
 from .precision import Precision, for_config
 from .rundir import RunLock, open_log, read_records, sync
 from .schedules import cosine_schedule
+from .threads import AdaptiveThreads
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 # options a resumed run may take from the command line instead of the checkpoint: they change
 # neither the model nor the data nor the randomness
-SAFE_ON_RESUME = ("num_workers", "compile", "name", "notes")
+SAFE_ON_RESUME = ("num_workers", "compile", "threads", "name", "notes")
 # the run's length: a resumed run may be given another one (to extend a finished run); the
 # schedules are then laid out again over the new length from the step reached
 LENGTH_KEYS = ("epochs", "max_steps")
@@ -104,7 +105,7 @@ def resume_config(saved: Config, given: Config | None) -> Config:
         diffs = ", ".join(f"{k} (checkpoint {old[k]!r}, now {new[k]!r})" for k in changed)
         raise ValueError(f"--resume with options that differ from the checkpoint's: {diffs}. "
                          f"Resume with the run's own options (see its config.json); only "
-                         f"{', '.join(LENGTH_KEYS + SAFE_ON_RESUME[:2])} may change, to extend "
+                         f"{', '.join(LENGTH_KEYS + SAFE_ON_RESUME[:3])} may change, to extend "
                          f"a run use --max-steps or --epochs, or start a new run in another --out")
     return Config.from_dict(new)
 
@@ -315,6 +316,9 @@ class DINOTrainer:
     def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None,
                  overwrite=False):
         self.started = self.clock()
+        # torch's thread count: cfg.threads, or fitted to the other processes' load, measured
+        # from now on (dino_lite.threads)
+        self.threads = AdaptiveThreads()
         self.rank, self.world, self.device = distributed_setup()
         self.out = Path(out_dir)
         self.progress, self.on_step = progress and self.rank == 0, on_step
@@ -390,6 +394,7 @@ class DINOTrainer:
             self.student_forward = torch.nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(cfg, self.student)
+        self._say(self.threads.start(cfg.threads))
 
         # the most steps the run may take: its epochs, or --max-steps; --minutes fits within
         self.step_cap = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
@@ -475,6 +480,11 @@ class DINOTrainer:
         self.loss_fn.load_state_dict(centers)
 
     # -- the run --------------------------------------------------------------------------
+    def _say(self, line: str | None):
+        """Print ``line`` (a change of the thread count) on rank 0; nothing for None."""
+        if line and self.rank == 0:
+            print(line, file=sys.stderr)
+
     def state(self) -> dict:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(),
@@ -537,6 +547,7 @@ class DINOTrainer:
         try:
             return self._run()
         finally:
+            self.threads.close()
             for s, handler in handlers.items():
                 signal.signal(s, handler)
             if lock is not None:
@@ -576,12 +587,14 @@ class DINOTrainer:
                                           self.loss_fn, self.optimizer, self.sched,
                                           student_forward=self.student_forward)
                     rec["epoch"] = epoch
+                    rec["threads"] = torch.get_num_threads()       # the step ran on these
                     rec["time"] = round(self.clock() - start, 3)   # s since (re)start
                     self.step += 1
                     history.append(rec)
                     if log:
                         log.write(json.dumps(rec) + "\n")
                     mid_step = False
+                    self._say(self.threads.check())     # another process took or left a core?
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False,
                                     **({"H_t": f"{rec['teacher_entropy']:.2f}"} if "teacher_entropy" in rec else {}))

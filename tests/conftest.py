@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# a fixed thread count, also in the trainings tests start as subprocesses: adaptive threads
+# (dino_lite.threads) would make runs that tests compare bit for bit depend on the machine's load
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
