@@ -25,7 +25,7 @@
 #
 # Every number is read against the same network with random weights: on small images a random
 # network is a surprisingly strong baseline, and only the gap is DINO's doing.
-
+#
 # **Run time:** about a minute on a 2-core CPU once notebook 00's run exists (it trains that run
 # first otherwise, about 2 minutes). **Knobs:** `LIVE_STEPS` (the short live-plotted run) and
 # `K` (neighbours of the k-NN).
