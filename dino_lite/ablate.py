@@ -88,12 +88,15 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def cached_result(path: Path, key, compute):
+def cached_result(path: Path, key, compute, name: str | None = None):
     """``compute()``, stored in ``path`` beside ``key`` and reused while the key is the same
-    (the random-init baselines of the ablation table and of the small-data study)."""
+    (the random-init baselines of the ablation table and of the small-data study, the study's
+    cells); a reuse is printed as ``name: reusing path`` when ``name`` is given."""
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
+            if name:
+                print(f"{name}: reusing {path}")
             return saved["result"]
     result = compute()
     _write_json(path, {"key": key, "result": result})

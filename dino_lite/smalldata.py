@@ -89,20 +89,17 @@ def _pretrained(cfg, cell_dir: Path) -> bool:
 def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
     """Pre-train one cell and score it, or reuse its saved result while its key is unchanged."""
     from .train import train
-    key = _key(cfg, finetune)
-    saved = cell_dir / "result.json"
-    if saved.exists() and json.loads(saved.read_text())["key"] == key:
-        print(f"{cell_dir.name}: reusing {saved}")
-        return json.loads(saved.read_text())["result"]
-    if _pretrained(cfg, cell_dir):       # only the evaluation changed: keep the pre-training
-        print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
-    else:
-        print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
-        train(cfg, cell_dir, progress=progress, overwrite=True)   # a stale cell: replaced
-    backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
-    result = _scores(backbone, cfg, finetune, progress)
-    _write_json(saved, {"key": key, "result": result})
-    return result
+
+    def pretrain_and_score():
+        if _pretrained(cfg, cell_dir):   # only the evaluation changed: keep the pre-training
+            print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
+        else:
+            print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
+            train(cfg, cell_dir, progress=progress, overwrite=True)   # a stale cell: replaced
+        backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
+        return _scores(backbone, cfg, finetune, progress)
+    return cached_result(cell_dir / "result.json", _key(cfg, finetune), pretrain_and_score,
+                         name=cell_dir.name)
 
 
 def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, data=None, seed=None,
