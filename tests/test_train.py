@@ -311,73 +311,48 @@ def test_ctrl_c_resume_equals_an_uninterrupted_run_with_drop_path(tiny_folder, t
     assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
 
 
-def test_sigint_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
-                                                                capsys):
-    """A real Ctrl-C arrives after the teacher's forward pass (its BatchNorm statistics already
-    moved): the step is finished, then saved, so the resumed run equals the straight one."""
+@pytest.mark.parametrize("signame, exception, message", [
+    ("SIGINT", "KeyboardInterrupt", "interrupted at step 4; checkpoint saved"),
+    ("SIGTERM", "Terminated", "terminated (SIGTERM) at step 4; checkpoint saved")])
+def test_a_signal_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
+                                                                  capsys, signame, exception, message):
+    """A real Ctrl-C (SIGINT) or SIGTERM (kill, a scheduler, torchrun) arrives after the teacher's
+    forward pass (its BatchNorm statistics already moved): the step under way is finished, then
+    saved, the matching KeyboardInterrupt is raised, and the resumed run equals the straight one."""
     import os
     import signal
-    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
-    straight = train(cfg, tmp_path / "a", progress=False)
-    real = DINOTrainer.train_step
+    import dino_lite.train as train_module
+    signum = getattr(signal, signame)
+    raised = KeyboardInterrupt if exception == "KeyboardInterrupt" else getattr(train_module, exception)
 
-    def step_with_ctrl_c(self, views, step, *rest, **kw):
-        if step == 3:
-            diagnostics = self.loss_fn.diagnostics
-
-            def ctrl_c(*a, **k):                 # after both forward passes, before backward
-                os.kill(os.getpid(), signal.SIGINT)
-                return diagnostics(*a, **k)
-            monkeypatch.setattr(self.loss_fn, "diagnostics", ctrl_c)
-        return real(self, views, step, *rest, **kw)
-    monkeypatch.setattr(DINOTrainer, "train_step", step_with_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "b", progress=False)
-    assert "interrupted at step 4; checkpoint saved" in capsys.readouterr().err
-    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
-    monkeypatch.undo()
-    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    _assert_same_state(straight, resumed)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handler restored
-
-
-def test_sigterm_in_the_middle_of_a_step_saves_the_step_boundary(tiny_folder, tmp_path, monkeypatch,
-                                                                 capsys):
-    """SIGTERM (kill, a scheduler, torchrun) is handled as Ctrl-C: the step under way finishes,
-    the checkpoint is saved, Terminated (a KeyboardInterrupt) is raised, and resuming equals
-    the straight run."""
-    import os
-    import signal
-    from dino_lite.train import Terminated
-
-    def unhandled(signum, frame):       # without the trainer's handler, SIGTERM would end pytest
-        raise AssertionError("SIGTERM reached the default handler")
-    outer = signal.signal(signal.SIGTERM, unhandled)
+    def unhandled(signum, frame):       # without the trainer's handler, the signal would end pytest
+        raise AssertionError(f"{signame} reached the handler outside the trainer")
+    outer = signal.signal(signum, unhandled)
     try:
         cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
         straight = train(cfg, tmp_path / "a", progress=False)
         real = DINOTrainer.train_step
 
-        def step_with_sigterm(self, views, step, *rest, **kw):
+        def step_with_signal(self, views, step, *rest, **kw):
             if step == 3:
                 diagnostics = self.loss_fn.diagnostics
 
-                def sigterm(*a, **k):            # after both forward passes, before backward
-                    os.kill(os.getpid(), signal.SIGTERM)
+                def send(*a, **k):               # after both forward passes, before backward
+                    os.kill(os.getpid(), signum)
                     return diagnostics(*a, **k)
-                monkeypatch.setattr(self.loss_fn, "diagnostics", sigterm)
+                monkeypatch.setattr(self.loss_fn, "diagnostics", send)
             return real(self, views, step, *rest, **kw)
-        monkeypatch.setattr(DINOTrainer, "train_step", step_with_sigterm)
-        with pytest.raises(Terminated):
+        monkeypatch.setattr(DINOTrainer, "train_step", step_with_signal)
+        with pytest.raises(raised):
             train(cfg, tmp_path / "b", progress=False)
-        assert "terminated (SIGTERM) at step 4; checkpoint saved" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
         assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 4
         monkeypatch.undo()
         resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
         _assert_same_state(straight, resumed)
-        assert signal.getsignal(signal.SIGTERM) is unhandled          # handler restored
+        assert signal.getsignal(signum) is unhandled                  # handler restored
     finally:
-        signal.signal(signal.SIGTERM, outer)
+        signal.signal(signum, outer)
 
 
 def test_a_new_run_into_a_folder_holding_a_run_is_refused(tiny_folder, tmp_path):
