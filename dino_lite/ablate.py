@@ -92,6 +92,7 @@ def cached_result(path: Path, key, compute, name: str | None = None):
     """``compute()``, stored in ``path`` beside ``key`` and reused while the key is the same
     (the random-init baselines of the ablation table and of the small-data study, the study's
     cells); a reuse is printed as ``name: reusing path`` when ``name`` is given."""
+    key = json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:

@@ -197,3 +197,17 @@ def test_ablate_command_runs_every_row_and_resumes(tiny_folder, tmp_path, capsys
     main(argv)                                                       # a second call trains nothing
     again = capsys.readouterr().out
     assert again.count("reusing") == 11 and json.loads(again.strip().splitlines()[-1])["rows"] == result["rows"]
+
+
+def test_cached_result_is_reused_for_a_key_holding_tuples_and_recomputed_for_another(tmp_path):
+    from dino_lite.ablate import cached_result
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"knn_top1": 0.5}
+    key = make_config("cpu-demo").to_dict()         # holds tuples, which JSON stores as lists
+    path = tmp_path / "random_init.json"
+    assert cached_result(path, key, compute) == {"knn_top1": 0.5} and len(calls) == 1
+    assert cached_result(path, key, compute) == {"knn_top1": 0.5} and len(calls) == 1
+    assert cached_result(path, {**key, "seed": 1}, compute) == {"knn_top1": 0.5} and len(calls) == 2
