@@ -27,7 +27,7 @@
 # network is a surprisingly strong baseline, and only the gap is DINO's doing.
 #
 # **Run time:** about a minute on a 2-core CPU once notebook 00's run exists (it trains that run
-# first otherwise, about 2 minutes). **Knobs:** `LIVE_STEPS` (the short live-plotted run) and
+# first otherwise, about 1.5 minutes). **Knobs:** `LIVE_STEPS` (the short live-plotted run) and
 # `K` (neighbours of the k-NN).
 
 # %%
@@ -47,7 +47,7 @@ from dino_lite.train import CHECKPOINT, read_log, train
 torch.set_num_threads(2)
 LIVE_STEPS = 12      # knob: steps of the live-plotted run below (about 0.6 s each here)
 K = 20               # knob: neighbours of the weighted k-NN (the paper's 20)
-RUN = demo_run()     # notebook 00's 200-step run (trained here if 00 has not run)
+RUN = demo_run()     # notebook 00's run (DEMO_STEPS steps) (trained here if 00 has not run)
 
 # %% [markdown]
 # ## Watching a run: `on_step`

@@ -25,7 +25,7 @@
 # every patch into one of V codewords), both losses computed by hand beside the package's, a
 # short run of each method, and the study's table from a longer run on real photos.
 #
-# **Run time:** about a minute on 2 CPU cores (three short runs are cached in `../runs`).
+# **Run time:** about 30 s on 2 CPU cores (three short runs are cached in `../runs`).
 # **Knobs:** `STEPS` (steps of each short run), `VOCAB` (codebook size of the tokenizer figures).
 
 # %%
@@ -45,7 +45,7 @@ from dino_lite.tokenizers import build_tokenizer, codebook_image, redraw
 from dino_lite.train import read_log, train
 
 torch.set_num_threads(2)
-STEPS = 30         # knob: steps of each method's short run (batch 32 on the embedded shapes)
+STEPS = 20         # knob: steps of each method's short run (batch 32 on the embedded shapes)
 VOCAB = 512        # knob: codebook size of the tokenizer figures (the runs use the preset's 8192)
 GRID = (8, 8)      # 64 px images, 8 px patches: the cpu-demo and tinyimagenet presets
 shapes = build_dataset("shapes", train=True, transform=eval_transform(64))
@@ -319,7 +319,7 @@ print(f"DINO: teacher entropy {runs['dino'][0]['teacher_entropy']:.3f} -> "
 # The three losses are on different scales (DINO's cross-entropy between teacher and student
 # distributions over K prototypes; BEiT's over V = 8192 tokens, starting near ln 8192 = 9.0;
 # SplitMask's two such terms plus InfoNCE): compare each curve with its own start, not with the
-# others. The masked models' losses fall from the start. DINO's does not, in 30 steps: its
+# others. The masked models' losses fall from the start. DINO's does not, in 20 steps: its
 # cross-entropy is the teacher's entropy plus KL(teacher ‖ student), and only the KL is the
 # student's to lower. The KL falls steadily (orange), while the teacher's entropy, which the
 # student cannot change and which the EMA teacher inherits slowly, rises a little, so their sum

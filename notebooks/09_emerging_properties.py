@@ -23,8 +23,8 @@
 # first frame's mask through a video by nearest neighbours between patch features). Each is
 # compared with a random-init network of the same shape and a feature-free baseline.
 #
-# **Run time:** about 30 s on 2 CPU cores once notebook 00's 200-step run exists (it is
-# trained here first otherwise, about 2 minutes). **Knobs:** `N_QUERIES`, and `DAVIS` (used
+# **Run time:** about 15 s on 2 CPU cores once notebook 00's 160-step run exists (it is
+# trained here first otherwise, about 1.5 minutes). **Knobs:** `N_QUERIES`, and `DAVIS` (used
 # when `../shared/data` is present; otherwise the embedded generated video is used).
 
 # %%
@@ -153,7 +153,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 # The tables beside the paper's numbers (paper: ImageNet-trained ViT-S/B, hundreds of GPU-hours;
-# here: 200 CPU steps on synthetic shapes, so only the *ordering* is comparable).
+# here: 160 CPU steps on synthetic shapes, so only the *ordering* is comparable).
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
