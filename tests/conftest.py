@@ -93,3 +93,14 @@ def tiny_mim_model(kind, split="block", vocab=32):
     if kind == "beit":
         return BEiT(backbone, tok, (4, 4), 0.4)
     return SplitMask(backbone, tok, (4, 4), split, 2, 0.2)
+
+
+def random_init(preset, sets=()):
+    """``(backbone, cfg)`` as the evaluation commands build them for ``--preset PRESET
+    --random-init [--set ...]``: the preset's precision, the seeded random initialisation."""
+    from dino_lite.config import make_config
+    from dino_lite.evaluate import random_init_backbone
+    from dino_lite.precision import for_config
+    cfg = make_config(preset, sets=list(sets))
+    cfg = cfg.for_precision(for_config(cfg, "cpu").bf16, "cpu")
+    return random_init_backbone(cfg), cfg

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import is_share_of
+from conftest import is_share_of, random_init
 from dino_lite.cli import main
 
 
@@ -58,12 +58,18 @@ def test_train_knn_attention_end_to_end(tiny_folder, tmp_path):
     assert is_share_of(acc, 12) and acc == pytest.approx(knn_accuracy(backbone, cfg, progress=False))
     r = run_cli("knn", "--preset", "cpu-demo", "--random-init", "--data", str(tiny_folder), "--json", *common)
     assert r.returncode == 0, r.stderr
+    acc = json.loads(r.stdout.strip().splitlines()[-1])["knn_top1"]
+    baseline, base_cfg = random_init("cpu-demo", common[1::2])
+    assert acc == pytest.approx(knn_accuracy(baseline, base_cfg, data=str(tiny_folder)))
     r = run_cli("attention", "--checkpoint", str(ckpt), "--images", str(tiny_folder / "images"),
                 "--masks", str(tiny_folder / "masks"), "--out", str(tmp_path / "att"), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert 0 <= res["jaccard"] <= 1 and 0 <= res["jaccard_best_head"] <= 1
-    assert 0 <= res["object_mass"] <= 1 and 0 < res["object_area"] < 1
+    from dino_lite.attention import attention_maps, load_image_folder, score_maps
+    x, _, masks, valid = load_image_folder(tiny_folder / "images", cfg.image_size, tiny_folder / "masks")
+    scores = score_maps(attention_maps(backbone, x), masks, valid)     # the library on the same images
+    for key in ("jaccard", "jaccard_best_head", "object_mass", "object_area"):
+        assert res[key] == pytest.approx(scores[key]), key
     assert res["images"] == 12
     assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
 
