@@ -16,7 +16,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]                  # the checkout
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +63,12 @@ def is_share_of(value, n):
 
 
 def torchrun(args, timeout=300):
-    """``torchrun --standalone --nproc_per_node=2 -m dino_lite ARGS`` (one thread per process)."""
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` (a script and its arguments, or ``-m
+    MODULE ...``) with one thread per process and this checkout importable."""
     exe = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(exe), "--standalone", "--nproc_per_node=2", "-m", "dino_lite", *args],
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess.run([str(exe), "--standalone", "--nproc_per_node=2", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
