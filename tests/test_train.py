@@ -193,17 +193,20 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_path):
-    """SIGKILL a training process at random moments (once while it starts, then while it trains;
-    its checkpoint writes are slowed down, half a file then a pause, so some kills land inside
-    one), resume each time: the log then holds every step once, and the final checkpoint equals
-    that of a run never interrupted."""
+    """SIGKILL a training process three times, resuming after each: while it starts, inside a
+    checkpoint write that replaces an earlier checkpoint (its writes are slowed down, half a file
+    then a pause; the kill is aimed at the pause and the half-written temporary file it leaves
+    proves where it landed), and at a random moment while it trains. The log then holds every
+    step once, and the final checkpoint equals that of a run never interrupted."""
     import os
     import random
     import signal
     import subprocess
     import sys
     import time
+    from dino_lite.cli import main
     driver = tmp_path / "driver.py"
     driver.write_text(KILL_DRIVER)
     sets = ["image_size=32", "global_size=32", "local_size=16", "n_local=2", "depth=2", "out_dim=64",
@@ -218,27 +221,33 @@ def test_random_kills_lose_no_log_record_and_resume_exactly(tiny_folder, tmp_pat
                                 + (["--resume"] if resume else []), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    straight = start(tmp_path / "straight", False)
-    assert straight.wait(timeout=120) == 0, straight.stderr.read()
-    out, rng, kills = tmp_path / "killed", random.Random(24), 0
-    for attempt in range(6):
+    def wait_for(p, condition):
+        deadline = time.time() + 60
+        while p.poll() is None and time.time() < deadline and not condition():
+            time.sleep(0.005)
+
+    main([*args, "--out", str(tmp_path / "straight")])         # the reference, in this process
+    out, rng, kills = tmp_path / "killed", random.Random(24), []
+    for moment in ("start-up", "checkpoint write", "training"):
         resume = (out / CHECKPOINT).exists()
         done = load_checkpoint(out / CHECKPOINT)["step"] if resume else 0
         p = start(out, resume)
-        if attempt == 0:
-            time.sleep(rng.uniform(0.3, 1.5))                # while it starts up
+        temp = out / f".{CHECKPOINT}.tmp{p.pid}"              # where this process writes
+        if moment == "start-up":
+            time.sleep(rng.uniform(0.3, 1.5))
+        elif moment == "checkpoint write":
+            wait_for(p, lambda: (out / CHECKPOINT).exists() and temp.exists())
         else:         # once this process has logged a step of its own (the log is kept to `done`)
-            deadline = time.time() + 60
-            while p.poll() is None and time.time() < deadline and not (
-                    (out / "log.jsonl").exists()
-                    and (out / "log.jsonl").read_text().count("\n") > done):
-                time.sleep(0.01)
+            wait_for(p, lambda: (out / "log.jsonl").exists()
+                     and (out / "log.jsonl").read_text().count("\n") > done)
             time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
-            kills += 1
+            kills.append(moment)
         p.wait(timeout=60)
-    assert kills >= 3
+        if moment == "checkpoint write":
+            assert temp.exists(), "the kill missed the checkpoint write"
+    assert kills == ["start-up", "checkpoint write", "training"]
     final = start(out, (out / CHECKPOINT).exists())
     assert final.wait(timeout=120) == 0, final.stderr.read()
     assert [r["step"] for r in read_log(out)] == list(range(24))
