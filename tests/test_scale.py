@@ -26,14 +26,15 @@ def _train_cmd(data, out, steps):
 # -- 2 processes follow 1 ----------------------------------------------------------------------
 # Every 2-process command of this file runs in ONE torchrun launch (a launch costs seconds of
 # start-up): the driver runs them one after another in the same two workers, each command's
-# stdout to its own file per rank, and keeps the process group between them (the command line
-# leaves it after each command, which a later command could not join again).
+# stdout to its own file per rank. Where the command line leaves the process group after its
+# command, the driver keeps it for the next one and leaves it once, at the end.
 
 SWITCHES = ["centering=sinkhorn_knopp", "loss=infonce", "ibot=1"]
 MIM = ["beit", "splitmask"]
 
 DRIVER = """
 import contextlib, json, os, sys
+import torch.distributed as dist
 import dino_lite.cli as cli
 from dino_lite.cli import main
 leave = cli._leave_process_group
@@ -43,7 +44,6 @@ for name, argv in json.load(open(os.path.join(out, "cases.json"))).items():
     print(f"command {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
     with open(os.path.join(out, f"{name}.rank{rank}.out"), "w") as f, contextlib.redirect_stdout(f):
         main(argv)
-    import torch.distributed as dist
     dist.barrier()
     open(os.path.join(out, f"{name}.rank{rank}.done"), "w").close()
 leave(wait=True)
