@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny image-folder dataset rendered from the embedded shapes generator."""
+"""Shared fixtures and helpers: a tiny image-folder dataset rendered from the embedded shapes
+generator, tiny configurations and models, and torchrun."""
 
 import os
 import subprocess
@@ -15,7 +16,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]                  # the checkout
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +63,47 @@ def is_share_of(value, n):
 
 
 def torchrun(args, timeout=300):
-    """``torchrun --standalone --nproc_per_node=2 -m dino_lite ARGS`` (one thread per process)."""
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` (a script and its arguments, or ``-m
+    MODULE ...``) with one thread per process and this checkout importable."""
     exe = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(exe), "--standalone", "--nproc_per_node=2", "-m", "dino_lite", *args],
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess.run([str(exe), "--standalone", "--nproc_per_node=2", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# `--set` values that make a masked-image-modelling run (BEiT, SplitMask) tiny: fp32, patch stem
+TINY_MIM = ["image_size=32", "global_size=32", "local_size=16", "depth=2", "batch_size=16",
+            "num_workers=0", "vocab_size=64", "stem=patch", "bf16=false", "warmup_epochs=0.5"]
+
+
+def mim_train_args(method, data, out, steps, *sets):
+    """The command line (``main``'s argv) of a tiny ``train --method METHOD`` run."""
+    args = ["train", "--method", method, "--preset", "cpu-demo", "--data", str(data),
+            "--max-steps", str(steps), "--out", str(out)]
+    return args + [a for s in TINY_MIM + list(sets) for a in ("--set", s)]
+
+
+def tiny_mim_model(kind, split="block", vocab=32):
+    """A seeded 2-block BEiT or SplitMask on 32 px images (a 4 x 4 patch grid)."""
+    from dino_lite.beit import BEiT
+    from dino_lite.models import build_backbone
+    from dino_lite.splitmask import SplitMask
+    from dino_lite.tokenizers import Tokenizer
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2, drop_path=0.0)
+    tok = Tokenizer(vocab, 8).fit(torch.Generator().manual_seed(0))
+    if kind == "beit":
+        return BEiT(backbone, tok, (4, 4), 0.4)
+    return SplitMask(backbone, tok, (4, 4), split, 2, 0.2)
+
+
+def random_init(preset, sets=()):
+    """``(backbone, cfg)`` as the evaluation commands build them for ``--preset PRESET
+    --random-init [--set ...]``: the preset's precision, the seeded random initialisation."""
+    from dino_lite.config import make_config
+    from dino_lite.evaluate import random_init_backbone
+    from dino_lite.precision import for_config
+    cfg = make_config(preset, sets=list(sets))
+    cfg = cfg.for_precision(for_config(cfg, "cpu").bf16, "cpu")
+    return random_init_backbone(cfg), cfg

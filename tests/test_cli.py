@@ -6,12 +6,8 @@ import sys
 
 import pytest
 
-from conftest import is_share_of
+from conftest import is_share_of, random_init
 from dino_lite.cli import main
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dino_lite", *args], capture_output=True, text=True)
 
 
 def test_config_imagenet_preset_is_the_papers_recipe(capsys):
@@ -40,52 +36,8 @@ def test_set_overrides_and_rejects_bad_values(capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_train_knn_attention_end_to_end(tiny_folder, tmp_path):
-    common = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
-              "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
-              "--set", "batch_size=16", "--set", "n_local=2"]
-    r = run_cli("train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--max-steps", "3",
-                "--epochs", "1", "--out", str(tmp_path / "run"), *common)
-    assert r.returncode == 0, r.stderr
-    ckpt = tmp_path / "run" / "checkpoint.pt"
-    assert ckpt.exists()
-    r = run_cli("knn", "--checkpoint", str(ckpt), "--json")
-    assert r.returncode == 0, r.stderr
-    acc = json.loads(r.stdout.strip().splitlines()[-1])["knn_top1"]
-    from dino_lite.checkpoint import backbone_from_checkpoint
-    from dino_lite.evaluate import knn_accuracy
-    backbone, cfg = backbone_from_checkpoint(ckpt)          # the command reports the library's score
-    assert is_share_of(acc, 12) and acc == pytest.approx(knn_accuracy(backbone, cfg, progress=False))
-    r = run_cli("knn", "--preset", "cpu-demo", "--random-init", "--data", str(tiny_folder), "--json", *common)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("attention", "--checkpoint", str(ckpt), "--images", str(tiny_folder / "images"),
-                "--masks", str(tiny_folder / "masks"), "--out", str(tmp_path / "att"), "--json")
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert 0 <= res["jaccard"] <= 1 and 0 <= res["jaccard_best_head"] <= 1
-    assert 0 <= res["object_mass"] <= 1 and 0 < res["object_area"] < 1
-    assert res["images"] == 12
-    assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
-
-
-def test_bad_inputs_give_clear_errors(tmp_path):
-    r = run_cli("knn", "--checkpoint", str(tmp_path / "missing.pt"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
-    r = run_cli("knn", "--preset", "cpu-demo")
-    assert r.returncode != 0 and "--random-init" in r.stderr
-    r = run_cli("train", "--data", str(tmp_path / "nowhere"), "--max-steps", "1")
-    assert r.returncode == 2 and "neither" in r.stderr
-    (tmp_path / "empty").mkdir()
-    r = run_cli("attention", "--preset", "cpu-demo", "--random-init", "--images", str(tmp_path / "empty"))
-    assert r.returncode == 2 and "no images" in r.stderr
-
-
-# -- robustness: messages instead of tracebacks, Ctrl-C (issue 24) ---------------------------------
-
-TINY_SETS = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
-             "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
-             "--set", "batch_size=16", "--set", "n_local=2", "--set", "bf16=false",
-             "--set", "fused_attention=off"]
+def _last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _error(capsys, argv):
@@ -96,6 +48,59 @@ def _error(capsys, argv):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+def test_train_knn_attention_end_to_end(tiny_folder, tmp_path, capsys):
+    common = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
+              "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
+              "--set", "batch_size=16", "--set", "n_local=2"]
+    main(["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--max-steps", "3",
+          "--epochs", "1", "--out", str(tmp_path / "run"), *common])
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert ckpt.exists()
+    capsys.readouterr()
+    main(["knn", "--checkpoint", str(ckpt), "--json"])
+    acc = _last_json(capsys)["knn_top1"]
+    from dino_lite.checkpoint import backbone_from_checkpoint
+    from dino_lite.evaluate import knn_accuracy
+    backbone, cfg = backbone_from_checkpoint(ckpt)          # the command reports the library's score
+    assert is_share_of(acc, 12) and acc == pytest.approx(knn_accuracy(backbone, cfg, progress=False))
+    main(["knn", "--preset", "cpu-demo", "--random-init", "--data", str(tiny_folder), "--json", *common])
+    acc = _last_json(capsys)["knn_top1"]
+    baseline, base_cfg = random_init("cpu-demo", common[1::2])
+    assert acc == pytest.approx(knn_accuracy(baseline, base_cfg, data=str(tiny_folder)))
+    main(["attention", "--checkpoint", str(ckpt), "--images", str(tiny_folder / "images"),
+          "--masks", str(tiny_folder / "masks"), "--out", str(tmp_path / "att"), "--json"])
+    res = _last_json(capsys)
+    from dino_lite.attention import attention_maps, load_image_folder, score_maps
+    x, _, masks, valid = load_image_folder(tiny_folder / "images", cfg.image_size, tiny_folder / "masks")
+    scores = score_maps(attention_maps(backbone, x), masks, valid)     # the library on the same images
+    for key in ("jaccard", "jaccard_best_head", "object_mass", "object_area"):
+        assert res[key] == pytest.approx(scores[key]), key
+    assert res["images"] == 12
+    assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    err = _error(capsys, ["knn", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert "does not exist" in err
+    with pytest.raises(SystemExit) as e:                    # exits non-zero with this message
+        main(["knn", "--preset", "cpu-demo"])
+    assert isinstance(e.value.code, str) and "--random-init" in e.value.code
+    err = _error(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--max-steps", "1"])
+    assert "neither" in err
+    (tmp_path / "empty").mkdir()
+    err = _error(capsys, ["attention", "--preset", "cpu-demo", "--random-init", "--images",
+                          str(tmp_path / "empty")])
+    assert "no images" in err
+
+
+# -- robustness: messages instead of tracebacks, Ctrl-C (issue 24) ---------------------------------
+
+TINY_SETS = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
+             "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
+             "--set", "batch_size=16", "--set", "n_local=2", "--set", "bf16=false",
+             "--set", "fused_attention=off"]
 
 
 @pytest.mark.parametrize("setting, message", [

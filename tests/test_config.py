@@ -1,4 +1,5 @@
-"""config.py: the shared data root of the presets and train_config (the config `train` runs)."""
+"""config.py: the shared data root of the presets, train_config (the config `train` runs), and
+the masked methods' defaults on every preset."""
 
 import ast
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dino_lite import config
-from dino_lite.config import SHARED_DATA_ENV, make_config, resolve_data, shared_data_root, train_config
+from dino_lite.config import (METHOD_DEFAULTS, PRESETS, SHARED_DATA_ENV, make_config, resolve_data,
+                              shared_data_root, train_config)
 
 PACKAGE = Path(config.__file__).resolve().parent
 
@@ -66,3 +68,30 @@ def test_library_modules_do_not_import_the_command_line():
                 assert (path.name, names) == ("launch.py", ["main"]), f"{path.name} imports {names} from cli"
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[-1] != "cli" for a in node.names), path.name
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("method", ["beit", "splitmask"])
+def test_every_vit_preset_takes_a_masked_method_with_beits_optimiser(preset, method):
+    if PRESETS[preset].get("arch", "vit_tiny").startswith("resnet"):
+        with pytest.raises(ValueError, match="needs a ViT"):
+            make_config(preset, {"method": method})
+        return
+    cfg = make_config(preset, {"method": method})
+    assert cfg.method == method
+    assert cfg.adam_betas == (0.9, 0.98) and cfg.weight_decay == cfg.weight_decay_end == 0.05
+    assert cfg.lr == pytest.approx(1.5e-3 / 2048 * 256) and cfg.clip_grad == 3.0
+    assert cfg.drop_path == 0.1 and cfg.n_local == 0
+    for key in ("data", "arch", "patch_size", "global_size", "batch_size", "minutes"):
+        assert getattr(cfg, key) == getattr(make_config(preset), key)    # the preset's own
+
+
+def test_explicit_values_win_over_the_method_defaults_and_dino_is_untouched():
+    cfg = make_config("tinyimagenet", {"method": "beit", "drop_path": 0.0}, ["lr=0.01"])
+    assert cfg.lr == 0.01 and cfg.drop_path == 0.0 and cfg.adam_betas == (0.9, 0.98)
+    assert METHOD_DEFAULTS["dino"] == {}
+    assert make_config("tinyimagenet").to_dict() == make_config("tinyimagenet", {"method": "dino"}).to_dict()
+    with pytest.raises(ValueError, match="method must be"):
+        make_config("cpu-demo", {"method": "mae"})
+    with pytest.raises(ValueError, match="tokenizer must be"):
+        make_config("cpu-demo", {"method": "beit", "tokenizer": "dvae"})

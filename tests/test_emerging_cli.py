@@ -4,7 +4,10 @@ import json
 
 import pytest
 
+from conftest import random_init
 from dino_lite.cli import main
+from dino_lite.retrieval import (MULTISCALE, embed_images, list_images, pixel_features, rank_database,
+                                 score_rankings)
 
 RANDOM = ["--preset", "tinyimagenet", "--random-init"]
 
@@ -13,13 +16,33 @@ def _last_json(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def _scores(queries, database, positive, junk=None):
+    """The library's ranking scores of ``queries`` against ``database`` features."""
+    _, order = rank_database(queries, database)
+    scores = score_rankings(order, positive, junk, ks=(1, 5, 10))
+    scores.pop("ap")
+    return scores
+
+
+def _assert_reports(r, expected):
+    for key, value in expected.items():
+        assert r[key] == pytest.approx(value), key
+
+
 def test_retrieval_on_class_folders(tiny_folder, tmp_path, capsys):
     common = ["--database", str(tiny_folder / "train"), "--queries", str(tiny_folder / "val"),
               "--out", str(tmp_path), "--json"]
     main(["retrieval", *RANDOM, "--multiscale", *common])
     r = _last_json(capsys)
-    assert 0 < r["mAP"] <= 1 and r["queries"] == 12 and r["database"] == 96 and r["multiscale"]
+    assert r["queries"] == 12 and r["database"] == 96 and r["multiscale"]
     assert {"precision@1", "precision@5", "recall@10"} <= set(r)
+    # the command reports the library's scores: multiscale features of the preset's random init,
+    # relevance from the class folders
+    from dino_lite.retrieval import relevance_from_classes
+    backbone, cfg = random_init("tinyimagenet")
+    (qf, qc), (df, dc) = list_images(tiny_folder / "val"), list_images(tiny_folder / "train")
+    q, d = (embed_images(backbone, f, cfg.image_size, MULTISCALE) for f in (qf, df))
+    _assert_reports(r, _scores(q, d, relevance_from_classes(qc, dc)))
     assert (tmp_path / "retrieval.png").stat().st_size > 0
     main(["retrieval", "--pixels", "--per-class", "4", *common])
     r = _last_json(capsys)
@@ -43,9 +66,21 @@ def test_make_copies_then_copydetect(tiny_folder, tmp_path, capsys):
             "--ground-truth", str(bench / "ground_truth.csv"), "--out", str(tmp_path), "--json"]
     main(["copydetect", *RANDOM, "--whitening", str(bench / "whitening"), *args])
     r = _last_json(capsys)
-    assert 0 < r["mAP"] <= 1 and r["queries"] == 12 and r["whitening"]
+    assert r["queries"] == 12 and r["whitening"]
+    # the library's scores: whitened CLS+GeM features of the random init, the written ground truth
+    from dino_lite.copydetect import Whitening, cls_gem_features
+    from dino_lite.retrieval import read_ground_truth, relative_names
+    backbone, cfg = random_init("tinyimagenet")
+    qf, df = list_images(bench / "queries")[0], list_images(bench / "database")[0]
+    pos, junk = read_ground_truth(bench / "ground_truth.csv", relative_names(qf, bench / "queries"),
+                                  relative_names(df, bench / "database"))
+
+    def embed(files):
+        return embed_images(backbone, files, cfg.image_size, features=cls_gem_features)
+    whiten = Whitening(embed(list_images(bench / "whitening")[0]))
+    _assert_reports(r, _scores(whiten(embed(qf)), whiten(embed(df)), pos, junk))
     main(["copydetect", "--pixels", *args])
-    assert 0 < _last_json(capsys)["mAP"] <= 1
+    _assert_reports(_last_json(capsys), _scores(pixel_features(qf), pixel_features(df), pos, junk))
     assert (tmp_path / "copydetect.png").exists()
 
 
@@ -56,7 +91,14 @@ def test_vos_command_on_the_generated_video(tmp_path, capsys):
     main(["vos", *RANDOM, "--davis", str(root), "--short-side", "64", "--out", str(out), "--json"])
     r = _last_json(capsys)
     assert set(r) >= {"J", "F", "JF", "frames_per_s", "peak_memory_mb"}
-    assert 0 <= r["J"] <= 1 and r["JF"] == pytest.approx((r["J"] + r["F"]) / 2)
+    assert r["JF"] == pytest.approx((r["J"] + r["F"]) / 2)
+    # the library's J and F: label propagation with the preset's random init, at the same size
+    from dino_lite.vos import evaluate_davis
+    backbone, _ = random_init("tinyimagenet")
+    expected = evaluate_davis(root, backbone, short_side=64, progress=None)
+    assert (r["J"], r["F"]) == pytest.approx((expected["J"], expected["F"]))
     assert (out / "shapes" / "00004.png").exists() and (out / "shapes.gif").exists()
     main(["vos", "--first-frame-baseline", "--davis", str(root), "--sequences", "shapes", "--json"])
-    assert _last_json(capsys)["per_sequence"]["shapes"]["J"] < 1
+    baseline = evaluate_davis(root, None, ["shapes"], progress=None)["sequences"][0]
+    assert _last_json(capsys)["per_sequence"]["shapes"]["J"] == pytest.approx(baseline["J"])
+    assert baseline["J"] < 1                         # the objects move: repeating frame 0 is wrong

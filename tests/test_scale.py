@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import is_share_of, torchrun
+from conftest import is_share_of, mim_train_args, torchrun
 from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.launch import SlurmTrain, launch
@@ -23,63 +23,145 @@ def _train_cmd(data, out, steps):
     return args + [a for s in TINY for a in ("--set", s)]
 
 
+# -- 2 processes follow 1 ----------------------------------------------------------------------
+# Every 2-process command of this file runs in ONE torchrun launch (a launch costs seconds of
+# start-up): the driver runs them one after another in the same two workers, each command's
+# stdout to its own file per rank. Where the command line leaves the process group after its
+# command, the driver keeps it for the next one and leaves it once, at the end.
+
+SWITCHES = ["centering=sinkhorn_knopp", "loss=infonce", "ibot=1"]
+MIM = ["beit", "splitmask"]
+
+DRIVER = """
+import contextlib, json, os, sys
+import torch.distributed as dist
+import dino_lite.cli as cli
+from dino_lite.cli import main
+leave = cli._leave_process_group
+cli._leave_process_group = lambda wait: None    # stay in the group for the next command
+out, rank = sys.argv[1], os.environ["RANK"]
+for name, argv in json.load(open(os.path.join(out, "cases.json"))).items():
+    print(f"command {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
+    with open(os.path.join(out, f"{name}.rank{rank}.out"), "w") as f, contextlib.redirect_stdout(f):
+        main(argv)
+    dist.barrier()
+    open(os.path.join(out, f"{name}.rank{rank}.done"), "w").close()
+leave(wait=True)
+"""
+
+
+def _cases(tiny_folder, out):
+    """Each 2-process command by name (all write under ``out``)."""
+    cases = {"ddp8": _train_cmd(tiny_folder, out / "ddp8", 8) + NO_BN_FP32,
+             "knn": ["knn", "--checkpoint", str(out / "ddp8" / "checkpoint.pt"), "--json"],
+             "cpu-demo": ["train", "--preset", "cpu-demo", "--max-steps", "10", "--out",
+                          str(out / "cpu-demo")]}
+    for switch in SWITCHES:
+        cases[switch] = _train_cmd(tiny_folder, out / switch, 4) + NO_BN_FP32 + ["--set", switch]
+    for method in MIM:
+        cases[method] = mim_train_args(method, tiny_folder, out / method, 4, "drop_path=0")
+    return cases
+
+
+def _needs(item) -> list[str]:
+    """The 2-process commands a test of this module reads."""
+    params = getattr(item, "callspec", None) and item.callspec.params or {}
+    return {"test_two_processes_match_one_process_with_the_same_global_batch": ["ddp8"],
+            "test_knn_under_torchrun_gathers_features_of_every_image": ["ddp8", "knn"],
+            "test_linear_and_finetune_run_on_the_checkpoint": ["ddp8"],
+            "test_global_batch_losses_match_across_processes": [params.get("switch")],
+            "test_masked_methods_on_two_processes_follow_one_process": [params.get("method")],
+            "test_cpu_demo_on_two_processes_tracks_one_process": ["cpu-demo"],
+            }.get(item.originalname, [])
+
+
+class TwoProcessRuns:
+    """The outcome of the one torchrun launch: a folder per command, its stdout per rank."""
+
+    def __init__(self, out, result):
+        self.out, self.result = out, result
+
+    def __call__(self, name):
+        """The folder of command ``name``, asserting that it ran to its end on both ranks."""
+        done = all((self.out / f"{name}.rank{r}.done").exists() for r in (0, 1))
+        assert done, (f"the 2-process command {name!r} did not finish (torchrun exit code "
+                      f"{self.result.returncode}):\n{self.result.stderr[-3000:]}")
+        return self.out / name
+
+    def stdout(self, name):
+        return "".join((self.out / f"{name}.rank{r}.out").read_text() for r in (0, 1))
+
+
 @pytest.fixture(scope="module")
-def two_process_run(tiny_folder, tmp_path_factory):
+def two_process(request, tiny_folder, tmp_path_factory):
+    """Runs, in one torchrun launch, the 2-process commands that the selected tests need."""
+    needed = {n for item in request.session.items if item.module.__name__ == __name__
+              for n in _needs(item)}
+    if "cpu-demo" in needed:
+        from dino_lite.data import build_dataset
+        build_dataset("shapes", train=True), build_dataset("shapes", train=False)   # cache once
     out = tmp_path_factory.mktemp("ddp2")
-    r = torchrun(_train_cmd(tiny_folder, out, 8) + NO_BN_FP32)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
+    cases = {name: argv for name, argv in _cases(tiny_folder, out).items() if name in needed}
+    (out / "cases.json").write_text(json.dumps(cases))
+    (out / "driver.py").write_text(DRIVER)
+    return TwoProcessRuns(out, torchrun([str(out / "driver.py"), str(out)], timeout=600))
+
+
+def _same_losses(one, two, steps, tolerance):
+    one, two = read_log(one), read_log(two)
+    assert [r["step"] for r in two] == list(range(steps))
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
+    assert max(diffs) < tolerance, diffs
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, tiny_folder,
+def test_two_processes_match_one_process_with_the_same_global_batch(two_process, tiny_folder,
                                                                      tmp_path):
     """Same images, augmentations and init on 1 or 2 processes: without BatchNorm, in fp32, the
     runs agree up to the order of floating-point sums."""
+    two = two_process("ddp8")
     main(_train_cmd(tiny_folder, tmp_path, 8) + NO_BN_FP32)
-    one, two = read_log(tmp_path), read_log(two_process_run)
-    assert [r["step"] for r in two] == list(range(8))
-    assert list(two_process_run.glob("*.pt")) == [two_process_run / "checkpoint.pt"]
-    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
-    assert max(diffs) < 1e-3, diffs
+    assert list(two.glob("*.pt")) == [two / "checkpoint.pt"]
+    _same_losses(tmp_path, two, 8, 1e-3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("switch", ["centering=sinkhorn_knopp", "loss=infonce", "ibot=1"])
-def test_global_batch_losses_match_across_processes(switch, tiny_folder, tmp_path):
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_global_batch_losses_match_across_processes(switch, two_process, tiny_folder, tmp_path):
     """Sinkhorn-Knopp's equipartition, InfoNCE's negatives and iBOT's mean over hidden patches
     span the global batch: with the rows split over 2 processes the losses equal the 1-process
     run's."""
-    args = _train_cmd(tiny_folder, tmp_path / "two", 4) + NO_BN_FP32 + ["--set", switch]
-    r = torchrun(args)
-    assert r.returncode == 0, r.stderr[-3000:]
+    two = two_process(switch)
     main(_train_cmd(tiny_folder, tmp_path / "one", 4) + NO_BN_FP32 + ["--set", switch])
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
-    assert len(two) == 4
-    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-3
+    _same_losses(tmp_path / "one", two, 4, 1e-3)
 
 
 @pytest.mark.slow
-def test_cpu_demo_on_two_processes_tracks_one_process(tmp_path):
+@pytest.mark.parametrize("method", MIM)
+def test_masked_methods_on_two_processes_follow_one_process(method, two_process, tiny_folder, tmp_path):
+    """Same images, masks and init on 1 or 2 processes (BEiT's mean over the global batch's masked
+    patches, SplitMask's negatives gathered across processes): the losses agree. Drop path is off:
+    its draws depend on how the rows are split."""
+    two = two_process(method)
+    main(mim_train_args(method, tiny_folder, tmp_path / "one", 4, "drop_path=0"))
+    _same_losses(tmp_path / "one", two, 4, 1e-3)
+
+
+@pytest.mark.slow
+def test_cpu_demo_on_two_processes_tracks_one_process(two_process, tmp_path):
     """The cpu-demo preset itself (conv stem and head with BatchNorm, whose statistics are per
     process on CPU: SyncBatchNorm is GPU-only) stays within a small tolerance of 1 process."""
-    from dino_lite.data import build_dataset
-    build_dataset("shapes", train=True), build_dataset("shapes", train=False)   # cache once
-    base = ["train", "--preset", "cpu-demo", "--max-steps", "10"]
-    r = torchrun(base + ["--out", str(tmp_path / "two")])
-    assert r.returncode == 0, r.stderr[-3000:]
-    main(base + ["--out", str(tmp_path / "one")])
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
-    assert len(one) == len(two) == 10
-    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 0.05
+    two = two_process("cpu-demo")
+    main(["train", "--preset", "cpu-demo", "--max-steps", "10", "--out", str(tmp_path / "one")])
+    assert len(read_log(tmp_path / "one")) == 10
+    _same_losses(tmp_path / "one", two, 10, 0.05)
 
 
 @pytest.mark.slow
-def test_knn_under_torchrun_gathers_features_of_every_image(two_process_run, capsys):
-    ckpt = str(two_process_run / "checkpoint.pt")
-    r = torchrun(["knn", "--checkpoint", ckpt, "--json"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+def test_knn_under_torchrun_gathers_features_of_every_image(two_process, capsys):
+    ckpt = str(two_process("ddp8") / "checkpoint.pt")
+    two_process("knn")
+    lines = [line for line in two_process.stdout("knn").splitlines() if line.startswith("{")]
     assert len(lines) == 1                                   # rank 0 alone reports
     main(["knn", "--checkpoint", ckpt, "--json"])
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -87,8 +169,8 @@ def test_knn_under_torchrun_gathers_features_of_every_image(two_process_run, cap
 
 
 @pytest.mark.slow
-def test_linear_and_finetune_run_on_the_checkpoint(two_process_run, capsys):
-    ckpt = str(two_process_run / "checkpoint.pt")
+def test_linear_and_finetune_run_on_the_checkpoint(two_process, capsys):
+    ckpt = str(two_process("ddp8") / "checkpoint.pt")
     main(["linear", "--checkpoint", ckpt, "--epochs", "5", "--json"])
     lin = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     main(["finetune", "--checkpoint", ckpt, "--max-steps", "3", "--json"])

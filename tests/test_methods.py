@@ -1,0 +1,79 @@
+"""methods.py: a masked method trains through the one loop, resumes exactly, round-trips its
+checkpoint (tokenizer included), and fits a data-driven tokenizer on the run's own images."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_MIM, is_share_of, mim_train_args, tiny_config
+from dino_lite.checkpoint import backbone_from_checkpoint, load_checkpoint
+from dino_lite.cli import main
+from dino_lite.config import make_config
+from dino_lite.methods import build_method
+from dino_lite.train import CHECKPOINT, read_log
+
+
+@pytest.mark.parametrize("method,tokenizer", [("beit", "random_projection"), ("splitmask", "kmeans")])
+def test_masked_method_trains_resumes_exactly_and_its_checkpoint_round_trips(
+        method, tokenizer, tiny_folder, tmp_path, capsys):
+    extra = (f"tokenizer={tokenizer}", "tokenizer_images=8")
+    main(mim_train_args(method, tiny_folder, tmp_path / "a", 4, *extra))
+    log = read_log(tmp_path / "a")
+    assert [r["step"] for r in log] == [0, 1, 2, 3] and all(math.isfinite(r["loss"]) for r in log)
+    # interrupted after 2 steps, then resumed: the same losses as the straight run
+    import dino_lite.train as tr
+    cfg = make_config("cpu-demo", {"method": method, "data": str(tiny_folder), "max_steps": 4,
+                                    "minutes": None},
+                      [*TINY_MIM, *extra])
+
+    def stop(rec):
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tmp_path / "b", progress=False, on_step=stop)
+    tr.train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert [r["loss"] for r in read_log(tmp_path / "b")] == [r["loss"] for r in log]
+    # the checkpoint is plain data, holds the tokenizer, and rebuilds the model exactly
+    ckpt = load_checkpoint(tmp_path / "a" / CHECKPOINT)
+    assert "tokenizer.codebook" in ckpt["student"] and ckpt["config"]["method"] == method
+    rebuilt = build_method(make_config("cpu-demo", {**ckpt["config"], "seed": 7}))
+    assert not torch.equal(rebuilt.tokenizer.codebook, ckpt["student"]["tokenizer.codebook"])
+    rebuilt.load_state_dict(ckpt["student"])
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, ckpt["student"][key]), key
+    # evaluation commands find the encoder
+    backbone, loaded = backbone_from_checkpoint(tmp_path / "a" / CHECKPOINT)
+    assert loaded.method == method
+    assert torch.equal(backbone.state_dict()["pos_embed"], ckpt["teacher"]["backbone.pos_embed"])
+    capsys.readouterr()
+    main(["knn", "--checkpoint", str(tmp_path / "a" / CHECKPOINT), "--json"])
+    assert is_share_of(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_top1"], 12)
+
+
+def test_data_driven_tokenizers_are_fitted_on_the_cells_subset(tiny_folder, monkeypatch):
+    """With data_fraction < 1 the tokenizer sees only the images the run pre-trains on."""
+    import dino_lite.methods as methods
+    from dino_lite.data import build_dataset
+    from dino_lite.train import subset_indices
+    seen = {}
+
+    def spy(kind, vocab_size, patch_size, seed, dataset, n_images):
+        seen["dataset"] = dataset
+        return build_tokenizer(kind, vocab_size, patch_size, seed, dataset, n_images)
+
+    from dino_lite.tokenizers import build_tokenizer
+    monkeypatch.setattr(methods, "build_tokenizer", spy)
+    cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16,
+                      data_fraction=0.25)
+    methods.build_tokenizer_for(cfg)
+    full = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+    keep = subset_indices(len(full), 0.25, cfg.seed)
+    assert len(seen["dataset"]) == len(keep) == 24
+    # the same images as the trainer's subset, in the same order
+    assert [seen["dataset"].dataset.samples[i] for i in seen["dataset"].indices] == \
+        [full.samples[i] for i in keep]
+    cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16)
+    methods.build_tokenizer_for(cfg)
+    assert len(seen["dataset"]) == len(full) == 96
