@@ -261,3 +261,11 @@ def test_two_processes_drawing_the_shapes_cache_at_once_both_succeed(tmp_path):
     assert got[0] == got[1] and got[0][0] == 40
     assert len(list((tmp_path / "cache").glob("shapes-test-64px-40-*.npz"))) == 1
     assert not list((tmp_path / "cache").glob("*tmp*"))
+
+
+def test_shapes_drawn_by_threads_are_in_index_order_and_equal_one_by_one_rendering():
+    from dino_lite.shapes import generate, render
+    images, labels, masks = generate("train", 32, n=24, seed=3)
+    for i in range(24):
+        image, label, mask = render(3, "train", i, 32)
+        assert (images[i] == image).all() and labels[i] == label and (masks[i] == mask).all(), i

@@ -95,7 +95,8 @@ class TwoProcessRuns:
 @pytest.fixture(scope="module")
 def two_process(request, tiny_folder, tmp_path_factory):
     """Runs, in one torchrun launch, the 2-process commands that the selected tests need."""
-    needed = {n for item in request.session.items if item.module.__name__ == __name__
+    needed = {n for item in request.session.items       # (notebook cells have no module)
+              if getattr(getattr(item, "module", None), "__name__", None) == __name__
               for n in _needs(item)}
     if "cpu-demo" in needed:
         from dino_lite.data import build_dataset
