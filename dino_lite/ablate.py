@@ -104,9 +104,11 @@ def cached_result(path: Path, key, compute, name: str | None = None):
     return result
 
 
-def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True) -> dict:
+def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=True,
+            until=None) -> dict:
     """Train one row and score it. With ``eval_every`` the teacher's k-NN is also measured
-    every that many steps (on at most ``knn_max_train`` training images) for the curves."""
+    every that many steps (on at most ``knn_max_train`` training images) for the curves. With
+    ``until`` the row stops after that step of its schedule (see :meth:`DINOTrainer.run`)."""
     from .train import DINOTrainer
     out_dir = Path(out_dir)
     start = time.perf_counter()
@@ -118,7 +120,7 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
 
     def hook(rec):
         step = rec["step"] + 1
-        if eval_every and (step % eval_every == 0 or step == trainer.total_steps):
+        if eval_every and (step % eval_every == 0 or step in (until, trainer.total_steps)):
             rng = torch.get_rng_state()     # so that measuring does not change the training run
             record(step)
             torch.set_rng_state(rng)
@@ -127,7 +129,7 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
     trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook, overwrite=True)
     if eval_every:
         record(0)
-    history = trainer.run()
+    history = trainer.run(until)
     train_minutes = (time.perf_counter() - start) / 60
     scores = knn_and_linear_accuracy(trainer.teacher.backbone, cfg)
     keep = ("step", "loss", "teacher_entropy", "teacher_batch_entropy", "kl")
@@ -143,18 +145,20 @@ def _switches(cfg: Config) -> dict:
 
 
 def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=None,
-                 progress=True) -> dict:
-    """Train and score every row of ``rows`` with ``base``'s seed and budget; returns the table
-    (also written to ``OUT/ablation.json`` and ``OUT/ablation.md``)."""
+                 progress=True, until=None) -> dict:
+    """Train and score every row of ``rows`` with ``base``'s seed and budget (with ``until``:
+    up to that step of the budget's schedule); returns the table (also written to
+    ``OUT/ablation.json`` and ``OUT/ablation.md``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     def key(config: dict) -> str:       # a run is identified by its configuration (not its name)
-        return json.dumps({**config, "name": None, "eval_every": eval_every}, sort_keys=True)
+        return json.dumps({**config, "name": None, "eval_every": eval_every, "until": until},
+                          sort_keys=True)
 
     saved = {}                          # results already in OUT, from this or another table
     for path in sorted(out_dir.glob("*/result.json")):
         result = json.loads(path.read_text())
-        if result.get("eval_every") == eval_every:
+        if (result.get("eval_every"), result.get("until")) == (eval_every, until):
             saved.setdefault(key(result["config"]), (path, result))
     done: dict[str, dict] = {}          # so that identical rows run once
     table = []
@@ -166,8 +170,8 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
             done[k] = saved[k][1]
         if k not in done:
             print(f"[{i + 1}/{len(rows)}] {name}: {ROWS[name] or 'the DINO recipe'}")
-            done[k] = {**run_row(cfg, out_dir / name, eval_every, knn_max_train, progress),
-                       "eval_every": eval_every}
+            done[k] = {**run_row(cfg, out_dir / name, eval_every, knn_max_train, progress, until),
+                       "eval_every": eval_every, "until": until}
             _write_json(out_dir / name / "result.json", done[k])
         result = done[k]
         paper_knn, paper_linear = PAPER[name]

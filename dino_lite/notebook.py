@@ -2,7 +2,8 @@
 its runs are kept, so that a run trained by one notebook is reused by the next.
 
 Notebook 00 trains the DINO row; 05, 06, 08 and 09 reuse its checkpoint; 04 adds the
-student-copy teacher and 07 the MSE loss, each trained once with the same seed and budget.
+student-copy teacher for the first half of the same schedule (07 reuses it), where the DINO
+row's k-NN curve has a point to compare with.
 Every user has the shapes (they are generated from a seed), so every notebook checks its
 claims on a fresh clone. The notebooks run from ``notebooks/``, hence ``repo_root=".."``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .ablate import run_ablation
+from .ablate import collapse_verdict, run_ablation, teacher_information
 from .config import Config, make_config
 
 # 160 steps of 64 images at 48 px global / 24 px local crops: about 1.5 minutes on a 2-core
@@ -35,15 +36,30 @@ def demo_dir(steps: int = DEMO_STEPS, repo_root="..") -> Path:
     return Path(repo_root) / "runs" / "notebooks" / f"shapes-{steps}steps"
 
 
-def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..") -> dict:
+def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..", until=None) -> dict:
     """Train (or reuse) ``rows`` of :data:`dino_lite.ablate.ROWS` with :func:`demo_config` and
     score each by k-NN and linear probe; the k-NN curve is measured twice per run (on 1000
-    training images). Returns :func:`dino_lite.ablate.run_ablation`'s table."""
+    training images). With ``until`` (e.g. ``steps // 2``) the rows stop after that step of
+    the ``steps``-step schedule, where the full runs' curves have a point too. Returns
+    :func:`dino_lite.ablate.run_ablation`'s table."""
     return run_ablation(demo_config(steps), list(rows), demo_dir(steps, repo_root),
-                        eval_every=steps // 2, knn_max_train=1000, progress=False)
+                        eval_every=steps // 2, knn_max_train=1000, progress=False, until=until)
 
 
 def demo_run(steps: int = DEMO_STEPS, repo_root="..") -> Path:
     """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``."""
     demo_rows(("dino",), steps, repo_root)
     return demo_dir(steps, repo_root) / "dino"
+
+
+def at_step(row: dict, step: int) -> dict:
+    """One row of :func:`demo_rows`' table as it stood after ``step`` steps: the k-NN of its
+    curve there (1000 training images) and the teacher information and collapse verdict over
+    the last 10% of those steps; so that a full run and a row stopped at ``step`` compare alike."""
+    curve = dict(row["knn_curve"])
+    if step not in curve:
+        raise ValueError(f"the row {row['name']!r} has no k-NN point at step {step} "
+                         f"(points at {sorted(curve)})")
+    history = [r for r in row["history"] if r["step"] < step]
+    return {"knn": curve[step], "information": teacher_information(history),
+            "collapsed": collapse_verdict(history)}

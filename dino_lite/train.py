@@ -526,8 +526,10 @@ class DINOTrainer:
             stop = int(flag.item())
         return stop or None
 
-    def run(self) -> list[dict]:
-        """Train to ``total_steps``; returns the per-step records (also in ``log.jsonl``).
+    def run(self, until: int | None = None) -> list[dict]:
+        """Train to ``total_steps``, or pause after step ``until`` of the same schedule (the
+        checkpoint is saved there, and a resumed run continues as if never paused); returns the
+        per-step records (also in ``log.jsonl``).
 
         The run folder is locked while the run writes to it (:class:`~dino_lite.rundir.RunLock`).
         Ctrl-C (SIGINT) lets the step under way finish, saves the checkpoint and raises
@@ -545,7 +547,7 @@ class DINOTrainer:
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._stop = None
         try:
-            return self._run()
+            return self._run(until)
         finally:
             self.threads.close()
             for s, handler in handlers.items():
@@ -553,7 +555,7 @@ class DINOTrainer:
             if lock is not None:
                 lock.release()
 
-    def _run(self) -> list[dict]:
+    def _run(self, until: int | None) -> list[dict]:
         if self.rank == 0:
             clean_temp_files(self.out / CHECKPOINT)   # left by writes that were killed
         if self.rank == 0 and self.world > 1 and self.device.type == "cpu" and any(
@@ -567,7 +569,8 @@ class DINOTrainer:
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._log = self._open_log() if self.rank == 0 else None
         history = []
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="DINO", disable=not self.progress,
+        end = self.total_steps if until is None else min(until, self.total_steps)
+        bar = tqdm(total=end, initial=min(self.step, end), desc="DINO", disable=not self.progress,
                    dynamic_ncols=True)
         self.student.train()
         self.teacher.train()
@@ -577,7 +580,7 @@ class DINOTrainer:
             if self.rank == 0 and self.step >= self.total_steps:
                 print(f"the run in {self.out} is complete ({self.step} steps); to extend it, "
                       f"resume with a larger --max-steps or --epochs")
-            while self.step < self.total_steps:
+            while self.step < end:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
                 self.dataset.epoch = epoch
@@ -602,13 +605,13 @@ class DINOTrainer:
                         self.on_step(rec)
                     if self.step == self.refit_at:
                         self._refit_budget(start)
-                        bar.total = self.total_steps
-                    if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                        end = bar.total = self.total_steps if until is None else min(until, self.total_steps)
+                    if self.step % self.steps_per_epoch == 0 or self.step in (end, self.total_steps):
                         self.save()
                     stop = self._stop_requested()
                     if stop:
                         raise Terminated if stop == signal.SIGTERM else KeyboardInterrupt
-                    if self.step >= self.total_steps:
+                    if self.step >= end:
                         break
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}. The last good checkpoint is kept at "
@@ -634,14 +637,16 @@ class DINOTrainer:
         return history
 
 
-def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None, overwrite=False):
+def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None, overwrite=False,
+          until=None):
     """Train with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log).
+    ``until`` pauses the run after that step of its schedule (see :meth:`DINOTrainer.run`).
     ``resume=True`` continues the run's checkpoint (an error without one); ``resume="auto"``
     continues it when it exists and starts the run otherwise. A new run (``resume=False``) into
     a folder that holds a checkpoint is refused, unless ``overwrite=True`` replaces that run."""
     trainer = DINOTrainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step,
                           overwrite=overwrite)
-    trainer.history = trainer.run()
+    trainer.history = trainer.run(until)
     return trainer
 
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 import dino_lite.notebook as nb
 from dino_lite.config import PRESETS
 
@@ -35,3 +37,16 @@ def test_demo_rows_and_demo_run_share_one_table(monkeypatch):
     assert rows_a == ["dino"] and rows_b == ["mse"]
     assert out_a == out_b and base_a.to_dict() == base_b.to_dict()   # same folder, same base: rows are reused
     assert every_a == 20 and max_a == 1000 and progress_a is False
+
+
+def test_at_step_reads_a_full_run_and_a_paused_row_at_the_same_step():
+    from dino_lite.notebook import at_step
+    history = [{"step": i, "teacher_entropy": 1.0, "teacher_batch_entropy": 1.0 + (i >= 5)}
+               for i in range(20)]
+    row = {"name": "dino", "knn_curve": [[0, 0.2], [10, 0.5], [20, 0.7]], "history": history}
+    half = at_step(row, 10)                   # the last 10% of steps 0..9 is step 9: 1 nat
+    assert half == {"knn": 0.5, "information": 1.0, "collapsed": False}
+    early = at_step({**row, "knn_curve": [[0, 0.2], [4, 0.3]]}, 4)   # steps 0..3: 0 nats
+    assert early["knn"] == 0.3 and early["information"] == 0.0 and early["collapsed"]
+    with pytest.raises(ValueError, match="no k-NN point at step 7"):
+        at_step(row, 7)

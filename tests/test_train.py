@@ -68,6 +68,20 @@ def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path, extra):
     assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
 
 
+def test_a_run_paused_with_until_keeps_its_schedule_and_resumes_exactly(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)        # 6 steps per epoch
+    straight = train(cfg, tmp_path / "a", progress=False)
+    paused = train(cfg, tmp_path / "b", progress=False, until=4)   # mid-epoch
+    saved = load_checkpoint(tmp_path / "b" / CHECKPOINT)
+    assert (paused.step, saved["step"], saved["total_steps"]) == (4, 4, 9)   # the 9-step schedule
+    assert len(paused.history) == 4
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 9
+    for (name, a), b in zip(straight.teacher.state_dict().items(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_folder, tmp_path):
     cfg = tiny_config(tiny_folder, epochs=3)
     trainer = DINOTrainer(cfg.__class__(**{**cfg.to_dict(), "epochs": 6}), tmp_path, progress=False)
