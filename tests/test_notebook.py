@@ -26,17 +26,19 @@ def test_demo_dir_is_one_folder_per_length():
 def test_demo_rows_and_demo_run_share_one_table(monkeypatch):
     calls = []
 
-    def fake_run_ablation(base, rows, out_dir, eval_every=None, knn_max_train=None, progress=True):
-        calls.append((base, rows, out_dir, eval_every, knn_max_train, progress))
+    def fake_run_ablation(base, rows, out_dir, eval_every=None, knn_max_train=None, progress=True,
+                          until=None):
+        calls.append((base, rows, out_dir, eval_every, knn_max_train, progress, until))
         return {"rows": [], "random_init": {}}
 
     monkeypatch.setattr(nb, "run_ablation", fake_run_ablation)
     assert nb.demo_run(steps=40, repo_root="/r") == Path("/r/runs/notebooks/shapes-40steps/dino")
-    nb.demo_rows(["mse"], steps=40, repo_root="/r")
-    (base_a, rows_a, out_a, every_a, max_a, progress_a), (base_b, rows_b, out_b, *_) = calls
+    nb.demo_rows(["mse"], steps=40, repo_root="/r", until=20)
+    (base_a, rows_a, out_a, every_a, max_a, progress_a, until_a), (base_b, rows_b, out_b, *_, until_b) = calls
     assert rows_a == ["dino"] and rows_b == ["mse"]
     assert out_a == out_b and base_a.to_dict() == base_b.to_dict()   # same folder, same base: rows are reused
     assert every_a == 20 and max_a == 1000 and progress_a is False
+    assert until_a is None and until_b == 20       # a paused row stops at a point of the curve
 
 
 def test_at_step_reads_a_full_run_and_a_paused_row_at_the_same_step():
