@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import Config, train_config
 
 
@@ -76,7 +78,14 @@ def launch(preset: str = "imagenet-vits16", sets=(), *, gpus: int = 1, nodes: in
             raise ValueError("run=True starts a single-node torchrun here; for several nodes run "
                              "the printed command on every node, or use backend='slurm'")
         exe = Path(sys.executable).with_name("torchrun")
-        subprocess.run([str(exe) if exe.exists() else "torchrun", *command[1:]], check=True)
+        env = dict(os.environ)
+        if not torch.cuda.is_available():
+            # CPU processes share this machine's cores: each gets its share of threads, or they
+            # would all spin on every core (an OMP_NUM_THREADS inherited from the shell is
+            # meant for one process)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // gpus))
+        subprocess.run([str(exe) if exe.exists() else "torchrun", *command[1:]], check=True, env=env)
         return plan
     return submit_slurm(train_args, out, nodes, gpus, slurm or {})
 

@@ -30,7 +30,7 @@
 # * the center is all-reduced over processes, only rank 0 writes logs and checkpoints, and k-NN
 #   features are gathered from every rank.
 #
-# **Run time:** about 25 s on a 2-core CPU (measured with `jupytext --execute`; nearly all of it
+# **Run time:** about 15 s on a 2-core CPU (measured with `jupytext --execute`; nearly all of it
 # the two short training runs). **Knob:** `STEPS` in the 2-process section.
 #
 # **Which recipe.** The `imagenet-vits16` preset is the reference training script's *default*

@@ -193,6 +193,20 @@ def test_launcher_prints_the_8_gpu_imagenet_command():
         launch("cpu-demo", backend="mpi")
 
 
+def test_cpu_processes_started_by_the_launcher_share_the_cores(monkeypatch, tmp_path):
+    import os
+    import subprocess
+    seen = {}
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")                  # meant for one process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check, env: seen.update(cmd=cmd, env=env))
+    launch("cpu-demo", gpus=2, max_steps=1, out=str(tmp_path), run=True)
+    assert "--nproc_per_node=2" in seen["cmd"] and seen["env"]["OMP_NUM_THREADS"] == "2"  # 4 cores / 2
+    launch("cpu-demo", gpus=4, max_steps=1, out=str(tmp_path), run=True)
+    assert seen["env"]["OMP_NUM_THREADS"] == "1"
+
+
 def test_slurm_job_requeues_itself_with_resume():
     job = SlurmTrain(["train", "--preset", "cpu-demo", "--out", "runs/x"])
     again = job.checkpoint()
