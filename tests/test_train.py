@@ -16,7 +16,10 @@ from dino_lite.train import (CHECKPOINT, DINOTrainer, NonFiniteLossError, make_s
 
 # Five fixed-seed DINO steps (fp32, explicit attention) on the tiny dataset. These values were
 # recorded by running exactly this configuration on the trainer *before* it was made
-# method-agnostic (commit 0ddb66b, unmodified tree); the refactor must reproduce them bit for bit.
+# method-agnostic (commit 0ddb66b, unmodified tree, an AVX-512 CPU). They are reproduced bit for
+# bit there; other CPUs' kernels round differently in the last bits (3e-7 relative after five
+# steps with AVX2 kernels), so the test allows 1e-5, far below what any change of the math would
+# move them (one step changes the loss by about 0.1).
 DINO_LOSSES = {
     "dino": [4.608199596405029, 4.493559837341309, 4.79896879196167, 4.502675533294678,
              4.580516338348389],
@@ -26,10 +29,10 @@ DINO_LOSSES = {
 
 
 @pytest.mark.parametrize("name,extra", [("dino", {}), ("dino+ibot+koleo", {"ibot": 1.0, "koleo": 0.1})])
-def test_dino_losses_are_bit_identical_to_the_pre_refactor_trainer(tiny_folder, tmp_path, name, extra):
+def test_dino_losses_equal_the_pre_refactor_trainers(tiny_folder, tmp_path, name, extra):
     cfg = tiny_config(tiny_folder, max_steps=5, bf16=False, fused_attention="off", **extra)
     trainer = train(cfg, tmp_path, progress=False)
-    assert [r["loss"] for r in trainer.history] == DINO_LOSSES[name]
+    assert [r["loss"] for r in trainer.history] == pytest.approx(DINO_LOSSES[name], rel=1e-5, abs=0)
 
 
 def test_student_learns_to_match_a_frozen_teacher(tiny_folder, tmp_path):
