@@ -164,6 +164,20 @@ def test_a_foreign_checkpoint_is_not_resumed(capsys, tmp_path):
     assert "not a dino_lite training checkpoint" in err
 
 
+def test_estimate_prints_the_demos_time_and_prepares_its_dataset(capsys, monkeypatch, tmp_path):
+    import dino_lite.data as data
+    import dino_lite.shapes as shapes
+    real = data.build_dataset                                       # into an empty shapes cache
+    monkeypatch.setattr(data, "build_dataset", lambda spec, train, **kw: real(spec, train, root=tmp_path, **kw))
+    monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 40, "test": 10})
+    main(["estimate", "--preset", "cpu-demo"])
+    out = capsys.readouterr().out
+    assert "estimated time on this machine:" in out and "training 4.0 min, its budget" in out
+    assert "k-NN over 50 images" in out                             # both splits counted
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("shapes-*.npz"))
+    assert cached == ["test", "train"]                  # drawn now, not in the training budget
+
+
 def test_real_bugs_keep_their_traceback(monkeypatch):
     import dino_lite.cli as cli
 
