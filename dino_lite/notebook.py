@@ -17,11 +17,11 @@ from .config import Config, make_config
 
 # 160 steps of 64 images at 48 px global / 24 px local crops: about 1.5 minutes on a 2-core
 # CPU with native bf16, 2.5 in fp32. The run is as short as the notebooks' checks allow: at 120
-# steps the teacher's information fell below the collapse line (0.16 nats), at 160 it was 0.36
-# (docs/RESULTS.md, "Numbers in the notebooks"). The smaller crops cost 0.6x the preset's 64/32 per step and learn
-# nearly as much per step (docs/RESULTS.md, "Numbers in the notebooks"), and they are the
-# crops the preset takes anyway on a CPU without native bf16 (its ``fp32_variant``), so the
-# notebooks train the same recipe on every machine.
+# steps the teacher's information fell below the collapse line (0.16 nats), at 160 it was 0.36.
+# The smaller crops cost 0.6x the preset's 64/32 per step and learn nearly as much per step,
+# and they are the crops the preset takes anyway on a CPU without native bf16 (its
+# ``fp32_variant``), so the notebooks train the same recipe on every machine (docs/RESULTS.md,
+# "Numbers in the notebooks").
 DEMO_STEPS = 160
 DEMO_CROPS = dict(global_size=48, local_size=24)
 
