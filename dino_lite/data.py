@@ -35,22 +35,27 @@ class ImageLoadError(DatasetError):
     """An image file that cannot be decoded; the message names the file."""
 
 
+def rgb8(im: Image.Image) -> Image.Image:
+    """A loaded image as 8-bit RGB, whatever its mode: 16-bit and float images stretched to
+    0-255, palette and transparent images composited on white, grayscale and CMYK converted."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255
+        im = Image.fromarray(a.astype(np.uint8))
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im.convert("RGBA"))
+    return im.convert("RGB")
+
+
 def load_rgb(path) -> Image.Image:
-    """Open any image as 8-bit RGB: grayscale, 16-bit, palette and RGBA (composited on white) too."""
+    """Open any image as 8-bit RGB (:func:`rgb8`)."""
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I", "I;16", "I;16B", "F"):
-                a = np.asarray(im, dtype=np.float32)
-                a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255
-                im = Image.fromarray(a.astype(np.uint8))
-            if im.mode == "P":
-                im = im.convert("RGBA")
-            if im.mode in ("RGBA", "LA"):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, im)
-            return im.convert("RGB")
+            return rgb8(im)
     except Exception as e:  # PIL raises several types; the path is what the user needs
         raise ImageLoadError(f"cannot read image {path}: {e}") from e
 

@@ -17,33 +17,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .attention import (CMAP, MASK_COLOUR, OUTLINE_COLOUR, all_attentions, attention_norm,
                         cls_attention, mass_mask, to_rgb, upsample)
-from .data import eval_transform
+from .data import eval_transform, rgb8
 
 class NotAnImageError(ValueError):
     """Uploaded bytes that no image decoder reads."""
 
 
 def image_from_bytes(data: bytes, name: str = "upload") -> Image.Image:
-    """Decode an uploaded file into 8-bit RGB, whatever its size or mode.
-
-    EXIF orientation is applied (phone photos), 16-bit and float images are stretched to 0-255,
-    palette and alpha images are composited on white, grayscale and CMYK converted.
-    """
+    """Decode an uploaded file into 8-bit RGB, whatever its size or mode
+    (:func:`dino_lite.data.rgb8`), with its EXIF orientation applied (phone photos)."""
     try:
         im = Image.open(io.BytesIO(bytes(data)))
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise NotAnImageError(f"{name} is not an image PIL can read ({type(err).__name__}: {err})") from err
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255
-        im = Image.fromarray(a.astype(np.uint8))
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    return im.convert("RGB")
+    return rgb8(ImageOps.exif_transpose(im))
 
 
 class AttentionExplorer:
