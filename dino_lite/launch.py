@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, train_config
+from .threads import available_cpus
 
 
 @dataclass
@@ -83,8 +84,7 @@ def launch(preset: str = "imagenet-vits16", sets=(), *, gpus: int = 1, nodes: in
             # CPU processes share this machine's cores: each gets its share of threads, or they
             # would all spin on every core (an OMP_NUM_THREADS inherited from the shell is
             # meant for one process)
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // gpus))
+            env["OMP_NUM_THREADS"] = str(max(1, len(available_cpus()) // gpus))
         subprocess.run([str(exe) if exe.exists() else "torchrun", *command[1:]], check=True, env=env)
         return plan
     return submit_slurm(train_args, out, nodes, gpus, slurm or {})

@@ -16,7 +16,6 @@ full-circle hue jitter, and the pale tints keep it a weak cue (docs/RESULTS.md).
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from .augment import LUMA
+from .threads import available_cpus
 
 CLASSES = ("circle", "square", "triangle", "star", "cross",
            "ring", "crescent", "heart", "arrow", "ell")
@@ -202,8 +202,7 @@ def generate(split: str = "train", size: int = 64, n: int | None = None, seed: i
     masks = np.empty((n, size, size), bool)
     # Each image depends on its index only, so threads can draw them in any order: numpy lets go
     # of the GIL inside its array operations, and two threads draw about 1.5x faster than one.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with ThreadPoolExecutor(max(1, min(cores or 1, 4))) as pool:
+    with ThreadPoolExecutor(min(len(available_cpus()), 4)) as pool:
         drawn = pool.map(lambda i: render(seed, split, i, size), range(n))
         for i, example in enumerate(tqdm(drawn, total=n, desc=f"drawing shapes/{split}",
                                          disable=not progress, leave=False)):
