@@ -569,7 +569,8 @@ class DINOTrainer:
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._log = self._open_log() if self.rank == 0 else None
         history = []
-        end = self.total_steps if until is None else min(until, self.total_steps)
+        pause_at = math.inf if until is None else until
+        end = min(pause_at, self.total_steps)       # the last step of this call
         bar = tqdm(total=end, initial=min(self.step, end), desc="DINO", disable=not self.progress,
                    dynamic_ncols=True)
         self.student.train()
@@ -605,7 +606,7 @@ class DINOTrainer:
                         self.on_step(rec)
                     if self.step == self.refit_at:
                         self._refit_budget(start)
-                        end = bar.total = self.total_steps if until is None else min(until, self.total_steps)
+                        end = bar.total = min(pause_at, self.total_steps)
                     if self.step % self.steps_per_epoch == 0 or self.step in (end, self.total_steps):
                         self.save()
                     stop = self._stop_requested()
