@@ -88,11 +88,16 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def as_json(obj):
+    """``obj`` as it reads back from a JSON file (tuples become lists), to compare with one saved."""
+    return json.loads(json.dumps(obj))
+
+
 def cached_result(path: Path, key, compute, name: str | None = None):
     """``compute()``, stored in ``path`` beside ``key`` and reused while the key is the same
     (the random-init baselines of the ablation table and of the small-data study, the study's
     cells); a reuse is printed as ``name: reusing path`` when ``name`` is given."""
-    key = json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
+    key = as_json(key)
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from .ablate import _write_json, cached_result
+from .ablate import _write_json, as_json, cached_result
 from .checkpoint import backbone_from_checkpoint
 from .config import make_config
 from .data import build_dataset
@@ -83,7 +83,7 @@ def _pretrained(cfg, cell_dir: Path) -> bool:
         return False
     ran = json.loads(saved.read_text())
     ran.pop("resolved_precision", None)
-    return ran == json.loads(json.dumps(cfg.to_dict())) and len(read_log(cell_dir)) == cfg.max_steps
+    return ran == as_json(cfg.to_dict()) and len(read_log(cell_dir)) == cfg.max_steps
 
 
 def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
