@@ -42,6 +42,7 @@
 
 # %%
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -96,14 +97,24 @@ print("and the multi-node torchrun equivalent is:",
 # %%
 STEPS = 6                                                   # <- knob
 SETS = ["stem=patch", "head_bn=false", "bf16=false", "fused_attention=off"]   # see above
-two = launch("cpu-demo", SETS, gpus=2, max_steps=STEPS, out="../runs/notebooks/ddp-2proc", run=True)
+
+
+def ddp_run(processes: int):
+    """The run on ``processes`` processes, trained once: a second execution of this notebook
+    finds it finished and resumes nothing (its folder names its length)."""
+    out = Path("..") / "runs" / "notebooks" / f"ddp-{processes}proc-{STEPS}steps"
+    return launch("cpu-demo", SETS, gpus=processes, max_steps=STEPS, out=str(out), run=True,
+                  resume=(out / "checkpoint.pt").exists())
+
+
+two = ddp_run(2)
 print("ran:", two)
 
 # %% [markdown]
 # For comparison, the same run on one process with the same global batch:
 
 # %%
-one = launch("cpu-demo", SETS, gpus=1, max_steps=STEPS, out="../runs/notebooks/ddp-1proc", run=True)
+one = ddp_run(1)
 log1, log2 = read_log(one.out), read_log(two.out)
 loss1, loss2 = (np.array([r["loss"] for r in log]) for log in (log1, log2))
 gap = np.abs(loss1 - loss2).max()
