@@ -32,7 +32,7 @@
 # This notebook uses the same timm backbone `dino_lite` trains (`dino_lite.models.build_backbone`).
 
 # %%
-import time
+import timeit
 
 import matplotlib.pyplot as plt
 import torch
@@ -208,11 +208,7 @@ for patch in (16, 8):
     x = torch.randn(BATCH, 3, 224, 224)
     with torch.no_grad():
         n_tokens = model.forward_features(x).shape[1]           # warm-up, and the real count
-        passes = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            model(x)
-            passes.append(time.perf_counter() - start)
+        passes = timeit.repeat(lambda: model(x), number=1, repeat=REPEATS)
     # the fastest pass: a pass can only be slowed down (by other work on the machine), not sped up
     rows.append((patch, n_tokens, BATCH / min(passes)))
 for patch, n_tokens, ips in rows:
