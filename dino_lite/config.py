@@ -264,7 +264,8 @@ PRESETS: dict[str, dict] = {
         head_hidden=512, head_bn=True, batch_size=64, epochs=30, lr=0.004, warmup_epochs=1.5,
         momentum_teacher=0.95, teacher_temp=0.04, warmup_teacher_temp=0.04, freeze_last_layer=0,
         local_scale=(0.15, 0.5), colour_jitter=(0.4, 0.4, 0.2, 0.5), minutes=4, num_workers=0,
-        fp32_variant=dict(global_size=48, local_size=24),
+        # in fp32: cheaper crops, and evaluation at the size the network was trained at
+        fp32_variant=dict(global_size=48, local_size=24, image_size=48),
         notes="CPU recipe (differs from the paper: conv stem, BN head, momentum 0.95, "
               "hue jitter 0.5, K 4096, QK-norm); see docs/RESULTS.md"),
     "cifar10": dict(

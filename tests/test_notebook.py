@@ -12,9 +12,12 @@ def test_demo_config_is_the_cpu_demo_preset_with_its_fp32_crops():
     cfg = nb.demo_config(50)
     assert cfg.name == "cpu-demo" and cfg.max_steps == 50 and cfg.minutes is None
     assert (cfg.global_size, cfg.local_size) == (48, 24)
-    # the same crops the preset takes on a CPU without native bf16, so every machine trains the
-    # same recipe in the notebooks
-    assert nb.DEMO_CROPS == PRESETS["cpu-demo"]["fp32_variant"]
+    # the crops the preset takes on a CPU without native bf16, and one recipe on every machine:
+    # neither precision changes it (the variant's evaluation size is left out)
+    variant = PRESETS["cpu-demo"]["fp32_variant"]
+    assert nb.DEMO_CROPS == {k: variant[k] for k in ("global_size", "local_size")}
+    assert cfg.for_precision(bf16=False) == cfg.for_precision(bf16=True) == cfg
+    assert cfg.image_size == 64
 
 
 def test_demo_dir_is_one_folder_per_length():

@@ -128,16 +128,25 @@ def test_fp32_runs_take_the_presets_cheaper_variant(tiny_folder, tmp_path, monke
 
 
 def test_explicit_settings_win_over_the_fp32_variant():
-    assert make_config("cpu-demo").fp32_variant == {"global_size": 48, "local_size": 24}
-    cfg = make_config("cpu-demo", sets=["global_size=32"])
+    assert make_config("cpu-demo").fp32_variant == {"global_size": 48, "local_size": 24,
+                                                    "image_size": 48}
+    cfg = make_config("cpu-demo", sets=["global_size=32", "image_size=32"])
     assert cfg.fp32_variant == {"local_size": 24}
-    assert cfg.for_precision(bf16=False).global_size == 32
+    assert (cfg.for_precision(bf16=False).global_size, cfg.for_precision(False).image_size) == (32, 32)
     assert make_config("cpu-demo", sets=["fp32_variant=none"]).for_precision(False).global_size == 64
     assert make_config("cpu-demo").for_precision(False, "cuda").global_size == 64
     with pytest.raises(ValueError, match="fp32_variant"):
         make_config("cpu-demo", {"fp32_variant": {"no_such_key": 1}})
     with pytest.raises(ValueError, match="multiple of patch_size"):
         make_config("cpu-demo", {"fp32_variant": {"global_size": 50}})
+
+
+def test_the_demo_evaluates_at_the_size_it_trains_at():
+    # k-NN and attention maps see images at the global crop size in either precision, so the
+    # trained network and its random-init baseline are read at the position grid it learned
+    for bf16 in (True, False):
+        cfg = make_config("cpu-demo").for_precision(bf16)
+        assert cfg.image_size == cfg.global_size == (64 if bf16 else 48)
 
 
 def test_an_fp32_run_with_the_variant_resumes(tiny_folder, tmp_path, monkeypatch):
