@@ -132,7 +132,8 @@ def test_explicit_settings_win_over_the_fp32_variant():
                                                     "image_size": 48}
     cfg = make_config("cpu-demo", sets=["global_size=32", "image_size=32"])
     assert cfg.fp32_variant == {"local_size": 24}
-    assert (cfg.for_precision(bf16=False).global_size, cfg.for_precision(False).image_size) == (32, 32)
+    as_fp32 = cfg.for_precision(bf16=False)
+    assert (as_fp32.global_size, as_fp32.image_size, as_fp32.local_size) == (32, 32, 24)
     assert make_config("cpu-demo", sets=["fp32_variant=none"]).for_precision(False).global_size == 64
     assert make_config("cpu-demo").for_precision(False, "cuda").global_size == 64
     with pytest.raises(ValueError, match="fp32_variant"):
