@@ -150,6 +150,18 @@ def test_the_demo_evaluates_at_the_size_it_trains_at():
         assert cfg.image_size == cfg.global_size == (64 if bf16 else 48)
 
 
+def test_the_random_init_baseline_is_read_at_the_size_its_precision_trains_at(monkeypatch):
+    # `knn --preset cpu-demo --random-init`, as `make demo` runs it: the baseline takes the
+    # variant exactly when a training run on this machine would
+    import argparse
+    from dino_lite.cli import _backbone
+    args = argparse.Namespace(checkpoint=None, preset="cpu-demo", random_init=True, set=[])
+    for bf16_seconds, size in ((1.0, 48), (0.001, 64)):
+        _fake_machine(monkeypatch, bf16_seconds=bf16_seconds)
+        backbone, cfg = _backbone(args)
+        assert cfg.image_size == cfg.global_size == size
+
+
 def test_an_fp32_run_with_the_variant_resumes(tiny_folder, tmp_path, monkeypatch):
     from dino_lite.train import DINOTrainer, train
     _fake_machine(monkeypatch, bf16_seconds=1.0)
