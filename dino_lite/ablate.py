@@ -82,7 +82,8 @@ def collapse_verdict(history: list[dict], tail: float = 0.1) -> bool:
     return teacher_information(history, tail) < COLLAPSE_NATS
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON atomically: a reader sees the old file or the new one, never half."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
@@ -99,13 +100,17 @@ def cached_result(path: Path, key, compute, name: str | None = None):
     cells); a reuse is printed as ``name: reusing path`` when ``name`` is given."""
     key = as_json(key)
     if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise ValueError(f"{path} is not valid JSON (an interrupted write?); delete it and "
+                             f"run again to recompute it") from None
+        if isinstance(saved, dict) and saved.get("key") == key:
             if name:
                 print(f"{name}: reusing {path}")
             return saved["result"]
     result = compute()
-    _write_json(path, {"key": key, "result": result})
+    write_json(path, {"key": key, "result": result})
     return result
 
 
@@ -177,7 +182,7 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
             print(f"[{i + 1}/{len(rows)}] {name}: {ROWS[name] or 'the DINO recipe'}")
             done[k] = {**run_row(cfg, out_dir / name, eval_every, knn_max_train, progress, until),
                        "eval_every": eval_every, "until": until}
-            _write_json(out_dir / name / "result.json", done[k])
+            write_json(out_dir / name / "result.json", done[k])
         result = done[k]
         paper_knn, paper_linear = PAPER[name]
         table.append({"name": name, "knn_top1": result["knn_top1"],       # judged by today's rule
@@ -192,7 +197,7 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
                                 lambda: knn_and_linear_accuracy(random_init_backbone(base), base))
     summary = {"data": base.data, "preset": base.name, "seed": base.seed, "minutes": base.minutes,
                "max_steps": base.max_steps, "random_init": random_init, "rows": table}
-    _write_json(out_dir / "ablation.json", summary)
+    write_json(out_dir / "ablation.json", summary)
     (out_dir / "ablation.md").write_text(markdown_table(summary))
     return summary
 

@@ -46,6 +46,25 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def unit_interval(text):
+    """argparse type: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {value}")
+    return value
+
+
 def _out_folder(path) -> Path:
     """An output folder that may not exist yet, but must not be a file."""
     path = Path(path)
@@ -64,9 +83,12 @@ def _add_model_source(p):
 
 
 def _backbone(args):
-    """The backbone to evaluate, on this process's device (sharded evaluation under torchrun)."""
+    """The backbone to evaluate, on this process's device (sharded evaluation under torchrun),
+    and the precision it is evaluated in (printed, and in ``--json`` as ``precision``)."""
     from .checkpoint import backbone_from_checkpoint
-    from .evaluate import random_init_backbone
+    from .config import for_evaluation
+    from .evaluate import evaluation_precision, random_init_backbone, set_fused_attention
+    from .precision import choose
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank
@@ -74,6 +96,9 @@ def _backbone(args):
         if args.random_init:
             raise SystemExit("--random-init goes with --preset, not --checkpoint")
         backbone, cfg = backbone_from_checkpoint(args.checkpoint)
+        cfg = for_evaluation(cfg, args.set)       # --set: evaluation keys only, never ignored
+        set_fused_attention(backbone, choose(cfg.bf16, cfg.fused_attention, device.type,
+                                             width=getattr(backbone, "embed_dim", 128)).fused_attention)
     elif not args.random_init:
         raise SystemExit("--preset needs --random-init (or pass --checkpoint PATH)")
     else:
@@ -83,7 +108,11 @@ def _backbone(args):
         backbone = random_init_backbone(cfg)
     if "data" in vars(args):                  # evaluation commands default to the training data
         args.data = args.data or cfg.data
-    return backbone.to(device), cfg
+    backbone = backbone.to(device)
+    args.precision = evaluation_precision(backbone, cfg)
+    if rank == 0:
+        print(f"evaluation {args.precision}")
+    return backbone, cfg
 
 
 def _report(args, name, value, **extra):
@@ -94,7 +123,7 @@ def _report(args, name, value, **extra):
              "finetune_top1": "fine-tune top-1"}[name]
     print(f"{label}: {value * 100:.1f}%")
     if args.json:
-        print(json.dumps({name: value, "data": args.data, **extra,
+        print(json.dumps({name: value, "data": args.data, **extra, "precision": args.precision.name,
                           "model": args.checkpoint or f"{args.preset} (random init)"}))
 
 
@@ -132,12 +161,29 @@ def cmd_linear(args):
 
 
 def cmd_finetune(args):
-    from .evaluate import finetune_accuracy
+    from .finetune import PRETRAINED_LAYER_DECAY, convergence_rule, finetune
     backbone, cfg = _backbone(args)
-    acc = finetune_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
-                            batch_size=args.batch_size, max_steps=args.max_steps,
-                            progress=not args.json)
-    _report(args, "finetune_top1", acc, epochs=args.epochs, max_steps=args.max_steps)
+    result = finetune(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, max_steps=args.max_steps,
+                      warmup_epochs=args.warmup_epochs,
+                      layer_decay=args.layer_decay or (1.0 if args.random_init else PRETRAINED_LAYER_DECAY),
+                      drop_path=args.drop_path, label_smoothing=args.label_smoothing,
+                      progress=not args.json)
+    if args.rank == 0:
+        print("epoch  held-out top-1  training loss")
+        for c in result["curve"]:
+            print(f"{c['epoch']:5d}  {100 * c['top1']:13.1f}%  {c['train_loss']:13.3f}")
+        state = {True: "converged", False: "NOT converged", None: "too few epochs to tell"}
+        print(f"{state[result['converged']]} ({convergence_rule()})")
+        if args.curve:
+            import matplotlib
+            matplotlib.use("Agg")
+            from .finetune import curve_figure
+            label = args.checkpoint or f"{args.preset} (random init)"
+            curve_figure({label: [c["top1"] for c in result["curve"]]}).savefig(args.curve, dpi=110)
+            print(f"figure: {args.curve}")
+    _report(args, "finetune_top1", result["top1"], epochs=args.epochs, max_steps=args.max_steps,
+            converged=result["converged"], curve=result["curve"])
 
 
 def cmd_attention(args):
@@ -179,24 +225,32 @@ def cmd_smalldata(args):
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
-    fractions = parse_list(args.fractions, float, "fractions")
-    tokenizers = parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else []
-    summary = run_smalldata(args.preset, methods, fractions, args.out, args.steps,
-                            {"epochs": args.finetune_epochs, "max_steps": args.finetune_steps,
-                             "lr": args.finetune_lr,
-                             "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")},
-                            data=args.data, seed=args.seed, sets=args.set, progress=not args.json,
-                            tokenizers=tokenizers, tokenizer_fraction=args.tokenizer_fraction,
-                            baseline=not args.no_baseline, mim_sets=args.mim_set)
+    recipe = {"epochs": args.finetune_epochs, "lr": args.finetune_lr,
+              "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")}
+    if args.finetune_steps:
+        recipe["max_steps"] = args.finetune_steps
+    summary = run_smalldata(args.preset, methods, parse_list(args.fractions, float, "fractions"),
+                            args.out, args.steps, recipe, data=args.data,
+                            seeds=parse_list(args.seeds, int, "seeds"), sets=args.set,
+                            progress=not args.json,
+                            tokenizers=parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else [],
+                            tokenizer_fraction=args.tokenizer_fraction,
+                            baseline=not args.no_baseline, mim_sets=args.mim_set,
+                            overwrite=args.overwrite)
     print(Path(args.out, "smalldata.md").read_text())
+    print(f"result: {Path(args.out, 'smalldata.json')}, {Path(args.out, 'smalldata.md')}; "
+          f"fine-tuning curves: {Path(args.out, 'finetune_curves.png')}")
     if args.json:
         keep = ("method", "fraction", "tokenizer", "finetune_top1", "finetune_top1_seeds",
-                "knn_top1", "linear_top1")
+                "finetune_se", "seed_se", "binomial_se", "converged", "knn_top1", "linear_top1")
         base = summary["random_init"]
         print(json.dumps({"cells": [{k: c[k] for k in keep} for c in summary["cells"]],
                           "tokenizer_cells": [{k: c[k] for k in keep}
                                               for c in summary["tokenizer_cells"]],
-                          "random_init": base and {"finetune_top1": base["finetune_top1"]}}))
+                          "drops": summary["drops"], "verdict": summary["verdict"],
+                          "precision": summary["precision"],
+                          "random_init": base and {k: base[k] for k in (
+                              "finetune_top1", "finetune_top1_seeds", "finetune_se", "converged")}}))
 
 
 def cmd_ablate(args):
@@ -235,6 +289,27 @@ def cmd_estimate(args):
           f"(training {training / 60:.1f} min, its budget; evaluation {evaluation / 60:.1f} min: "
           f"k-NN over {images} images and {args.attention_images} attention maps, trained and "
           f"random init, at {per_image * 1e3:.1f} ms per image)")
+
+
+def cmd_precision(args):
+    """This machine's precision decision for a preset, and the stored timings behind it."""
+    from . import precision
+    from .models import VIT_SIZES
+    cfg = make_config(args.preset, sets=args.set)
+    width, _, heads = VIT_SIZES.get(cfg.arch, (128, 0, 4))
+    tokens = (cfg.global_size // cfg.patch_size) ** 2 + 1 if cfg.arch in VIT_SIZES else 65
+    shape = (width, heads, tokens, max(1, min(cfg.batch_size, 64)))
+    if args.remeasure:
+        precision.machine_timings(*shape, remeasure=True)
+    chosen = precision.for_config(cfg, "cpu")
+    times = precision.machine_timings(*shape)
+    print(f"machine: {precision.machine_id()}")
+    print(f"{args.preset}: {chosen}")
+    print("stored timings (ms, forward + backward): " +
+          ", ".join(f"{k} {v * 1e3:.2f}" for k, v in times.items()))
+    print(f"stored in {precision.cache_file()}; `--remeasure` measures again (on an idle machine)")
+    if args.json:
+        print(json.dumps({"machine": precision.machine_id(), **chosen.to_dict(), "timings": times}))
 
 
 def cmd_config(args):
@@ -296,11 +371,18 @@ def build_parser():
     f = sub.add_parser("finetune", help="backbone + new linear head trained end to end")
     _add_model_source(f)
     f.add_argument("--data", help="labelled dataset spec (default: the one the model was trained on)")
-    f.add_argument("--epochs", type=positive_int, default=10)
+    f.add_argument("--epochs", type=positive_int, default=30)
     f.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
-    f.add_argument("--lr", type=positive_float, default=1e-4,
-                   help="AdamW lr at batch 256 (scaled linearly)")
+    f.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="AdamW peak lr at batch 256 (scaled linearly), warm-up then cosine")
     f.add_argument("--batch-size", type=positive_int, default=64)
+    f.add_argument("--warmup-epochs", type=non_negative_float, default=3)
+    f.add_argument("--layer-decay", type=unit_interval,
+                   help="layer-wise lr decay of a ViT's blocks (default: 0.75 for a checkpoint, "
+                        "1 = none for --random-init)")
+    f.add_argument("--drop-path", type=non_negative_float, default=0.1)
+    f.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
+    f.add_argument("--curve", help="write the held-out top-1 per epoch as a figure (PNG path)")
     f.set_defaults(func=cmd_finetune)
 
     a = sub.add_parser("attention", help="last-block attention maps, masks and Jaccard")
@@ -335,28 +417,39 @@ def build_parser():
     e.add_argument("--attention-images", type=int, default=200)
     e.set_defaults(func=cmd_estimate)
 
+    pr = sub.add_parser("precision", help="this machine's bf16/fp32 decision and the timings stored for it")
+    pr.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pr.add_argument("--remeasure", action="store_true",
+                    help="time the attention kernels (and bf16 where the instruction set is unknown) again")
+    pr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    pr.set_defaults(func=cmd_precision)
+
     sd = sub.add_parser("smalldata", help="pre-train each method on fractions of the data, then fine-tune")
     sd.add_argument("--preset", default="tinyimagenet", choices=sorted(PRESETS))
     sd.add_argument("--data", help="dataset spec (default: the preset's)")
     sd.add_argument("--fractions", default="0.1,1", help="comma-separated shares of the training images")
     sd.add_argument("--methods", default="dino,beit,splitmask")
-    sd.add_argument("--steps", type=int, required=True, help="pre-training steps, the same for every cell")
-    sd.add_argument("--finetune-epochs", type=int, default=10)
-    sd.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: its epochs)")
-    sd.add_argument("--finetune-lr", type=float, default=1e-4,
-                    help="fine-tuning peak lr per 256 images (one-cycle schedule)")
+    sd.add_argument("--steps", type=positive_int, required=True,
+                    help="pre-training steps, the same for every cell")
+    sd.add_argument("--seeds", default="0", help="comma-separated pre-training seeds (each cell once per seed)")
+    sd.add_argument("--finetune-epochs", type=positive_int, default=30)
+    sd.add_argument("--finetune-steps", type=positive_int, help="cut each fine-tuning at this many steps")
+    sd.add_argument("--finetune-lr", type=positive_float, default=1e-3,
+                    help="fine-tuning peak lr per 256 images (warm-up, then cosine)")
     sd.add_argument("--finetune-seeds", default="0",
                     help="comma-separated seeds: each encoder is fine-tuned once per seed (mean reported)")
     sd.add_argument("--tokenizers", help="comma-separated tokenizers for the BEiT tokenizer comparison "
                     "(random_projection, random_patches, kmeans); default: none")
-    sd.add_argument("--tokenizer-fraction", type=float,
+    sd.add_argument("--tokenizer-fraction", type=unit_interval,
                     help="fraction of the images for the tokenizer comparison (default: the last)")
     sd.add_argument("--mim-set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the BEiT and SplitMask cells only (e.g. lr=0.0015)")
     sd.add_argument("--no-baseline", action="store_true",
                     help="skip the random-init baseline (to run the cells one at a time)")
+    sd.add_argument("--overwrite", action="store_true",
+                    help="replace cells whose folder holds a pre-training of other settings")
     sd.add_argument("--out", default="runs/smalldata")
-    sd.add_argument("--seed", type=int)
     sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sd.set_defaults(func=cmd_smalldata)
@@ -566,7 +659,10 @@ def main(argv=None):
         sys.exit(2)
     except KeyboardInterrupt as stop:
         from .train import Terminated
-        if args.command != "train":          # `train` has printed where it stopped
+        if args.command == "smalldata":
+            print("interrupted: run the same command again to go on (finished cells are kept)",
+                  file=sys.stderr)
+        elif args.command != "train":          # `train` has printed where it stopped
             print("interrupted", file=sys.stderr)
         _leave_process_group(wait=False)
         sys.exit(143 if isinstance(stop, Terminated) else 130)

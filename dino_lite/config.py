@@ -371,16 +371,9 @@ def resolve_data(spec: str) -> str:
     return spec
 
 
-def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
-                sets: list[str] | None = None) -> Config:
-    """Resolve a preset, then the method's defaults (:data:`METHOD_DEFAULTS`; the method is the
-    one given, else the preset's, else DINO), then ``overrides`` (a dict), then ``sets``
-    (``["key=value", ...]``). Explicit values always win over the method's defaults."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "name": preset}
-    explicit = dict(overrides or {})
-    names = {f.name for f in fields(Config)}
+def parse_sets(sets, preset: str = "cpu-demo") -> dict:
+    """``["key=value", ...]`` -> ``{key: value}``, each value parsed by its field's type."""
+    names, parsed = {f.name for f in fields(Config)}, {}
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -389,9 +382,39 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; see `python -m dino_lite config --preset {preset}`")
         try:
-            explicit[key] = _parse_value(key, text.strip())
+            parsed[key] = _parse_value(key, text.strip())
         except ValueError as e:
             raise ValueError(f"--set {key}={text.strip()}: {e}") from None
+    return parsed
+
+
+# what may change when a trained network is evaluated: how it computes and at which size it
+# sees the images; everything else was fixed when it was trained
+EVALUATION_KEYS = ("bf16", "fused_attention", "image_size", "threads", "num_workers")
+
+
+def for_evaluation(cfg: Config, sets=()) -> Config:
+    """The config to evaluate a trained network with: its training config, with the machine's
+    own precision (``auto``, not the training run's) and the evaluation keys given in ``sets``
+    applied. Any other key is refused: it would be silently ignored otherwise."""
+    given = parse_sets(sets, cfg.name if cfg.name in PRESETS else "cpu-demo")
+    fixed = sorted(set(given) - set(EVALUATION_KEYS))
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)}: fixed when the checkpoint was trained; with "
+                         f"--checkpoint only {', '.join(EVALUATION_KEYS)} can be set")
+    values = {"bf16": "auto", "fused_attention": "auto", **given}
+    return dataclasses.replace(cfg, **values).validate()
+
+
+def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
+                sets: list[str] | None = None) -> Config:
+    """Resolve a preset, then the method's defaults (:data:`METHOD_DEFAULTS`; the method is the
+    one given, else the preset's, else DINO), then ``overrides`` (a dict), then ``sets``
+    (``["key=value", ...]``). Explicit values always win over the method's defaults."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = {**PRESETS[preset], "name": preset}
+    explicit = {**(overrides or {}), **parse_sets(sets, preset)}
     method = explicit.get("method", values.get("method", "dino"))
     if method not in METHOD_DEFAULTS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,4 +1,4 @@
-"""Evaluation: weighted k-NN and linear probe on frozen features, and end-to-end fine-tuning.
+"""Evaluation on frozen features: weighted k-NN and the linear probe (fine-tuning: finetune.py).
 
 Under ``torchrun`` feature extraction is sharded: each rank embeds every ``world``-th image and
 the features are gathered back in dataset order, so every rank holds the same full arrays.
@@ -9,14 +9,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .config import Config
 from .data import build_dataset, eval_transform
 from .models import build_eval_backbone
-from .precision import choose
+from .precision import Precision, choose
 
 
 def _world():
@@ -49,20 +47,38 @@ def embed(backbone, x, pool="cls"):
     return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], -1)
 
 
-def _precision(backbone, device):
-    """bf16 or fp32 for evaluating ``backbone``: measured once per process and width."""
-    return choose(device_type=device.type, width=getattr(backbone, "embed_dim", 128))
+def uses_fused_attention(backbone) -> bool:
+    """Whether ``backbone``'s attention layers run the fused kernel (timm's ``fused_attn``)."""
+    return any(getattr(m, "fused_attn", False) for m in backbone.modules())
+
+
+def evaluation_precision(backbone, cfg: Config | None = None) -> Precision:
+    """bf16 or fp32 for evaluating ``backbone``: ``cfg.bf16`` where forced, else this machine's
+    decision (precision.py: the same in every process), with the kernel the backbone runs."""
+    device = next(backbone.parameters()).device
+    return choose(cfg.bf16 if cfg is not None else "auto",
+                  "on" if uses_fused_attention(backbone) else "off", device.type,
+                  width=getattr(backbone, "embed_dim", 128))
+
+
+def set_fused_attention(backbone, fused: bool):
+    """Switch every attention layer of ``backbone`` to the fused kernel or explicit softmax
+    (the weights are the same; only how softmax(QK^T)V is computed changes)."""
+    for m in backbone.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    return backbone
 
 
 @torch.no_grad()
 def extract_features(backbone, dataset, batch_size=256, num_workers=0, bf16=None, progress=False,
                      desc="features", pool="cls", normalize=True):
     """Backbone features (L2-normalised by default) and labels for every image of ``dataset``;
-    ``bf16=None`` autocasts to bf16 only where it is faster on this machine (precision.py)."""
+    ``bf16=None`` autocasts to bf16 only where this machine computes it natively (precision.py)."""
     backbone.eval()
     device = next(backbone.parameters()).device
     if bf16 is None:
-        bf16 = _precision(backbone, device).bf16
+        bf16 = evaluation_precision(backbone).bf16
     rank, world = _world()
     shard = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(shard, batch_size, num_workers=num_workers)
@@ -101,7 +117,9 @@ def knn_classify(train_feats, train_labels, test_feats, k=20, temperature=0.07, 
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
-def _eval_splits(cfg: Config, data=None, transform=None):
+def eval_splits(cfg: Config, data=None, transform=None):
+    """The (train, test) datasets of ``data`` (default ``cfg.data``) at ``cfg.image_size``: the
+    test split always with the evaluation transform, the training split with ``transform``."""
     data = data or cfg.data
     tf = transform or eval_transform(cfg.image_size)
     return (build_dataset(data, train=True, transform=tf, image_size=cfg.image_size),
@@ -112,23 +130,25 @@ def _eval_splits(cfg: Config, data=None, transform=None):
 def knn_accuracy(backbone, cfg: Config, data=None, k=20, temperature=0.07, progress=False,
                  max_train=None):
     """k-NN top-1 (0 to 1) of ``backbone`` on the train/test splits of ``data`` (default cfg.data)."""
-    train_set, test_set = _eval_splits(cfg, data)
+    train_set, test_set = eval_splits(cfg, data)
     if max_train is not None and len(train_set) > max_train:
         g = torch.Generator().manual_seed(0)
         train_set = torch.utils.data.Subset(train_set, torch.randperm(len(train_set), generator=g)[:max_train].tolist())
-    ftr, ltr = extract_features(backbone, train_set, progress=progress, desc="train features")
-    fte, lte = extract_features(backbone, test_set, progress=progress, desc="test features")
+    bf16 = evaluation_precision(backbone, cfg).bf16
+    ftr, ltr = extract_features(backbone, train_set, progress=progress, desc="train features", bf16=bf16)
+    fte, lte = extract_features(backbone, test_set, progress=progress, desc="test features", bf16=bf16)
     preds = knn_classify(ftr, ltr, fte, k, temperature)
     return float((preds == lte).float().mean())
 
 
 def linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1, progress=False) -> float:
     """Linear-probe top-1 (0 to 1): frozen backbone, CLS + mean patch token, cached features."""
-    train_set, test_set = _eval_splits(cfg, data)
+    train_set, test_set = eval_splits(cfg, data)
+    bf16 = evaluation_precision(backbone, cfg).bf16
     ftr, ltr = extract_features(backbone, train_set, progress=progress, desc="train features",
-                                pool="cls+avg", normalize=False)
+                                pool="cls+avg", normalize=False, bf16=bf16)
     fte, lte = extract_features(backbone, test_set, progress=progress, desc="test features",
-                                pool="cls+avg", normalize=False)
+                                pool="cls+avg", normalize=False, bf16=bf16)
     return linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)
 
 
@@ -136,11 +156,11 @@ def knn_and_linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1
                             progress=False) -> dict:
     """Both protocols from one pass over the data: ``knn_top1`` on the L2-normalised CLS token
     and ``linear_top1`` on CLS + mean patch token (the CLS token is the first half)."""
-    train_set, test_set = _eval_splits(cfg, data)
-    feats = {}
+    train_set, test_set = eval_splits(cfg, data)
+    feats, bf16 = {}, evaluation_precision(backbone, cfg).bf16
     for split, dataset in (("train", train_set), ("test", test_set)):
         feats[split] = extract_features(backbone, dataset, progress=progress, pool="cls+avg",
-                                        normalize=False, desc=f"{split} features")
+                                        normalize=False, desc=f"{split} features", bf16=bf16)
     (ftr, ltr), (fte, lte) = feats["train"], feats["test"]
     dim = backbone.embed_dim if hasattr(backbone, "forward_features") else ftr.shape[1]
     preds = knn_classify(F.normalize(ftr[:, :dim], dim=-1), ltr, F.normalize(fte[:, :dim], dim=-1))
@@ -180,56 +200,3 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, epochs=100,
             sched.step()
     with torch.no_grad():
         return float((clf(xte).argmax(1) == test_labels).float().mean())
-
-
-def finetune_accuracy(backbone, cfg: Config, data=None, epochs=10, lr=1e-4, batch_size=64,
-                      weight_decay=0.05, max_steps=None, progress=False, seed=0) -> float:
-    """Fine-tuning transfer: the backbone plus a new linear head, trained end to end (AdamW,
-    cosine lr, random-resized crops and flips), then top-1 (0 to 1) on the test split."""
-    torch.manual_seed(seed)
-    size = cfg.image_size
-    train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(size, (0.35, 1.0), antialias=True),
-                          T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
-                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    train_set, test_set = _eval_splits(cfg, data, train_tf)
-    num_classes = (len(getattr(train_set, "classes", None) or [])
-                   or getattr(train_set, "num_classes", 0)
-                   or int(max(int(y) for _, y in train_set)) + 1)
-    device = next(backbone.parameters()).device
-    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.embed_dim, num_classes)).to(device)
-    loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    if len(loader) == 0:
-        raise ValueError(f"fine-tuning batch size {batch_size} is larger than the {len(train_set)} "
-                         f"training images; pass a smaller --batch-size")
-    if epochs < 1 or (max_steps is not None and max_steps < 1):
-        raise ValueError(f"fine-tuning needs epochs >= 1 and max_steps >= 1, got {epochs}, {max_steps}")
-    steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr * batch_size / 256, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr * batch_size / 256, total_steps=steps,
-                                                pct_start=0.1)
-    precision = _precision(backbone, device)
-    bar = tqdm(total=steps, desc="fine-tune", disable=not progress)
-    model.train()
-    step = 0
-    while step < steps:
-        for x, y in loader:
-            with precision.autocast(device.type):
-                loss = F.cross_entropy(model(x.to(device)), torch.as_tensor(y).to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            if step >= steps:
-                break
-    bar.close()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(test_set, 256):
-            with precision.autocast(device.type):
-                correct += (model(x.to(device)).argmax(1).cpu() == torch.as_tensor(y)).sum().item()
-    return correct / len(test_set)

@@ -1,29 +1,45 @@
-"""Numeric precision and attention kernel, chosen by measuring this machine.
+"""Numeric precision and attention kernel: one decision per machine.
 
 bfloat16 autocast keeps fp32's range with an 8-bit mantissa. Where the hardware has bf16
 instructions (GPUs; CPUs with AVX-512 BF16 or AMX) a bf16 matmul runs 2-3x faster than fp32. Where
 it has not (AVX2: most laptops), PyTorch emulates bf16 and the same matmul runs up to 100x
-*slower*. Feature flags differ by platform and by PyTorch build, so on CPU we do not guess: we time
-one small forward + backward shaped like the model's in both precisions and keep bf16 only where
-it is clearly faster. The same holds for attention: PyTorch's fused kernel
-(``scaled_dot_product_attention``) wins on GPUs, while on CPUs timm's explicit softmax attention can
-be faster for the short sequences of small images, so the two are timed as well.
+*slower*. So a CPU computes in bf16 exactly when it has those instructions: on x86 this is read
+from the instruction set PyTorch reports (:func:`cpu_bf16`), the same answer in every process
+whatever the load of the moment. Elsewhere (an Arm CPU, say), the two precisions are timed once,
+and the timing is stored per machine (:func:`machine_timings`, ``python -m dino_lite precision
+--remeasure`` measures again). The attention kernel is chosen from a stored timing too: PyTorch's
+fused kernel (``scaled_dot_product_attention``) wins on GPUs, while on CPUs timm's explicit
+softmax attention can be faster for the short sequences of small images.
 
-``bf16`` / ``fused_attention`` in the config are ``"auto"`` (measure), or forced: ``True`` /
-``False`` and ``"on"`` / ``"off"``. GPUs always get bf16 and the fused kernel unless forced.
+A timing taken at every start would be a coin flip on a busy 2-core machine (the same command
+measured bf16 "10.7x faster", "2.6x faster" and "1.2x slower" in three runs), and the precision
+decides the recipe (the fp32 variant's smaller crops): runs that should match would not.
+
+``bf16`` / ``fused_attention`` in the config are ``"auto"`` (this machine's decision), or forced:
+``True`` / ``False`` and ``"on"`` / ``"off"``. GPUs always get bf16 and the fused kernel unless
+forced.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
-BF16_MARGIN = 1.25       # bf16 is chosen only when it is at least this much faster than fp32
+BF16_MARGIN = 1.25       # where timed (not x86): bf16 only when at least this much faster than fp32
 FUSED_MARGIN = 1.10      # the fused attention kernel likewise, against explicit attention
+CACHE_ENV = "DINO_LITE_CACHE"   # folder of the stored per-machine timings (default ~/.cache/dino_lite)
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) under which bf16 matmuls are native
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+              "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
+              "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,8 @@ def _measure(width, heads, tokens, batch):
     with torch.enable_grad():      # the workloads take a backward step, also when called from
         times = {"fp32": _seconds(_linear_step(width, rows, False)),     # inside no_grad (evaluation)
                  "bf16": _seconds(_linear_step(width, rows, True), reps=2)}
-        bf16 = times["fp32"] / times["bf16"] >= BF16_MARGIN
+        native = cpu_bf16()[0]      # attention is timed in the precision runs will use
+        bf16 = native if native is not None else times["fp32"] / times["bf16"] >= BF16_MARGIN
         for name, fused in (("fused", True), ("explicit", False)):
             times[name] = _seconds(_attention_step(width, heads, batch, tokens, fused, bf16))
     return times
@@ -131,29 +148,104 @@ def _flag(value, name: str):
     raise ValueError(f"{name} must be auto, true/on or false/off, got {value!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16() -> tuple[bool | None, str]:
+    """Whether this CPU computes bf16 natively, and why: True / False on x86, read from the
+    instruction set (AVX-512 BF16 or AMX, in the kernels PyTorch dispatches to: the
+    ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` caps count); None elsewhere (then timed)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None, f"{platform.machine()} CPU"
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if flags and capability.startswith("AVX512") and isa_cap in _BF16_ISAS:
+        return True, "this CPU has bf16 instructions (AVX-512 BF16 / AMX)"
+    if flags:
+        return False, (f"bf16 instructions capped (PyTorch kernels: {capability}, oneDNN: {isa_cap}): "
+                       f"bf16 would be emulated")
+    return False, f"this CPU has no bf16 instructions ({capability}): bf16 would be emulated, far slower"
+
+
+def cache_file() -> Path:
+    """The JSON file holding this user's stored per-machine timings."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "dino_lite") / "precision.json"
+
+
+def machine_id() -> str:
+    """What the stored timings are keyed by: the CPU (model name, family and model numbers: two
+    CPUs sold under one name can differ), PyTorch, and the kernels it may use."""
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model", "Hardware", "CPU part"):
+                    cpu.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = " / ".join(cpu.values()) or platform.processor() or "unknown CPU"
+    return (f"{model} | {platform.machine()} | torch {torch.__version__} | "
+            f"{torch.backends.cpu.get_cpu_capability()} | oneDNN {os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL')}")
+
+
+def machine_timings(width: int = 128, heads: int = 4, tokens: int = 65, batch: int = 32,
+                    remeasure: bool = False) -> dict:
+    """:func:`measure_cpu`'s timings for this model shape on this machine: measured once, then
+    read back from :func:`cache_file` by every later process (``remeasure`` measures again)."""
+    path, key, shape = cache_file(), machine_id(), f"{width}x{heads}x{tokens}x{batch}"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    if not remeasure and isinstance(stored.get(key, {}).get(shape), dict):
+        return stored[key][shape]
+    if remeasure:
+        measure_cpu.cache_clear()
+    times = measure_cpu(width, heads, tokens, batch)
+    stored.setdefault(key, {})[shape] = times
+    try:            # best effort: a read-only home still gets a decision, measured per process
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return times
+
+
 def choose(bf16="auto", fused_attention="auto", device_type: str = "cpu", width: int = 128,
            heads: int = 4, tokens: int = 65, batch: int = 32, measure=None) -> Precision:
-    """The precision and attention kernel to run with; ``measure`` (injectable for tests) returns
-    the timings of :func:`measure_cpu`."""
+    """The precision and attention kernel to run with. On CPU, ``auto`` bf16 follows
+    :func:`cpu_bf16` (where it knows) and the rest follows the stored :func:`machine_timings`;
+    ``measure`` (tests) replaces those timings."""
     want_bf16, want_fused = _flag(bf16, "bf16"), _flag(fused_attention, "fused_attention")
     if want_bf16 is not None and want_fused is not None:
         return Precision(want_bf16, want_fused, "set in the config")
     if device_type != "cpu":
         return Precision(True if want_bf16 is None else want_bf16,
                          True if want_fused is None else want_fused, f"{device_type}: bf16 is native")
-    t = (measure or measure_cpu)(width, heads, tokens, batch)
-    ratio = t["fp32"] / t["bf16"]
     reasons = []
-    if want_bf16 is None:
-        want_bf16 = ratio >= BF16_MARGIN
-        reasons.append(f"bf16 is {ratio:.1f}x faster than fp32 on this CPU" if ratio >= 1 else
-                       f"bf16 is {1 / ratio:.1f}x slower than fp32 on this CPU")
-    else:
+    native, why = cpu_bf16() if measure is None else (None, "")
+    if want_bf16 is not None:
         reasons.append(f"bf16 {'on' if want_bf16 else 'off'} as set")
+    elif native is not None:
+        want_bf16 = native
+        reasons.append(why)
+    times = None
+    if want_bf16 is None or want_fused is None:
+        times = (measure or machine_timings)(width, heads, tokens, batch)
+    if want_bf16 is None:
+        ratio = times["fp32"] / times["bf16"]
+        want_bf16 = ratio >= BF16_MARGIN
+        reasons.append(f"bf16 measured {ratio:.1f}x faster than fp32 on this CPU" if ratio >= 1 else
+                       f"bf16 measured {1 / ratio:.1f}x slower than fp32 on this CPU")
     if want_fused is None:
-        speed = t["explicit"] / t["fused"]
+        speed = times["explicit"] / times["fused"]
         want_fused = speed >= FUSED_MARGIN
-        reasons.append(f"fused attention runs at {speed:.1f}x the speed of explicit")
+        reasons.append(f"fused attention measured at {speed:.1f}x the speed of explicit")
     return Precision(want_bf16, want_fused, "; ".join(reasons))
 
 

@@ -3,31 +3,51 @@ DINO more than the masked image models?
 
 Each method is pre-trained on each fraction of the training images (a seeded subset) for the
 *same number of iterations*, so a smaller subset is seen for more epochs, as in the paper. Every
-encoder is then fine-tuned on the full labelled training set with one fixed recipe and budget,
-and scored by k-NN and a linear probe too (the paper finds those weak for masked models); a
-randomly initialised encoder fine-tuned the same way is the baseline. Finished cells are kept in
-``OUT/<method>-<fraction>/result.json`` and reused when the command runs again with the same
-settings, as ``ablate`` does.
+encoder is then fine-tuned on the full labelled training set with one recipe (finetune.py), once
+per fine-tuning seed, and scored by k-NN and a linear probe too (the paper finds those weak for
+masked models); a randomly initialised encoder fine-tuned the same way (without layer decay) is
+the baseline.
+
+Every cell runs in the one precision this machine computes in (precision.py), decided before
+the first cell and recorded in each cell's key, the JSON and the table. A cell is
+``OUT/<method>-<fraction>-s<seed>``: its pre-training (``checkpoint.pt``) is kept while its config
+is unchanged, and each fine-tuning recipe's scores are kept beside it in their own
+``result-<recipe>.json``, so a new recipe never discards an old result. A folder that holds a
+pre-training of other settings is refused unless ``overwrite``.
+
+The summary computes each method's drop from the largest to the smallest fraction with its
+standard error (the spread over seeds and the test set's binomial error) and a verdict sentence
+for the decisive comparison, DINO's drop against SplitMask's.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
-from .ablate import _write_json, as_json, cached_result
+import matplotlib.pyplot as plt
+
+from .ablate import as_json, cached_result, write_json
 from .checkpoint import backbone_from_checkpoint
-from .config import make_config
+from .config import TOKENIZERS, make_config
 from .data import build_dataset
-from .evaluate import finetune_accuracy, knn_and_linear_accuracy, random_init_backbone
+from .evaluate import knn_and_linear_accuracy, random_init_backbone
+from .finetune import PRETRAINED_LAYER_DECAY, convergence_rule, curve_figure, finetune
+from .precision import for_config
 
 # iNaturalist-2019 fine-tuning top-1 (%) after pre-training on 1% / 10% / 100% of ImageNet
 PAPER_INAT19 = {"dino": {0.01: 70.1, 0.1: 73.1, 1.0: 78.4},
                 "beit": {0.01: 74.1, 0.1: 74.5, 1.0: 75.2},
                 "splitmask": {0.01: 74.8, 0.1: 75.4, 1.0: 75.4}}
 PAPER_TOKENIZERS = {"random_projection": 75.2, "random_patches": 75.3, "kmeans": 75.0}
+# the fine-tuning recipe (finetune.finetune's keywords) the study uses unless told otherwise
+FINETUNE = dict(epochs=30, lr=1e-3, batch_size=64, warmup_epochs=3, drop_path=0.1,
+                label_smoothing=0.1, layer_decay=PRETRAINED_LAYER_DECAY, seeds=[0])
+Z95 = 1.96
 
 
 def parse_list(text: str, kind, name: str) -> list:
@@ -40,15 +60,20 @@ def parse_list(text: str, kind, name: str) -> list:
     return items
 
 
-def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=()):
-    """A cell's pre-training config: the preset and the method's defaults, ``steps`` iterations
-    on ``fraction`` of the images; epochs cover the steps, and the warm-up keeps its share."""
+def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=(), bf16=None):
+    """A cell's pre-training config, as it runs: the preset and the method's defaults, ``steps``
+    iterations on ``fraction`` of the images (epochs cover the steps, the warm-up keeps its
+    share), in precision ``bf16`` (None: this machine's decision) with the fp32 variant applied
+    where it computes in fp32."""
     given = {"method": method, "data_fraction": fraction, "max_steps": steps, "minutes": None}
     if data is not None:
         given["data"] = data
     if seed is not None:
         given["seed"] = seed
     cfg = make_config(preset, given, list(sets))
+    bf16 = for_config(cfg, "cpu").bf16 if bf16 is None else bf16
+    cfg = cfg.for_precision(bf16)
+    cfg.bf16 = bf16                     # decided once for the study; every cell records it
     images = max(1, round(fraction * len(build_dataset(cfg.data, train=True, image_size=cfg.image_size))))
     per_epoch = max(1, images // cfg.batch_size)
     epochs = max(1, math.ceil(steps / per_epoch))
@@ -57,135 +82,297 @@ def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=()):
     return cfg.validate()
 
 
-def _key(cfg, finetune: dict) -> dict:
-    """What identifies a cell, as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps({"config": cfg.to_dict(), "finetune": finetune}))
+def recipe_id(finetune_recipe: dict) -> str:
+    """A short stable name for a fine-tuning recipe (its result file's suffix)."""
+    text = json.dumps(as_json(finetune_recipe), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
-def _scores(backbone, cfg, finetune: dict, progress) -> dict:
-    """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed in
-    ``finetune["seeds"]`` (each from a copy of the pre-trained weights): ``finetune_top1`` is
-    their mean, ``finetune_top1_seeds`` the single runs."""
+def _differences(saved: dict, wanted: dict) -> list[str]:
+    keys = sorted(k for k in set(saved) | set(wanted)
+                  if k not in ("resolved_precision", "notes") and saved.get(k) != wanted.get(k))
+    return [f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in keys]
+
+
+def _pretraining(cfg, cell_dir: Path, overwrite: bool) -> str:
+    """What ``cell_dir`` holds of the pre-training of exactly ``cfg`` (config as run): "done",
+    "partial" (interrupted: it resumes) or "none". A pre-training of other settings there is
+    refused unless ``overwrite``."""
+    from .train import CHECKPOINT, read_log
+    saved = cell_dir / "config.json"
+    if not saved.exists() or not (cell_dir / CHECKPOINT).exists():
+        return "none"
+    try:
+        ran = json.loads(saved.read_text())
+    except ValueError:
+        raise ValueError(f"{saved} is not valid JSON; delete {cell_dir} to pre-train it again") from None
+    diff = _differences(ran, as_json(cfg.to_dict()))
+    if diff and not overwrite:
+        raise ValueError(f"{cell_dir} holds a pre-training of other settings ({'; '.join(diff[:4])}"
+                         f"{'; ...' if len(diff) > 4 else ''}): pass another --out, or --overwrite "
+                         f"to replace it")
+    if diff:
+        return "none"
+    return "done" if len(read_log(cell_dir)) >= cfg.max_steps else "partial"
+
+
+def _scores(backbone, cfg, recipe: dict, progress) -> dict:
+    """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed (each from a
+    copy of the encoder): ``finetune_top1`` is their mean."""
     scores = knn_and_linear_accuracy(backbone, cfg)
-    recipe = {k: v for k, v in finetune.items() if k != "seeds"}
-    runs = [finetune_accuracy(copy.deepcopy(backbone), cfg, progress=progress, seed=s, **recipe)
-            for s in finetune.get("seeds", [0])]
-    scores["finetune_top1_seeds"] = runs
-    scores["finetune_top1"] = sum(runs) / len(runs)
+    keywords = {k: v for k, v in recipe.items() if k != "seeds"}
+    runs = [finetune(copy.deepcopy(backbone), cfg, progress=progress, seed=s, **keywords)
+            for s in recipe["seeds"]]
+    scores.update(finetune_top1_seeds=[r["top1"] for r in runs],
+                  finetune_top1=sum(r["top1"] for r in runs) / len(runs),
+                  curves=[[c["top1"] for c in r["curve"]] for r in runs],
+                  converged=_all_converged(r["converged"] for r in runs),
+                  test_images=len(build_dataset(cfg.data, train=False, image_size=cfg.image_size)),
+                  precision=runs[0]["precision"])
     return scores
 
 
-def _pretrained(cfg, cell_dir: Path) -> bool:
-    """Whether ``cell_dir`` holds a finished pre-training run of exactly ``cfg``."""
-    from .train import CHECKPOINT, read_log
-    saved = cell_dir / "config.json"
-    if not (saved.exists() and (cell_dir / CHECKPOINT).exists()):
-        return False
-    ran = json.loads(saved.read_text())
-    ran.pop("resolved_precision", None)
-    return ran == as_json(cfg.to_dict()) and len(read_log(cell_dir)) == cfg.max_steps
+def _all_converged(flags) -> bool | None:
+    flags = list(flags)
+    return None if None in flags else all(flags)
 
 
-def _run_cell(cfg, cell_dir: Path, finetune: dict, progress) -> dict:
-    """Pre-train one cell and score it, or reuse its saved result while its key is unchanged."""
+def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> dict:
+    """Pre-train one cell (or keep its finished pre-training) and score it with ``recipe`` (or
+    read the scores that recipe already has)."""
     from .train import train
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    state = _pretraining(cfg, cell_dir, overwrite)
+    result = cell_dir / f"result-{recipe_id(recipe)}.json"
 
     def pretrain_and_score():
-        if _pretrained(cfg, cell_dir):   # only the evaluation changed: keep the pre-training
+        if state == "done":
             print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
         else:
-            print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images")
-            train(cfg, cell_dir, progress=progress, overwrite=True)   # a stale cell: replaced
+            print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images"
+                  + (" (resuming the interrupted run)" if state == "partial" else ""))
+            train(cfg, cell_dir, progress=progress, resume=state == "partial", overwrite=True)
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
-        return _scores(backbone, cfg, finetune, progress)
-    return cached_result(cell_dir / "result.json", _key(cfg, finetune), pretrain_and_score,
-                         name=cell_dir.name)
+        return _scores(backbone, cfg, recipe, progress)
+    key = {"config": cfg.to_dict(), "finetune": recipe}
+    if state != "done":                 # scores of a pre-training that is being replaced
+        for old in cell_dir.glob("result-*.json"):
+            old.unlink()
+    return cached_result(result, key, pretrain_and_score, name=cell_dir.name)
 
 
-def run_smalldata(preset, methods, fractions, out_dir, steps, finetune: dict, data=None, seed=None,
-                  sets=(), progress=True, tokenizers=(), tokenizer_fraction=None,
-                  baseline=True, mim_sets=()) -> dict:
-    """Every (method, fraction) cell and the random-init baseline; returns the summary (also in
-    ``OUT/smalldata.json`` and ``OUT/smalldata.md``).
-
-    ``tokenizers`` adds the tokenizer comparison: BEiT pre-trained on ``tokenizer_fraction`` of
-    the images (default: the last fraction) once per tokenizer, in ``OUT/beit-F-TOKENIZER``; the
-    data-driven tokenizers are fitted on that cell's subset. ``baseline=False`` skips the random-
-    init baseline (to run the cells one at a time); the summary then has ``random_init: None``.
-    ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only (after ``sets``),
-    for example a learning rate for short runs, where BEiT's is far too small."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, seeds=(0,), sets=(),
+         tokenizers=(), tokenizer_fraction=None, mim_sets=()) -> list[tuple[str, object, dict]]:
+    """Every cell of the study, resolved and validated before anything runs: ``(folder name,
+    config, cell fields)`` tuples, the tokenizer rows last."""
+    bad = [t for t in tokenizers if t not in TOKENIZERS]
+    if bad:
+        raise ValueError(f"unknown tokenizers {bad}; choose from {list(TOKENIZERS)}")
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {fractions}")
+    for key in ("epochs", "batch_size"):
+        if finetune_recipe[key] < 1:
+            raise ValueError(f"fine-tuning {key} must be >= 1, got {finetune_recipe[key]}")
+    if not finetune_recipe["lr"] > 0:
+        raise ValueError(f"the fine-tuning lr must be > 0, got {finetune_recipe['lr']}")
+    first = make_config(preset, {"data": data} if data else {}, list(sets))
+    bf16 = for_config(first, "cpu").bf16
     cells = []
-    for method in methods:
-        for fraction in fractions:
-            cfg = cell_config(preset, method, fraction, steps, data, seed,
-                              list(sets) + (list(mim_sets) if method != "dino" else []))
-            result = _run_cell(cfg, out_dir / f"{method}-{fraction:g}", finetune, progress)
-            cells.append({"method": method, "fraction": fraction, "tokenizer": cfg.tokenizer,
-                          **result, "paper_inat19": PAPER_INAT19[method].get(fraction)})
-    tokenizer_cells = []
-    if tokenizers:
+    for seed in seeds:
+        for method in methods:
+            for fraction in fractions:
+                cfg = cell_config(preset, method, fraction, steps, data, seed,
+                                  list(sets) + (list(mim_sets) if method != "dino" else []), bf16)
+                cells.append((f"{method}-{fraction:g}-s{seed}", cfg,
+                              {"method": method, "fraction": fraction, "seed": seed,
+                               "tokenizer": cfg.tokenizer if method != "dino" else None}))
         fraction = fractions[-1] if tokenizer_fraction is None else tokenizer_fraction
         for tokenizer in tokenizers:
-            if tokenizer not in PAPER_TOKENIZERS:
-                raise ValueError(f"unknown tokenizer {tokenizer!r}; choose from {list(PAPER_TOKENIZERS)}")
             beit_sets = list(sets) + list(mim_sets)
             cfg = cell_config(preset, "beit", fraction, steps, data, seed,
-                              beit_sets + [f"tokenizer={tokenizer}"])
-            default = cell_config(preset, "beit", fraction, steps, data, seed, beit_sets).tokenizer
-            cell_dir = out_dir / (f"beit-{fraction:g}" if tokenizer == default
-                                  else f"beit-{fraction:g}-{tokenizer}")
-            result = _run_cell(cfg, cell_dir, finetune, progress)
-            tokenizer_cells.append({"method": "beit", "fraction": fraction, "tokenizer": tokenizer,
-                                    **result, "paper_inat19": PAPER_TOKENIZERS[tokenizer]})
-    base = cell_config(preset, "dino", 1.0, steps, data, seed, sets)
+                              beit_sets + [f"tokenizer={tokenizer}"], bf16)
+            # the same settings as a BEiT cell of the table: the same folder, trained once
+            same = next((n for n, c, _ in cells if c == cfg), None)
+            name = same or f"beit-{fraction:g}-{tokenizer}-s{seed}"
+            cells.append((name, cfg, {"method": "beit", "fraction": fraction, "seed": seed,
+                                      "tokenizer": tokenizer, "tokenizer_row": True}))
+    return cells
+
+
+def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: dict | None = None,
+                  data=None, seeds=(0,), sets=(), progress=True, tokenizers=(),
+                  tokenizer_fraction=None, baseline=True, mim_sets=(), overwrite=False) -> dict:
+    """Every cell and the random-init baseline; returns the summary (also in
+    ``OUT/smalldata.json`` and ``OUT/smalldata.md``). ``finetune_recipe`` updates
+    :data:`FINETUNE`; ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only
+    (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small."""
+    recipe = {**FINETUNE, **(finetune_recipe or {})}
+    out_dir = Path(out_dir)
+    cells = plan(preset, methods, fractions, steps, recipe, data, seeds, sets, tokenizers,
+                 tokenizer_fraction, mim_sets)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = "bf16" if cells[0][1].bf16 else "fp32"
+    print(f"small-data study: {len(cells)} cells of {steps} pre-training steps, fine-tuned "
+          f"{recipe['epochs']} epochs x {len(recipe['seeds'])} seeds, in {precision} "
+          f"(this machine's precision); {convergence_rule()}")
+    rows, tokenizer_rows, started, done = [], [], time.perf_counter(), 0
+    for i, (name, cfg, fields) in enumerate(cells):
+        result = _run_cell(cfg, out_dir / name, recipe, progress, overwrite)
+        row = {**fields, **result,
+               "paper_inat19": (PAPER_TOKENIZERS[fields["tokenizer"]] if fields.get("tokenizer_row")
+                                else PAPER_INAT19.get(fields["method"], {}).get(fields["fraction"]))}
+        (tokenizer_rows if fields.get("tokenizer_row") else rows).append(row)
+        done += 1
+        elapsed = time.perf_counter() - started
+        print(f"[{i + 1}/{len(cells)}] {name}: fine-tune {100 * result['finetune_top1']:.1f}% "
+              f"(elapsed {elapsed / 60:.1f} min; at this pace about "
+              f"{elapsed / done * (len(cells) - i - 1) / 60:.0f} min to go)")
+    base_cfg = cell_config(preset, "dino", 1.0, steps, data, seeds[0], sets, cells[0][1].bf16)
     random_init = None
     if baseline:
-        random_init = cached_result(out_dir / "random_init.json", _key(base, finetune),
-                                    lambda: _scores(random_init_backbone(base), base, finetune, progress))
-    summary = {"preset": preset, "data": base.data, "steps": steps, "finetune": finetune,
-               "sets": list(sets), "mim_sets": list(mim_sets),
-               "cells": cells, "tokenizer_cells": tokenizer_cells, "random_init": random_init}
-    _write_json(out_dir / "smalldata.json", summary)
+        base_recipe = {**recipe, "layer_decay": 1.0}      # from scratch: every layer learns alike
+        random_init = cached_result(out_dir / f"random_init-{recipe_id(base_recipe)}.json",
+                                    {"config": base_cfg.to_dict(), "finetune": base_recipe},
+                                    lambda: _scores(random_init_backbone(base_cfg), base_cfg,
+                                                    base_recipe, progress), name="random init")
+    summary = {"preset": preset, "data": base_cfg.data, "steps": steps, "precision": precision,
+               "finetune": recipe, "sets": list(sets), "mim_sets": list(mim_sets),
+               "seeds": list(seeds), "convergence_rule": convergence_rule(),
+               "cells": aggregate(rows), "tokenizer_cells": aggregate(tokenizer_rows),
+               "runs": rows + tokenizer_rows, "random_init": random_init}
+    if random_init is not None:
+        random_init.update(_errors([random_init]))
+        for c in summary["cells"]:      # what pre-training adds over the supervised baseline
+            c["over_random_init"] = 100 * (c["finetune_top1"] - random_init["finetune_top1"])
+            c["over_random_init_se"] = 100 * math.hypot(c["finetune_se"], random_init["finetune_se"])
+    summary["drops"] = drops(summary["cells"])
+    summary["verdict"] = verdict(summary["drops"])
+    write_json(out_dir / "smalldata.json", summary)
     (out_dir / "smalldata.md").write_text(markdown_table(summary))
+    curves = {f"{r['method']} {r['fraction']:g} s{r['seed']}": r["curves"] for r in rows}
+    if random_init is not None:
+        curves["random init"] = random_init["curves"]
+    fig = curve_figure(curves, f"fine-tuning after {steps} pre-training steps ({precision})")
+    fig.savefig(out_dir / "finetune_curves.png", dpi=110)
+    plt.close(fig)
     return summary
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+def _errors(runs: list[dict]) -> dict:
+    """Mean fine-tune top-1 over ``runs`` (each a cell of one pre-training seed, holding one
+    top-1 per fine-tuning seed) and its standard error: the spread of the pre-training seeds'
+    means (or, with one pre-training seed, of the fine-tuning seeds) and the test set's binomial
+    error, added in quadrature."""
+    per_seed = [r["finetune_top1"] for r in runs]
+    singles = [x for r in runs for x in r["finetune_top1_seeds"]]
+    mean = sum(per_seed) / len(per_seed)
+    spread = per_seed if len(per_seed) > 1 else singles
+    if len(spread) > 1:
+        m = sum(spread) / len(spread)
+        seed_se = math.sqrt(sum((x - m) ** 2 for x in spread) / (len(spread) - 1) / len(spread))
+    else:
+        seed_se = None                  # one run: no spread measured
+    n = runs[0]["test_images"]
+    binomial_se = math.sqrt(mean * (1 - mean) / n)
+    se = math.sqrt((seed_se or 0) ** 2 + binomial_se ** 2)
+    return {"finetune_top1_mean": mean, "finetune_se": se, "seed_se": seed_se,
+            "binomial_se": binomial_se, "runs": len(singles)}
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per (method, fraction, tokenizer): the mean over pre-training seeds, with
+    standard errors, k-NN and linear means, and whether every fine-tuning converged."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["fraction"], r.get("tokenizer")), []).append(r)
+    out = []
+    for (method, fraction, tokenizer), runs in groups.items():
+        mean = lambda k: sum(r[k] for r in runs) / len(runs)     # noqa: E731
+        out.append({"method": method, "fraction": fraction, "tokenizer": tokenizer,
+                    "seeds": [r["seed"] for r in runs], "finetune_top1": mean("finetune_top1"),
+                    "finetune_top1_seeds": [x for r in runs for x in r["finetune_top1_seeds"]],
+                    "knn_top1": mean("knn_top1"), "linear_top1": mean("linear_top1"),
+                    "converged": _all_converged(r["converged"] for r in runs),
+                    "paper_inat19": runs[0]["paper_inat19"], **_errors(runs)})
+    return out
+
+
+def drops(cells: list[dict]) -> dict:
+    """Each method's fine-tune top-1 at its largest fraction minus at its smallest, with the
+    standard error of the difference (points, 0 to 100)."""
+    out = {}
+    for method in dict.fromkeys(c["method"] for c in cells):
+        mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["fraction"])
+        if len(mine) < 2:
+            continue
+        small, large = mine[0], mine[-1]
+        out[method] = {"from": large["fraction"], "to": small["fraction"],
+                       "drop": 100 * (large["finetune_top1"] - small["finetune_top1"]),
+                       "se": 100 * math.hypot(large["finetune_se"], small["finetune_se"])}
+    return out
+
+
+def verdict(drops: dict, a: str = "dino", b: str = "splitmask") -> str | None:
+    """The study's one-sentence answer: how many points more ``a`` loses than ``b`` when the
+    pre-training data shrink, or the largest difference the study rules out at 95%."""
+    if a not in drops or b not in drops:
+        return None
+    diff = drops[a]["drop"] - drops[b]["drop"]
+    se = math.hypot(drops[a]["se"], drops[b]["se"])
+    names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
+    na, nb = names.get(a, a), names.get(b, b)
+    if abs(diff) > Z95 * se:
+        more = "more" if diff > 0 else "less"
+        return (f"{na} loses {abs(diff):.1f} +- {se:.1f} points {more} than {nb} when the "
+                f"pre-training data shrink (95% interval {diff - Z95 * se:+.1f} to {diff + Z95 * se:+.1f}).")
+    return (f"No difference larger than {abs(diff) + Z95 * se:.1f} points at 95% between "
+            f"{na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).")
 
 
 def markdown_table(summary: dict) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
-    def finetune(c):
-        runs = c.get("finetune_top1_seeds") or [c["finetune_top1"]]
-        each = " / ".join(pct(r) for r in runs)
-        return pct(c["finetune_top1"]) + (f" ({each})" if len(runs) > 1 else "")
+    def finetune_cell(c):
+        each = " / ".join(pct(r) for r in c["finetune_top1_seeds"])
+        flag = {True: "", False: " (not converged)", None: " (too short to tell)"}[c["converged"]]
+        return f"{pct(c['finetune_top1'])} +- {pct(c['finetune_se'])}{flag}" + \
+            (f" ({each})" if len(c["finetune_top1_seeds"]) > 1 else "")
 
-    seeds = summary["finetune"].get("seeds", [0])
     recipe = {k: v for k, v in summary["finetune"].items() if k != "seeds"}
     sets = " ".join(summary.get("sets", [])) or "none"
     mim = " ".join(summary.get("mim_sets", [])) or "none"
     lines = [f"Pre-training: {summary['steps']} steps on each fraction of `{summary['data']}` "
-             f"(overrides: {sets}; masked models also: {mim}); fine-tuning on all of it: "
-             f"{recipe}, seeds {seeds} (mean, then each run).", "",
-             "| method | fraction | fine-tune | k-NN | linear | paper iNat-19 fine-tune |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"in {summary['precision']} (overrides: {sets}; masked models also: {mim}), "
+             f"pre-training seeds {summary['seeds']}; fine-tuning on all of it: {recipe}, seeds "
+             f"{summary['finetune']['seeds']}. Fine-tune: mean +- standard error (seed spread and "
+             f"the test set's binomial error), then each run; {summary['convergence_rule']}.", "",
+             "| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
-        lines.append(f"| {c['method']} | {c['fraction']:g} | {finetune(c)} | "
+        over = ("-" if "over_random_init" not in c else
+                f"{c['over_random_init']:+.1f} +- {c['over_random_init_se']:.1f}")
+        lines.append(f"| {c['method']} | {c['fraction']:g} | {finetune_cell(c)} | {over} | "
                      f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {paper} |")
     r = summary["random_init"]
     if r is not None:
-        lines.append(f"| random init | - | {finetune(r)} | {pct(r['knn_top1'])} | "
-                     f"{pct(r['linear_top1'])} | - |")
+        lines.append(f"| random init | - | {finetune_cell(r)} | - | "
+                     f"{pct(r['knn_top1'])} | {pct(r['linear_top1'])} | - |")
+    if summary["drops"]:
+        lines += ["", "| method | drop from the largest to the smallest fraction (points) |",
+                  "| --- | ---: |"]
+        lines += [f"| {m} | {d['drop']:+.1f} +- {d['se']:.1f} ({d['from']:g} -> {d['to']:g}) |"
+                  for m, d in summary["drops"].items()]
+    if summary.get("verdict"):
+        lines += ["", f"**Verdict:** {summary['verdict']}"]
     if summary.get("tokenizer_cells"):
         lines += ["", "Tokenizers (BEiT; paper: iNat-19 fine-tune after ImageNet):", "",
                   "| tokenizer | fraction | fine-tune | k-NN | linear | paper |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for c in summary["tokenizer_cells"]:
-            lines.append(f"| {c['tokenizer']} | {c['fraction']:g} | {finetune(c)} | "
+            lines.append(f"| {c['tokenizer']} | {c['fraction']:g} | {finetune_cell(c)} | "
                          f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {c['paper_inat19']:.1f} |")
-    else:
-        lines += ["", "Paper, tokenizers (iNat-19 fine-tune after ImageNet, BEiT): " +
-                  ", ".join(f"{k} {v}" for k, v in PAPER_TOKENIZERS.items())]
     return "\n".join(lines) + "\n"

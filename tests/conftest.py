@@ -4,6 +4,7 @@ generator, tiny configurations and models, and torchrun."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the per-machine timings that pick the attention kernel (dino_lite.precision) are stored in a
+# folder of the test session's own, not the user's cache
+os.environ.setdefault("DINO_LITE_CACHE", tempfile.mkdtemp(prefix="dino_lite_cache_"))
 # a fixed thread count, also in the trainings tests start as subprocesses: adaptive threads
 # (dino_lite.threads) would make runs that tests compare bit for bit depend on the machine's load
 os.environ.setdefault("OMP_NUM_THREADS", "2")

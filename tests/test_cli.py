@@ -81,6 +81,35 @@ def test_train_knn_attention_end_to_end(tiny_folder, tmp_path, capsys):
     assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
 
 
+def test_set_with_a_checkpoint_applies_evaluation_keys_and_refuses_the_rest(tiny_folder, tmp_path, capsys):
+    import dataclasses
+    from dino_lite.checkpoint import backbone_from_checkpoint
+    from dino_lite.evaluate import knn_accuracy
+    from dino_lite.precision import choose
+    common = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
+              "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
+              "--set", "batch_size=16", "--set", "n_local=2"]
+    main(["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--max-steps", "2",
+          "--epochs", "1", "--out", str(tmp_path / "run"), *common])
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    capsys.readouterr()
+    # a training key is refused by name (it used to be ignored silently), and so is a bogus one
+    assert "--set lr: fixed when the checkpoint was trained" in _error(
+        capsys, ["knn", "--checkpoint", ckpt, "--set", "lr=1"])
+    assert "unknown config key 'bogus_key'" in _error(
+        capsys, ["knn", "--checkpoint", ckpt, "--set", "bogus_key=1"])
+    backbone, cfg = backbone_from_checkpoint(ckpt)
+    main(["knn", "--checkpoint", ckpt, "--json"])           # the machine's own precision, stated
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[-1])["precision"] == choose(width=backbone.embed_dim).name
+    assert "evaluation precision: " in out
+    main(["knn", "--checkpoint", ckpt, "--set", "bf16=true", "--set", "image_size=24", "--json"])
+    res = _last_json(capsys)                                # forced, and applied
+    assert res["precision"] == "bf16"
+    forced = dataclasses.replace(cfg, bf16=True, image_size=24)
+    assert res["knn_top1"] == pytest.approx(knn_accuracy(backbone, forced))
+
+
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     err = _error(capsys, ["knn", "--checkpoint", str(tmp_path / "missing.pt")])
     assert "does not exist" in err

@@ -91,7 +91,10 @@ def test_precision_round_trips():
 
 
 def _fake_machine(monkeypatch, bf16_seconds):
-    monkeypatch.setattr(precision, "measure_cpu", timings(fp32=0.01, bf16=bf16_seconds))
+    """A CPU whose instruction set is unknown (so bf16 is timed) and whose stored timings say
+    bf16 takes ``bf16_seconds`` where fp32 takes 0.01."""
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (None, "a test CPU"))
+    monkeypatch.setattr(precision, "machine_timings", timings(fp32=0.01, bf16=bf16_seconds))
 
 
 def test_the_run_records_its_choice(tiny_folder, tmp_path, monkeypatch):
@@ -178,3 +181,80 @@ def test_measuring_leaves_the_global_generator_alone():
     before = torch.get_rng_state()
     precision.measure_cpu(16, 2, 5, 2)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# -- one decision per machine (issue: the precision was a per-process coin flip) ----------------
+
+def _x86(monkeypatch, capability, bf16_flags, isa=None):
+    """An x86 CPU with PyTorch's ``capability`` and (or without) the bf16 instruction flags."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_flags)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    precision.cpu_bf16.cache_clear()
+    return precision.cpu_bf16()
+
+
+def test_an_x86_cpu_decides_bf16_from_its_instruction_set(monkeypatch):
+    try:
+        assert _x86(monkeypatch, "AVX512", True)[0] is True
+        assert _x86(monkeypatch, "AVX512", False)[0] is False          # AVX-512 without BF16
+        assert _x86(monkeypatch, "AVX2", False)[0] is False
+        # the emulation the project measures AVX2 with: flags present, kernels capped
+        assert _x86(monkeypatch, "AVX2", True)[0] is False
+        native, why = _x86(monkeypatch, "AVX512", True, isa="AVX2")
+        assert native is False and "capped" in why
+        assert _x86(monkeypatch, "AVX512", True, isa="avx512_core_amx")[0] is True
+    finally:
+        precision.cpu_bf16.cache_clear()
+
+
+def test_timings_that_flip_between_processes_give_one_decision(monkeypatch, tmp_path):
+    # the same command measured bf16 "2.6x faster" and "1.2x slower" in consecutive runs on a
+    # busy machine: the first measurement is stored for this machine and every process reads it
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (None, "an Arm CPU"))
+    flips = iter([dict(fp32=0.026, bf16=0.01, fused=1.0, explicit=1.0),
+                  dict(fp32=0.01, bf16=0.012, fused=1.0, explicit=1.0)])
+    measured = []
+
+    def measure_cpu(*shape):
+        measured.append(shape)
+        return next(flips)
+    monkeypatch.setattr(precision, "measure_cpu", measure_cpu)
+    measure_cpu.cache_clear = lambda: None
+    first = choose()
+    second = choose()                      # a new process: lru caches are per process, the file is not
+    assert first == second and first.bf16 is True and len(measured) == 1
+    assert json.loads(precision.cache_file().read_text())      # stored, readable JSON
+    remeasured = precision.machine_timings(remeasure=True)     # `dino_lite precision --remeasure`
+    assert remeasured["bf16"] == 0.012 and choose().bf16 is False and len(measured) == 2
+
+
+def test_an_x86_decision_ignores_the_timing_of_the_moment(monkeypatch, tmp_path):
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+    try:
+        _x86(monkeypatch, "AVX2", False)
+        # the stored timing says bf16 is fast (a fluke): the instruction set still says fp32
+        monkeypatch.setattr(precision, "machine_timings",
+                            timings(fp32=1.0, bf16=0.01, fused=1.0, explicit=2.0))
+        p = choose()
+        assert p.bf16 is False and "no bf16 instructions" in p.reason and p.fused_attention
+    finally:
+        precision.cpu_bf16.cache_clear()
+
+
+def test_a_corrupt_or_unwritable_store_still_gives_a_decision(monkeypatch, tmp_path):
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+    precision.cache_file().write_text("{not json")
+    monkeypatch.setattr(precision, "measure_cpu", lambda *shape: dict(fp32=1, bf16=2, fused=1, explicit=1))
+    assert precision.machine_timings(8, 2, 5, 2)["bf16"] == 2
+    assert "8x2x5x2" in json.loads(precision.cache_file().read_text())[precision.machine_id()]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(precision.CACHE_ENV, str(blocker))      # a file where the folder should be
+    assert precision.machine_timings(8, 2, 5, 2)["fp32"] == 1

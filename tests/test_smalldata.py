@@ -1,54 +1,170 @@
-"""smalldata.py: the small-data study trains every cell, fine-tunes it per seed, and reuses
-finished cells."""
+"""smalldata.py: the small-data study trains every cell in one precision, fine-tunes it per
+seed, reuses finished cells without ever losing one, and computes its drops and verdict."""
 
 import json
+import math
+import re
 
 import pytest
 
 from conftest import TINY_MIM, is_share_of
+from dino_lite import precision
 from dino_lite.cli import main
-from dino_lite.evaluate import finetune_accuracy, random_init_backbone
-from dino_lite.smalldata import cell_config
+from dino_lite.evaluate import random_init_backbone
+from dino_lite.finetune import finetune
+from dino_lite.smalldata import _errors, cell_config, drops, verdict
 from dino_lite.train import read_log
+
+SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
+
+
+def _study(tiny_folder, out, *extra, methods="dino,beit"):
+    args = ["smalldata", "--preset", "cpu-demo", "--data", str(tiny_folder), "--fractions", "0.5,1",
+            "--methods", methods, "--steps", "2", "--finetune-steps", "2", "--out", str(out),
+            "--finetune-seeds", "0,1", "--mim-set", "lr=0.001", "--json", *extra]
+    return args + [a for s in SETS for a in ("--set", s)]
+
+
+def _last_json(capsys):
+    out = capsys.readouterr().out
+    return json.loads(out.strip().splitlines()[-1]), out
 
 
 def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_folder, tmp_path, capsys):
-    args = ["smalldata", "--preset", "cpu-demo", "--data", str(tiny_folder), "--fractions", "0.5,1",
-            "--methods", "dino,beit", "--steps", "2", "--finetune-steps", "2", "--out", str(tmp_path),
-            "--finetune-seeds", "0,1", "--tokenizers", "random_projection,random_patches",
-            "--tokenizer-fraction", "0.5", "--mim-set", "lr=0.001",
-            "--json"]
-    sets = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
-    args += [a for s in sets for a in ("--set", s)]
+    args = _study(tiny_folder, tmp_path, "--tokenizers", "random_projection,random_patches",
+                  "--tokenizer-fraction", "0.5")
     main(args)
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, _ = _last_json(capsys)
     assert [(c["method"], c["fraction"]) for c in out["cells"]] == [
         ("dino", 0.5), ("dino", 1.0), ("beit", 0.5), ("beit", 1.0)]
     for c in out["cells"]:                                    # one fine-tuning per seed, the mean
         assert len(c["finetune_top1_seeds"]) == 2
         assert all(is_share_of(s, 12) for s in c["finetune_top1_seeds"])
         assert c["finetune_top1"] == pytest.approx(sum(c["finetune_top1_seeds"]) / 2)
-    # the random-init baseline: the library's fine-tuning of the seeded random init, per seed
-    base = cell_config("cpu-demo", "dino", 1.0, 2, str(tiny_folder), sets=sets)
-    runs = [finetune_accuracy(random_init_backbone(base), base, seed=s, max_steps=2) for s in (0, 1)]
+        assert c["converged"] is None                         # one epoch: too short to tell
+        assert c["binomial_se"] == pytest.approx(math.sqrt(c["finetune_top1"] * (1 - c["finetune_top1"]) / 12))
+    # the random-init baseline: the library's fine-tuning of the seeded random init, per seed,
+    # without layer decay (every layer learns from scratch)
+    base = cell_config("cpu-demo", "dino", 1.0, 2, str(tiny_folder), sets=SETS)
+    runs = [finetune(random_init_backbone(base), base, seed=s, max_steps=2, layer_decay=1.0)["top1"]
+            for s in (0, 1)]
     assert out["random_init"]["finetune_top1"] == pytest.approx(sum(runs) / 2)
+    assert set(out["drops"]) == {"dino", "beit"} and out["verdict"] is None   # no SplitMask here
     # the tokenizer comparison: the default tokenizer's cell is beit-0.5 itself, the other is new
     assert [(c["tokenizer"], c["fraction"]) for c in out["tokenizer_cells"]] == [
         ("random_projection", 0.5), ("random_patches", 0.5)]
     assert out["tokenizer_cells"][0]["finetune_top1"] == out["cells"][2]["finetune_top1"]
-    cfg = json.loads((tmp_path / "beit-0.5-random_patches" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "beit-0.5-random_patches-s0" / "config.json").read_text())
     assert cfg["tokenizer"] == "random_patches" and cfg["data_fraction"] == 0.5
-    cfg = json.loads((tmp_path / "beit-0.5" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "beit-0.5-s0" / "config.json").read_text())
     assert cfg["data_fraction"] == 0.5 and cfg["max_steps"] == 2 and cfg["method"] == "beit"
     assert cfg["lr"] == 0.001                                 # --mim-set reaches the masked cells only
-    assert json.loads((tmp_path / "dino-0.5" / "config.json").read_text())["lr"] != 0.001
-    assert len(read_log(tmp_path / "beit-0.5")) == 2          # same iterations on half the images
+    assert json.loads((tmp_path / "dino-0.5-s0" / "config.json").read_text())["lr"] != 0.001
+    assert len(read_log(tmp_path / "beit-0.5-s0")) == 2       # same iterations on half the images
     table = (tmp_path / "smalldata.md").read_text()
-    assert table.count("| beit |") == 2 and "| random_patches | 0.5 |" in table
+    assert table.count("| beit | 0.5 |") == table.count("| beit | 1 |") == 1
+    assert "| random_patches | 0.5 |" in table
+    assert re.search(r"^\| beit \| [+-]\d+\.\d \+- \d+\.\d \(1 -> 0.5\) \|$", table, re.M)   # its drop
+    assert (tmp_path / "finetune_curves.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "smalldata.json").read_text())
+    assert saved["precision"] == out["precision"] and saved["verdict"] is None
+
     main(args)                                                # again: every cell is reused
-    assert capsys.readouterr().out.count("reusing") == 6      # 4 cells + 2 tokenizer rows
-    stamp = (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns
-    main(args + ["--finetune-lr", "0.001"])                   # a new recipe: scored again,
-    out = capsys.readouterr().out                             # the pre-training kept
+    assert capsys.readouterr().out.count(": reusing") == 7    # 4 cells, 2 tokenizer rows, random init
+    stamp = (tmp_path / "beit-1-s0" / "checkpoint.pt").stat().st_mtime_ns
+    main(args + ["--finetune-lr", "0.002"])                   # a new recipe: scored again,
+    out = capsys.readouterr().out                             # the pre-training kept,
     assert out.count("reusing the finished pre-training") == 5
-    assert (tmp_path / "beit-1" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "beit-1-s0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert len(list((tmp_path / "beit-1-s0").glob("result-*.json"))) == 2   # and the old scores too
+
+
+def test_a_changed_pre_training_option_is_refused_not_overwritten(tiny_folder, tmp_path, capsys):
+    main(_study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1", "--no-baseline"])
+    capsys.readouterr()
+    stamp = (tmp_path / "dino-1-s0" / "checkpoint.pt").stat().st_mtime_ns
+    args = _study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1", "--no-baseline",
+                                                           "--set", "teacher_temp=0.05"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "dino-1-s0 holds a pre-training of other settings" in err and "teacher_temp" in err
+    assert (tmp_path / "dino-1-s0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    main(args + ["--overwrite"])                              # asked for: replaced
+    assert json.loads((tmp_path / "dino-1-s0" / "config.json").read_text())["teacher_temp"] == 0.05
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--tokenizers", "vq"], "unknown tokenizers"),
+    (["--fractions", "0,1"], "fractions must be in"),
+    (["--finetune-seeds", "x"], "--finetune-seeds expects"),
+])
+def test_bad_options_are_reported_before_any_pre_training(tiny_folder, tmp_path, capsys, bad, message):
+    with pytest.raises(SystemExit):
+        main(_study(tiny_folder, tmp_path / "out") + bad)
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("option", ["--finetune-epochs", "--steps"])
+def test_zero_lengths_are_refused_by_the_parser(tiny_folder, tmp_path, capsys, option):
+    with pytest.raises(SystemExit):
+        main(_study(tiny_folder, tmp_path) + [option, "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_an_empty_result_file_is_named(tiny_folder, tmp_path, capsys):
+    args = _study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1", "--no-baseline"]
+    main(args)
+    capsys.readouterr()
+    (result,) = (tmp_path / "dino-1-s0").glob("result-*.json")
+    result.write_text("")
+    with pytest.raises(SystemExit):
+        main(args)
+    assert f"{result} is not valid JSON" in capsys.readouterr().err
+
+
+def test_timings_that_flip_give_one_precision_for_every_cell(tiny_folder, tmp_path, capsys, monkeypatch):
+    # a busy machine used to measure bf16 faster in one process and slower in the next, and the
+    # study mixed cells of both precisions (and crop sizes); now one stored decision holds
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (None, "a test CPU"))
+    flips = iter([dict(fp32=0.03, bf16=0.01, fused=1, explicit=1),
+                  dict(fp32=0.01, bf16=0.03, fused=1, explicit=1)] * 20)
+    monkeypatch.setattr(precision, "measure_cpu", lambda *shape: next(flips))
+    args = _study(tiny_folder, tmp_path / "out", methods="dino") + ["--no-baseline"]
+    main(args)
+    first, _ = _last_json(capsys)
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*/config.json"))]
+    assert len(configs) == 2 and {c["bf16"] for c in configs} == {first["precision"] == "bf16"}
+    main(args)                                                # a new process, the same decision
+    second, printed = _last_json(capsys)
+    assert second["precision"] == first["precision"] and printed.count(": reusing") == 2
+
+
+def test_the_study_statistics_against_hand_computations():
+    def run(seed, tops):
+        return {"finetune_top1": sum(tops) / len(tops), "finetune_top1_seeds": tops,
+                "test_images": 1000, "seed": seed}
+    # one pre-training seed: the spread is that of the fine-tuning seeds
+    one = _errors([run(0, [0.40, 0.44])])
+    assert one["seed_se"] == pytest.approx(math.sqrt(((0.02 ** 2) * 2) / 1 / 2))
+    assert one["binomial_se"] == pytest.approx(math.sqrt(0.42 * 0.58 / 1000))
+    assert one["finetune_se"] == pytest.approx(math.hypot(one["seed_se"], one["binomial_se"]))
+    # two pre-training seeds: the spread of their means
+    two = _errors([run(0, [0.40, 0.44]), run(1, [0.46, 0.50])])
+    assert two["finetune_top1_mean"] == pytest.approx(0.45)
+    assert two["seed_se"] == pytest.approx(math.sqrt((0.03 ** 2 * 2) / 1 / 2))
+    cells = [{"method": m, "fraction": f, "finetune_top1": t, "finetune_se": 0.01}
+             for m, f, t in (("dino", 0.1, 0.30), ("dino", 1.0, 0.40),
+                             ("splitmask", 0.1, 0.35), ("splitmask", 1.0, 0.36))]
+    d = drops(cells)
+    assert d["dino"]["drop"] == pytest.approx(10) and d["splitmask"]["drop"] == pytest.approx(1)
+    assert d["dino"]["se"] == pytest.approx(100 * math.hypot(0.01, 0.01))
+    # 9 points against an SE of 2: decided
+    assert verdict(d).startswith("DINO loses 9.0 +- 2.0 points more than SplitMask")
+    close = {"dino": {"drop": 3.0, "se": 2.0}, "splitmask": {"drop": 1.0, "se": 2.0}}
+    se = math.hypot(2, 2)
+    assert verdict(close) == (f"No difference larger than {2 + 1.96 * se:.1f} points at 95% between "
+                              f"DINO's drop and SplitMask's (DINO minus SplitMask: +2.0 +- {se:.1f}).")
