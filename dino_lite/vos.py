@@ -272,23 +272,25 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
 
 def _dilate(b: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a disk of ``radius`` pixels (skimage's ``disk``: x² + y² <= r²): for
-    each row offset dy of the disk, a horizontal running maximum of half-width
-    isqrt(r² - dy²), shifted by dy."""
+    each row offset dy of the disk, a horizontal dilation of half-width isqrt(r² - dy²)
+    (a window sum over a cumulative sum), shifted by dy."""
     if radius <= 0:
         return b.copy()
-    x = torch.from_numpy(b.astype(np.float32))[None, None]
-    h = x.shape[-2]
-    out = torch.zeros_like(x)
+    h, w = b.shape
+    sums = np.zeros((h, w + 1), np.int32)
+    np.cumsum(b, axis=1, out=sums[:, 1:])
+    xs, rows, out = np.arange(w), {}, np.zeros_like(b, dtype=bool)
     for dy in range(-radius, radius + 1):
         if abs(dy) >= h:
             continue
-        w = math.isqrt(radius * radius - dy * dy)
-        row = F.max_pool2d(x, (1, 2 * w + 1), stride=1, padding=(0, w))
+        k = math.isqrt(radius * radius - dy * dy)
+        if k not in rows:
+            rows[k] = sums[:, np.minimum(xs + k + 1, w)] > sums[:, np.maximum(xs - k, 0)]
         if dy >= 0:                                  # pixel y takes row y - dy
-            out[..., dy:, :] = torch.maximum(out[..., dy:, :], row[..., :h - dy, :])
+            out[dy:] |= rows[k][:h - dy]
         else:
-            out[..., :dy, :] = torch.maximum(out[..., :dy, :], row[..., -dy:, :])
-    return out[0, 0].numpy() > 0
+            out[:dy] |= rows[k][-dy:]
+    return out
 
 
 def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
@@ -304,6 +306,10 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
         return 1.0
     if n_fg == 0 or n_gt == 0:
         return 0.0                                  # precision or recall is 0
+    # only boundary pixels are matched, to boundary pixels: their bounding box is enough
+    ys, xs = np.nonzero(fg_b | gt_b)
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    fg_b, gt_b = fg_b[box], gt_b[box]
     precision = (fg_b & _dilate(gt_b, int(bound_pix))).sum() / n_fg
     recall = (gt_b & _dilate(fg_b, int(bound_pix))).sum() / n_gt
     return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))

@@ -314,3 +314,23 @@ def test_an_annotation_of_another_size_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=rf"annotation {bad} is 48x32 px but its frame "
                                          rf".*00002.jpg is 96x64 px"):
         segment_sequence(root, "shapes")
+
+
+# the official toolkit's output (davis2017-evaluation, davis2017/metrics.py: db_eval_iou and
+# f_measure, run outside this repository with opencv and scikit-image) on the masks of
+# _shifted_predictions: per object, the mean over frames 1..10 of (J, F)
+TOOLKIT = {(64, 96): {1: (0.4634571703462035, 0.2165512301004205),
+                      2: (0.6357252789534437, 0.4697368421052631)},
+           (270, 480): {1: (0.558822295309968, 0.18244443514607084),
+                        2: (0.6139529488922565, 0.06790123456790123)}}
+
+
+@pytest.mark.parametrize("size", list(TOOLKIT))
+def test_j_and_f_equal_the_davis_toolkits_recorded_output(size):
+    """Each frame's truth against the previous frame's mask moved by (2, -3) pixels, at 64x96
+    (tolerance 1 px) and 270x480 (5 px)."""
+    _, masks = moving_shapes_video(frames=12, size=size, seed=1)
+    for obj, (j_toolkit, f_toolkit) in TOOLKIT[size].items():
+        pairs = [(np.roll(masks[t - 1] == obj, (2, -3), axis=(0, 1)), masks[t] == obj) for t in range(1, 11)]
+        assert np.mean([region_jaccard(p, g) for p, g in pairs]) == pytest.approx(j_toolkit, abs=1e-12)
+        assert np.mean([boundary_f(p, g) for p, g in pairs]) == pytest.approx(f_toolkit, abs=1e-12)
