@@ -200,6 +200,8 @@ def _attention_video(args, backbone, size, out):
     folder = Path(args.images)
     if args.images == "shapes" or not folder.is_dir():
         raise ValueError(f"--video needs --images to be a folder of frames, got {args.images!r}")
+    if args.masks:
+        raise ValueError("--video draws the attention maps of frames; it scores no --masks")
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
     if not files:
         raise FileNotFoundError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) in {folder}")

@@ -66,11 +66,12 @@ def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
 
     - Palette PNGs (DAVIS-2017): the palette indices are the object ids and 255 is void, as the
       DAVIS toolkit reads them.
-    - Greyscale PNGs, 8 or 16 bit: a binary DAVIS-2016 mask when the format's top value (255,
-      or 65535) covers at least as many pixels as all grey levels between 0 and it; the object
-      is then every pixel at or above half the range (128, 32768), so that the grey edge of a
-      mask resized with interpolation stays one object. Otherwise the values are object ids
-      (and the top value void), as the toolkit reads them.
+    - Greyscale PNGs, 8 or 16 bit: a binary DAVIS-2016 mask when every non-zero value is at
+      least half the range (128, 32768: 0/255, 0/65535, 0/128 masks), or when the format's top
+      value (255, 65535) covers at least as many pixels as all grey levels between 0 and it; the
+      object is then every pixel at or above half the range, so that the grey edge of a mask
+      resized with interpolation stays one object. Otherwise the values are object ids (and the
+      top value void), as the toolkit reads them.
     - RGB(A) PNGs: colours of the DAVIS palette are their indices (distinct colours, distinct
       objects); an RGB image whose three channels are equal is read as greyscale; any other
       colour is an error naming the file.
@@ -96,9 +97,10 @@ def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"annotation {path}: a {mode} image of non-integer values; save object ids "
                          "as a palette or greyscale PNG")
     top = 255 if a.max(initial=0) <= 255 else 65535      # the top value of 8- or 16-bit masks
+    half, fg = (top + 1) // 2, a > 0
     at_top = int((a == top).sum())
-    if at_top and at_top >= int(((a > 0) & (a < top)).sum()):
-        return (a >= (top + 1) // 2).astype(np.int64), np.zeros(a.shape, bool)
+    if (fg.any() and (a[fg] >= half).all()) or (at_top and at_top >= int((fg & (a < top)).sum())):
+        return (a >= half).astype(np.int64), np.zeros(a.shape, bool)
     return _checked_ids(a, a == top, path)
 
 

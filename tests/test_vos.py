@@ -216,6 +216,10 @@ def test_anti_aliased_8_bit_masks_keep_one_object(tmp_path):
     assert np.array_equal(ids, (a >= 128).astype(np.int64)) and not void.any()
     r = segment_sequence(_still_sequence(tmp_path / "d", [small] * 4), "seq")
     assert list(r["objects"]) == [1] and r["J"] == 1.0 and r["F"] == 1.0
+    half = Image.fromarray(_disc().astype(np.uint8) * 128)        # binary, saved as 0 / 128
+    assert np.array_equal(read_mask_from(half, tmp_path, "half.png")[0], _disc() * 1)
+    ids = _disc().astype(np.uint8) + (np.arange(64) < 8).astype(np.uint8) * 2   # object ids in grey
+    assert np.array_equal(read_mask_from(Image.fromarray(ids), tmp_path, "ids.png")[0], ids)
 
 
 def read_mask_from(image, tmp_path, name="m.png"):
