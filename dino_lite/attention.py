@@ -288,6 +288,33 @@ def shapes_attention_set(size: int, n: int):
     return normalize(x), [f"test_{i}" for i in range(len(x))], m[:, 0] > 0.5, None
 
 
+@torch.no_grad()
+def attention_video(vit, files, size: int, path, width: int = 320, duration: int = 100) -> Path:
+    """The head-mean CLS attention of the last block over each frame of ``files`` (in the order
+    given), as an animated GIF at ``path``: frames resized to short side ``size`` (sides rounded
+    to the patch size, aspect kept), each map scaled to its maximum on the figures' square-root
+    colour scale and laid over its frame. One frame is held at a time, plus the GIF's
+    thumbnails."""
+    from matplotlib import colormaps
+    from .retrieval import image_tensor
+    cmap, p, thumbs = colormaps[CMAP], vit.patch_embed.patch_size[0], []
+    for f in files:
+        x = image_tensor(f, size, p)
+        m = attention_maps(vit, x[None].to(next(vit.parameters()).device)).mean(1).float().cpu()
+        m = upsample(m / m.max().clamp_min(1e-12), x.shape[-2:], "bilinear")[0]
+        heat = cmap(m.clamp(0, 1).numpy() ** GAMMA)[..., :3]
+        frame = np.asarray(load_rgb(f).resize((x.shape[-1], x.shape[-2]), Image.BILINEAR)) / 255
+        img = Image.fromarray((255 * (0.45 * frame + 0.55 * heat)).astype(np.uint8))
+        w = min(width, img.size[0])
+        thumbs.append(img.resize((w, max(1, round(w * img.size[1] / img.size[0])))))
+    if not thumbs:
+        raise ValueError("attention video: no frames")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thumbs[0].save(path, save_all=True, append_images=thumbs[1:], duration=duration, loop=0)
+    return path
+
+
 class AttentionCache:
     """CLS attention maps of every block for a fixed set of images, computed once per image.
 

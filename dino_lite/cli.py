@@ -35,6 +35,17 @@ def positive_int(text):
     return value
 
 
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def positive_float(text):
     """argparse type: a number > 0."""
     try:
@@ -73,9 +84,15 @@ def _out_folder(path) -> Path:
     return path
 
 
+CHECKPOINT_HELP = ("a dino_lite checkpoint.pt (its teacher), official DINO or DINOv2 weights (.pth), "
+                   "timm weights, a Hugging Face model.safetensors / pytorch_model.bin or its "
+                   "folder; or hf:OWNER/REPO, dinov2_vits14[_reg], dinov2_vitb14[_reg], "
+                   "dino_vits16, ... (downloaded when online)")
+
+
 def _add_model_source(p):
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a dino_lite checkpoint.pt (its teacher backbone is used)")
+    src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -197,6 +214,9 @@ def cmd_attention(args):
     if cfg.arch.startswith("vit") and size % cfg.patch_size:
         raise ValueError(f"--image-size {size} is not a multiple of the model's patch size "
                          f"{cfg.patch_size}")
+    if args.video:
+        _attention_video(args, backbone, size, out)
+        return
     if args.images == "shapes":
         x, names, masks, valid = shapes_attention_set(size, args.limit or 200)
     else:
@@ -217,6 +237,25 @@ def cmd_attention(args):
     print(f"figure: {out / 'attention.png'}")
     if args.json:
         print(json.dumps(result))
+
+
+def _attention_video(args, backbone, size, out):
+    """`attention --video`: the maps of a folder of frames, in natural order, as one GIF."""
+    from .attention import IMAGE_SUFFIXES, attention_video
+    from .data import natural_key
+    folder = Path(args.images)
+    if args.images == "shapes" or not folder.is_dir():
+        raise ValueError(f"--video needs --images to be a folder of frames, got {args.images!r}")
+    if args.masks:
+        raise ValueError("--video draws the attention maps of frames; it scores no --masks")
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    if not files:
+        raise FileNotFoundError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    files = files[:args.limit] if args.limit else files
+    path = attention_video(backbone, files, size, out / "attention.gif")
+    print(f"video: {path} ({len(files)} frames, short side {size}px)")
+    if args.json:
+        print(json.dumps({"images": len(files), "video": str(path)}))
 
 
 def cmd_smalldata(args):
@@ -394,6 +433,9 @@ def build_parser():
     a.add_argument("--image-size", type=positive_int)
     a.add_argument("--limit", type=positive_int, help="use at most this many images")
     a.add_argument("--out", default="runs/attention")
+    a.add_argument("--video", action="store_true",
+                   help="--images is a folder of video frames: write the last block's head-mean "
+                        "maps over the frames (short side --image-size) as OUT/attention.gif")
     a.set_defaults(func=cmd_attention)
 
     ab = sub.add_parser("ablate", help="the paper's ablation rows, same seed and budget each")
@@ -476,7 +518,7 @@ def build_parser():
 def _add_feature_source(p, baseline, baseline_help):
     """Like _add_model_source, plus a model-free baseline flag (``--pixels``, ...)."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a dino_lite checkpoint.pt or official DINO weights")
+    src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
     src.add_argument(baseline, action="store_true", help=baseline_help)
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
@@ -585,17 +627,31 @@ def cmd_vos(args):
     from .vos import evaluate_davis
     backbone, _ = _feature_backbone(args, "first_frame_baseline")
     seqs = [s for s in args.sequences.split(",") if s] if args.sequences else None
+    video = _out_folder(args.out or "runs/vos") if args.video else None
     r = evaluate_davis(args.davis, backbone, seqs, args.out, short_side=args.short_side,
                        n_context=args.n_context, radius=args.radius, topk=args.topk,
-                       temperature=args.temperature)
-    print(f"vos ({args.model}): J {r['J']:.3f}  F {r['F']:.3f}  J&F {r['JF']:.3f} over "
-          f"{len(r['sequences'])} sequences; {r['frames_per_s']:.2f} frames/s at short side "
-          f"{args.short_side}px; peak memory {r['peak_memory_mb']:.0f} MB")
+                       temperature=args.temperature, video=video)
+    skipped = "; ".join(f"{k} ({v})" for k, v in r["not_scored"].items())
+    if r["sequences_scored"]:
+        print(f"vos ({args.model}): J {r['J']:.3f}  F {r['F']:.3f}  J&F {r['JF']:.3f} over "
+              f"{r['sequences_scored']} sequence{'s' * (r['sequences_scored'] != 1)} "
+              f"({r['objects']} objects)"
+              + (f"; {len(r['not_scored'])} not scored: {skipped}" if skipped else "")
+              + (f"; {r['frames_per_s']:.2f} frames/s" if r["frames_per_s"] else "")
+              + f" at short side {args.short_side}px; peak memory {r['peak_memory_mb']:.0f} MB")
+    else:
+        print(f"vos ({args.model}): no sequence could be scored: {skipped}")
+    for s in r["sequences"]:
+        if s["video"]:
+            print(f"video: {s['video']}")
     if args.json:
-        print(json.dumps({k: r[k] for k in ("J", "F", "JF", "frames", "frames_per_s", "peak_memory_mb")}
-                         | {"short_side": args.short_side, "model": args.model, "out": args.out,
-                            "per_sequence": {s["sequence"]: {"J": s["J"], "F": s["F"]}
-                                             for s in r["sequences"]}}))
+        summary = {k: r[k] for k in ("J", "F", "JF", "sequences_scored", "objects", "not_scored",
+                                     "frames", "frames_per_s", "peak_memory_mb")}
+        print(json.dumps(summary | {"short_side": args.short_side, "model": args.model, "out": args.out,
+                                    "per_sequence": {s["sequence"]: {"J": s["J"], "F": s["F"]}
+                                                     for s in r["sequences"]},
+                                    "videos": [s["video"] for s in r["sequences"] if s["video"]]},
+                         allow_nan=False))
 
 
 def _add_emerging_commands(sub):
@@ -631,12 +687,19 @@ def _add_emerging_commands(sub):
     _add_feature_source(v, "--first-frame-baseline", "baseline: repeat the first frame's mask")
     v.add_argument("--davis", required=True, help="DAVIS folder (JPEGImages/, Annotations/)")
     v.add_argument("--sequences", help="comma-separated names (default: all)")
-    v.add_argument("--out", help="write masks, overlays and GIFs here")
-    v.add_argument("--short-side", type=int, default=480, help="frames resized to this short side")
-    v.add_argument("--n-context", type=int, default=7, help="previous predicted frames used")
-    v.add_argument("--radius", type=int, default=12, help="local window radius in patches")
-    v.add_argument("--topk", type=int, default=5)
-    v.add_argument("--temperature", type=float, default=0.1)
+    v.add_argument("--out", help="write each frame's mask and overlay here")
+    v.add_argument("--video", action="store_true",
+                   help="write each sequence's propagated masks as an animated GIF "
+                        "OUT/<sequence>.gif (OUT: --out, default runs/vos)")
+    v.add_argument("--short-side", type=positive_int, default=480,
+                   help="frames resized to this short side (px)")
+    v.add_argument("--n-context", type=nonnegative_int, default=7,
+                   help="previous predicted frames used besides the first (0: the first only)")
+    v.add_argument("--radius", type=nonnegative_int, default=12,
+                   help="local window radius in patches (0: the same position only)")
+    v.add_argument("--topk", type=positive_int, default=5, help="source patches kept per patch")
+    v.add_argument("--temperature", type=positive_float, default=0.1,
+                   help="softmax temperature of the affinities")
     v.set_defaults(func=cmd_vos)
 
 

@@ -63,6 +63,8 @@ class Config:
     depth: int | None = None           # ViT depth override (None: the architecture's own)
     stem: str = "patch"                # ViT patch embedding: "patch" (linear, the paper's) or "conv"
     qk_norm: bool = False              # LayerNorm on queries and keys (not in the paper)
+    layer_scale: float | None = None   # LayerScale's initial value (DINOv2: 1e-5; None: no LayerScale)
+    reg_tokens: int = 0                # register tokens beside CLS (DINOv2 with registers: 4)
     drop_path: float = 0.1
     out_dim: int = 65536               # K, the number of prototypes
     head_hidden: int = 2048
@@ -233,6 +235,12 @@ class Config:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
+        if self.layer_scale is not None and not self.layer_scale > 0:
+            raise ValueError(f"layer_scale is LayerScale's initial value, > 0 (or none), got {self.layer_scale}")
+        if not (type(self.reg_tokens) is int and self.reg_tokens >= 0):
+            raise ValueError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
+        if (self.layer_scale is not None or self.reg_tokens) and not self.arch.startswith("vit"):
+            raise ValueError(f"layer_scale and reg_tokens are ViT settings, got arch={self.arch!r}")
         if not 0 <= self.momentum_teacher <= 1:
             raise ValueError(f"momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
         unknown = set(self.fp32_variant) - {f.name for f in fields(self)} - {"fp32_variant", "name"}

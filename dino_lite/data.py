@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def load_rgb(path) -> Image.Image:
             return rgb8(im)
     except Exception as e:  # PIL raises several types; the path is what the user needs
         raise ImageLoadError(f"cannot read image {path}: {e}") from e
+
+
+def natural_key(path) -> tuple:
+    """A sort key that orders the numbers in file names by value: ``2.jpg`` before ``10.jpg``
+    (ffmpeg names extracted frames ``1.jpg ... 60.jpg``, without zero padding)."""
+    return tuple((0, int(t), t) if t.isdigit() else (1, t.lower(), t)
+                 for t in re.split(r"(\d+)", Path(path).name) if t)
 
 
 def class_folders(root) -> list[str]:

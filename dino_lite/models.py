@@ -37,7 +37,8 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
 
 
 def build_backbone(arch="vit_small", *, patch_size=16, img_size=224, depth=None, drop_path=0.0,
-                   fused_attention=True, stem="patch", qk_norm=False):
+                   fused_attention=True, stem="patch", qk_norm=False, layer_scale=None,
+                   reg_tokens=0):
     """A backbone mapping images to one feature vector each; ``.embed_dim`` is its width.
 
     ViTs come from timm with ``dynamic_img_size`` so global and local crops of different sizes
@@ -48,6 +49,9 @@ def build_backbone(arch="vit_small", *, patch_size=16, img_size=224, depth=None,
     LayerNorms queries and keys before their dot product (Dehghani et al. 2023), which bounds the
     attention logits: without it, longer CPU runs drive most heads onto a single patch
     ("attention entropy collapse", Zhai et al. 2023) and the attention maps stop covering objects.
+    DINOv2's ViTs add ``layer_scale`` (each residual branch multiplied by a learnt per-channel
+    scale, initialised at this value) and ``reg_tokens`` register tokens after CLS; as in timm's
+    DINOv2 models, the position embedding of a ViT with registers covers the patches only.
     ResNets drop their classifier; for images under 100 px the stem keeps full resolution.
     """
     if arch not in ARCHS:
@@ -59,7 +63,8 @@ def build_backbone(arch="vit_small", *, patch_size=16, img_size=224, depth=None,
         model = timm.create_model(
             "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
             patch_size=patch_size, embed_dim=width, depth=depth or default_depth, num_heads=heads,
-            drop_path_rate=drop_path, dynamic_img_size=True, qk_norm=qk_norm)
+            drop_path_rate=drop_path, dynamic_img_size=True, qk_norm=qk_norm,
+            init_values=layer_scale, reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0)
         if stem == "conv":
             model.patch_embed.proj = conv_stem(width, patch_size)
         for blk in model.blocks:
@@ -236,7 +241,8 @@ def backbone_for(cfg, fused_attention: bool, drop_path: float | None = None):
     config's."""
     return build_backbone(cfg.arch, patch_size=cfg.patch_size, img_size=cfg.global_size,
                           depth=cfg.depth, drop_path=cfg.drop_path if drop_path is None else drop_path,
-                          fused_attention=fused_attention, stem=cfg.stem, qk_norm=cfg.qk_norm)
+                          fused_attention=fused_attention, stem=cfg.stem, qk_norm=cfg.qk_norm,
+                          layer_scale=cfg.layer_scale, reg_tokens=cfg.reg_tokens)
 
 
 def build_eval_backbone(cfg):

@@ -13,11 +13,16 @@ their labels from patches of earlier frames whose frozen features look alike:
 - the label map is upsampled bilinearly to pixels, each object's channel rescaled to [0, 1],
   and each pixel takes the best channel.
 
-Scores as DAVIS defines them: region similarity J (Jaccard of the object masks) and boundary
-accuracy F (F-measure of boundary pixels matched within a tolerance of 0.8% of the image
-diagonal), both averaged over a sequence's frames without the first and last, per object; J&F
-is their mean. Means over a dataset are over objects (for one object per sequence, over
-sequences).
+Scores as the official DAVIS toolkit (davis2017-evaluation, semi-supervised task) computes
+them: region similarity J (Jaccard of an object's predicted and true masks; 1 when both are
+empty) and boundary accuracy F (the F-measure of the one-pixel boundaries of the two masks, a
+boundary pixel counting as matched when the other boundary lies within a disk of
+ceil(0.008 x image diagonal) pixels), per object, averaged over the annotated frames without the
+first and the last; J&F is their mean. The objects of a sequence are ids 1..n, n the largest id
+in the first frame's mask; void pixels (255) count as background, as the toolkit scores the
+semi-supervised task. Means over a dataset are over objects. A sequence with nothing to score
+(no annotated frame between the first and the last, or no object in the first mask) is named
+and counted apart, never averaged in as NaN.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import load_rgb
+from .data import load_rgb, natural_key
 from .retrieval import image_tensor
 
 # The DAVIS colour palette (object i gets colour i; PASCAL VOC's bit-interleaving scheme).
@@ -57,20 +62,72 @@ PALETTE = _palette()
 # --- reading DAVIS ------------------------------------------------------------------------------
 
 def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
-    """Object ids and void pixels of a DAVIS annotation.
+    """Object ids and void pixels of an annotation, ``(ids int64 [H, W], void bool [H, W])``.
 
-    DAVIS-2016 masks are binary (0 / 255, grayscale): 255 becomes object 1. DAVIS-2017 masks are
-    palette PNGs whose indices are object ids, with 255 marking void pixels (ignored in scoring).
+    - Palette PNGs (DAVIS-2017): the palette indices are the object ids and 255 is void, as the
+      DAVIS toolkit reads them.
+    - Greyscale PNGs, 8 or 16 bit: a binary DAVIS-2016 mask when every non-zero value is at
+      least half the range (128, 32768: 0/255, 0/65535, 0/128 masks), or when the format's top
+      value (255, 65535) covers at least as many pixels as all grey levels between 0 and it; the
+      object is then every pixel at or above half the range, so that the grey edge of a mask
+      resized with interpolation stays one object. Otherwise the values are object ids (and the
+      top value void), as the toolkit reads them.
+    - RGB(A) PNGs: colours of the DAVIS palette are their indices (distinct colours, distinct
+      objects); an RGB image whose three channels are equal is read as greyscale; any other
+      colour is an error naming the file.
     """
     with Image.open(path) as im:
-        palette = im.mode == "P"
+        mode = im.mode
         a = np.array(im)
-    if a.ndim == 3:
-        a = a[..., :3].max(-1)
-    values = set(np.unique(a).tolist())
-    if not palette and values <= {0, 255}:
-        return (a == 255).astype(np.int64), np.zeros(a.shape, bool)
-    return np.where(a == 255, 0, a).astype(np.int64), a == 255
+    if mode in ("P", "PA"):
+        ids = a[..., 0] if a.ndim == 3 else a
+        return _checked_ids(ids, ids == 255, path)
+    if mode == "1":
+        return a.astype(np.int64), np.zeros(a.shape, bool)
+    if mode in ("RGB", "RGBA"):
+        rgb = a[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            a = rgb[..., 0]
+        else:
+            ids = _palette_ids(rgb, path)
+            return _checked_ids(ids, ids == 255, path)
+    elif a.ndim == 3:                                   # LA: grey and alpha
+        a = a[..., 0]
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"annotation {path}: a {mode} image of non-integer values; save object ids "
+                         "as a palette or greyscale PNG")
+    top = 255 if a.max(initial=0) <= 255 else 65535      # the top value of 8- or 16-bit masks
+    half, fg = (top + 1) // 2, a > 0
+    at_top = int((a == top).sum())
+    if (fg.any() and (a[fg] >= half).all()) or (at_top and at_top >= int((fg & (a < top)).sum())):
+        return (a >= half).astype(np.int64), np.zeros(a.shape, bool)
+    return _checked_ids(a, a == top, path)
+
+
+def _checked_ids(a: np.ndarray, void: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.where(void, 0, a).astype(np.int64)
+    if ids.max(initial=0) > 254:
+        raise ValueError(f"annotation {path}: object id {ids.max()} is above 254 (255 is void); "
+                         "number the objects 1, 2, ...")
+    return ids, void
+
+
+_PALETTE_CODES = np.array([(r << 16) | (g << 8) | b for r, g, b in
+                           zip(PALETTE[0::3], PALETTE[1::3], PALETTE[2::3])])
+
+
+def _palette_ids(rgb: np.ndarray, path) -> np.ndarray:
+    """The DAVIS palette index of every pixel's colour; other colours are an error."""
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    order = np.argsort(_PALETTE_CODES)
+    pos = np.searchsorted(_PALETTE_CODES[order], codes).clip(0, 255)
+    known = _PALETTE_CODES[order][pos] == codes
+    if not known.all():
+        bad = [tuple(int(v) for v in c) for c in np.unique(rgb[~known], axis=0)[:3]]
+        raise ValueError(f"annotation {path} is an RGB image with colours outside the DAVIS palette "
+                         f"(e.g. {', '.join(map(str, bad))}), so its objects cannot be told apart "
+                         "reliably; save object ids as a palette (indexed) or greyscale PNG")
+    return order[pos]
 
 
 def davis_layout(root) -> tuple[Path, Path]:
@@ -85,9 +142,11 @@ def davis_layout(root) -> tuple[Path, Path]:
 
 
 def sequence_files(root, sequence) -> tuple[list[Path], dict[str, Path]]:
-    """A sequence's frames (sorted) and its annotations by frame stem."""
+    """A sequence's frames (in natural order: ``2.jpg`` before ``10.jpg``) and its annotations
+    by frame stem."""
     jpeg, ann = davis_layout(root)
-    frames = sorted(p for p in (jpeg / sequence).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    frames = sorted((p for p in (jpeg / sequence).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
+                    key=natural_key)
     if not frames:
         raise FileNotFoundError(f"no frames in {jpeg / sequence}")
     masks = {p.stem: p for p in (ann / sequence).glob("*.png")}
@@ -214,13 +273,26 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
 
 
 def _dilate(b: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a disk of ``radius`` pixels (skimage's ``disk``: x² + y² <= r²)."""
+    """Binary dilation by a disk of ``radius`` pixels (skimage's ``disk``: x² + y² <= r²): for
+    each row offset dy of the disk, a horizontal dilation of half-width isqrt(r² - dy²)
+    (a window sum over a cumulative sum), shifted by dy."""
     if radius <= 0:
         return b.copy()
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    kernel = torch.from_numpy((xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float32))[None, None]
-    x = torch.from_numpy(b.astype(np.float32))[None, None]
-    return (F.conv2d(x, kernel, padding=radius)[0, 0] > 0.5).numpy()
+    h, w = b.shape
+    sums = np.zeros((h, w + 1), np.int32)
+    np.cumsum(b, axis=1, out=sums[:, 1:])
+    xs, rows, out = np.arange(w), {}, np.zeros_like(b, dtype=bool)
+    for dy in range(-radius, radius + 1):
+        if abs(dy) >= h:
+            continue
+        k = math.isqrt(radius * radius - dy * dy)
+        if k not in rows:
+            rows[k] = sums[:, np.minimum(xs + k + 1, w)] > sums[:, np.maximum(xs - k, 0)]
+        if dy >= 0:                                  # pixel y takes row y - dy
+            out[dy:] |= rows[k][:h - dy]
+        else:
+            out[:dy] |= rows[k][-dy:]
+    return out
 
 
 def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
@@ -236,6 +308,10 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
         return 1.0
     if n_fg == 0 or n_gt == 0:
         return 0.0                                  # precision or recall is 0
+    # only boundary pixels are matched, to boundary pixels: their bounding box is enough
+    ys, xs = np.nonzero(fg_b | gt_b)
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    fg_b, gt_b = fg_b[box], gt_b[box]
     precision = (fg_b & _dilate(gt_b, int(bound_pix))).sum() / n_fg
     recall = (gt_b & _dilate(fg_b, int(bound_pix))).sum() / n_gt
     return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
@@ -305,20 +381,32 @@ def overlay(img: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Ima
 
 def segment_sequence(root, sequence, backbone=None, out=None, short_side: int = 480,
                      n_context: int = 7, radius: int = 12, topk: int = 5,
-                     temperature: float = 0.1, gif_width: int = 240) -> dict:
+                     temperature: float = 0.1, video=None, gif_width: int = 320) -> dict:
     """Segment one DAVIS sequence from its first frame's mask and score it.
 
     ``backbone=None`` is the trivial baseline that repeats the first frame's mask. With ``out``,
-    writes ``out/<sequence>/<frame>.png`` (object ids as palette indices, the frame's size),
-    ``out/<sequence>/overlay/<frame>.jpg`` and ``out/<sequence>.gif``. Only the queue of recent
-    frames is held in memory (plus small GIF thumbnails). Returns per-object J and F (means over
-    the annotated frames except the first and last), their means, frames and seconds.
+    writes ``out/<sequence>/<frame>.png`` (object ids as palette indices, the frame's size) and
+    ``out/<sequence>/overlay/<frame>.jpg``; with ``video`` (a folder), the propagated masks over
+    the frames as an animated GIF ``video/<sequence>.gif``. Only the queue of recent frames is
+    held in memory (plus the GIF's thumbnails). Returns per-object J and F (module doc), their
+    means (None, with the reason in ``not_scored``, when the sequence has nothing to score),
+    frames and seconds.
     """
     frames, masks = sequence_files(root, sequence)
-    first, first_void = read_mask(masks[frames[0].stem])
-    object_ids = sorted(int(i) for i in np.unique(first) if i != 0)
+    first_path = masks[frames[0].stem]
+    first, _ = read_mask(first_path)
+    _check_size(first_path, first, frames[0])
+    n_objects = int(first.max(initial=0))
+    object_ids = list(range(1, n_objects + 1))             # as the toolkit counts them
+    annotated = [p for p in frames if p.stem in masks]
+    scored = {p.stem for p in annotated[1:-1]}             # DAVIS leaves out the first and last
+    result = {"sequence": sequence, "objects": {}, "frames": len(frames), "seconds": 0.0,
+              "J": None, "F": None, "not_scored": None, "video": None}
     if not object_ids:
-        raise ValueError(f"sequence {sequence}: the first-frame mask has no object")
+        return {**result, "not_scored": f"the first frame's mask {first_path.name} holds no object"}
+    if not scored:
+        result["not_scored"] = (f"{len(annotated)} annotated frame{'s' * (len(annotated) != 1)}: "
+                                "DAVIS scores those between the first and the last")
     if out is not None:
         seq_dir = Path(out) / sequence
         (seq_dir / "overlay").mkdir(parents=True, exist_ok=True)
@@ -330,7 +418,6 @@ def segment_sequence(root, sequence, backbone=None, out=None, short_side: int = 
     j = {i: [] for i in object_ids}
     f = {i: [] for i in object_ids}
     start = time.perf_counter()
-    scored = range(1, max(2, len(frames) - 1))          # DAVIS leaves out the first and last frame
     for t, path in enumerate(frames):
         img = load_rgb(path)
         size = (img.size[1], img.size[0])
@@ -348,26 +435,41 @@ def segment_sequence(root, sequence, backbone=None, out=None, short_side: int = 
             labels = prop(patch_features(backbone, x).cpu())
             pred = labels_to_mask(labels, x.shape[-2:], object_ids)
             pred = np.array(Image.fromarray(pred.astype(np.uint8)).resize(img.size, Image.NEAREST))
-        if t in scored and path.stem in masks:
-            gt, void = read_mask(masks[path.stem])
+        if path.stem in scored:
+            gt, _ = read_mask(masks[path.stem])     # void counts as background (the toolkit's)
+            _check_size(masks[path.stem], gt, path, size)
             for i in object_ids:
-                j[i].append(region_jaccard(pred == i, gt == i, void))
-                f[i].append(boundary_f(pred == i, gt == i, void))
+                j[i].append(region_jaccard(pred == i, gt == i))
+                f[i].append(boundary_f(pred == i, gt == i))
+        if out is not None or video is not None:
+            ov = overlay(img, pred)
         if out is not None:
             _save_indexed(pred, seq_dir / f"{path.stem}.png")
-            ov = overlay(img, pred)
             ov.save(seq_dir / "overlay" / f"{path.stem}.jpg", quality=85)
-            thumbs.append(ov.resize((gif_width, max(1, round(gif_width * size[0] / size[1])))))
-    seconds = time.perf_counter() - start
-    if out is not None and thumbs:
-        thumbs[0].save(Path(out) / f"{sequence}.gif", save_all=True, append_images=thumbs[1:],
-                       duration=100, loop=0)
-    per_object = {i: {"J": float(np.mean(j[i])) if j[i] else float("nan"),
-                      "F": float(np.mean(f[i])) if f[i] else float("nan")} for i in object_ids}
-    return {"sequence": sequence, "objects": per_object, "frames": len(frames),
-            "seconds": seconds,
-            "J": float(np.mean([o["J"] for o in per_object.values()])),
-            "F": float(np.mean([o["F"] for o in per_object.values()]))}
+        if video is not None:
+            width = min(gif_width, size[1])
+            thumbs.append(ov.resize((width, max(1, round(width * size[0] / size[1])))))
+    result["seconds"] = time.perf_counter() - start
+    if video is not None and thumbs:
+        Path(video).mkdir(parents=True, exist_ok=True)
+        result["video"] = str(Path(video) / f"{sequence}.gif")
+        thumbs[0].save(result["video"], save_all=True, append_images=thumbs[1:], duration=100, loop=0)
+    if scored:
+        result["objects"] = {i: {"J": float(np.mean(j[i])), "F": float(np.mean(f[i]))} for i in object_ids}
+        result["J"] = float(np.mean([o["J"] for o in result["objects"].values()]))
+        result["F"] = float(np.mean([o["F"] for o in result["objects"].values()]))
+    return result
+
+
+def _check_size(mask_path, mask: np.ndarray, frame_path, size=None):
+    """An annotation must have its frame's size (DAVIS scores pixel by pixel)."""
+    if size is None:
+        with Image.open(frame_path) as im:
+            size = (im.size[1], im.size[0])
+    if mask.shape != tuple(size):
+        raise ValueError(f"annotation {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but its frame "
+                         f"{frame_path} is {size[1]}x{size[0]} px; annotations must have their "
+                         "frame's size")
 
 
 def _resize_mask(mask: np.ndarray, grid, patch: int) -> np.ndarray:
@@ -382,8 +484,10 @@ def peak_memory_mb() -> float:
 
 
 def evaluate_davis(root, backbone=None, sequences=None, out=None, progress=print, **kw) -> dict:
-    """:func:`segment_sequence` over ``sequences`` (default: all), with dataset means over objects
-    (as DAVIS averages), frames per second of the whole loop and the peak resident memory."""
+    """:func:`segment_sequence` over ``sequences`` (default: all), with dataset means over the
+    objects of the sequences that could be scored (``None`` when none could), the count of those
+    sequences and objects, the others by name with the reason, frames per second of the whole
+    loop and the peak resident memory."""
     names = sequences or list_sequences(root)
     results, frames, seconds = [], 0, 0.0
     for name in names:
@@ -391,12 +495,16 @@ def evaluate_davis(root, backbone=None, sequences=None, out=None, progress=print
         results.append(r)
         frames += r["frames"]
         seconds += r["seconds"]
-        if progress:
+        if progress and r["not_scored"]:
+            progress(f"{name}: not scored ({r['not_scored']})")
+        elif progress:
             progress(f"{name}: J {r['J']:.3f} F {r['F']:.3f} J&F {(r['J'] + r['F']) / 2:.3f} "
                      f"({r['frames']} frames, {r['frames'] / r['seconds']:.1f} frames/s)")
-    js = [o["J"] for r in results for o in r["objects"].values()]
-    fs = [o["F"] for r in results for o in r["objects"].values()]
-    J, Fm = float(np.nanmean(js)), float(np.nanmean(fs))
-    return {"J": J, "F": Fm, "JF": (J + Fm) / 2, "sequences": results, "frames": frames,
-            "frames_per_s": frames / seconds if seconds else float("nan"),
+    objects = [o for r in results if not r["not_scored"] for o in r["objects"].values()]
+    J = float(np.mean([o["J"] for o in objects])) if objects else None
+    Fm = float(np.mean([o["F"] for o in objects])) if objects else None
+    return {"J": J, "F": Fm, "JF": None if J is None else (J + Fm) / 2, "sequences": results,
+            "sequences_scored": sum(not r["not_scored"] for r in results), "objects": len(objects),
+            "not_scored": {r["sequence"]: r["not_scored"] for r in results if r["not_scored"]},
+            "frames": frames, "frames_per_s": frames / seconds if seconds else None,
             "peak_memory_mb": peak_memory_mb()}

@@ -88,7 +88,8 @@ def test_vos_command_on_the_generated_video(tmp_path, capsys):
     from dino_lite.vos import write_davis
     root = write_davis(tmp_path / "davis", frames=5)
     out = tmp_path / "out"
-    main(["vos", *RANDOM, "--davis", str(root), "--short-side", "64", "--out", str(out), "--json"])
+    main(["vos", *RANDOM, "--davis", str(root), "--short-side", "64", "--out", str(out), "--video",
+          "--json"])
     r = _last_json(capsys)
     assert set(r) >= {"J", "F", "JF", "frames_per_s", "peak_memory_mb"}
     assert r["JF"] == pytest.approx((r["J"] + r["F"]) / 2)
@@ -102,3 +103,85 @@ def test_vos_command_on_the_generated_video(tmp_path, capsys):
     baseline = evaluate_davis(root, None, ["shapes"], progress=None)["sequences"][0]
     assert _last_json(capsys)["per_sequence"]["shapes"]["J"] == pytest.approx(baseline["J"])
     assert baseline["J"] < 1                         # the objects move: repeating frame 0 is wrong
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--short-side", "0", "must be at least 1, got 0"), ("--short-side", "-128", "must be at least 1"),
+    ("--radius", "-1", "must be at least 0, got -1"), ("--topk", "0", "must be at least 1, got 0"),
+    ("--temperature", "0", "must be greater than 0"), ("--n-context", "-1", "must be at least 0")])
+def test_vos_options_that_would_print_a_meaningless_score_are_refused(tmp_path, capsys, option,
+                                                                        value, message):
+    from dino_lite.vos import write_davis
+    root = write_davis(tmp_path / "davis", frames=3)
+    with pytest.raises(SystemExit) as stop:
+        main(["vos", "--first-frame-baseline", "--davis", str(root), option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def _strict_json(capsys):
+    """The last line as JSON, refusing NaN and Infinity (not JSON, though Python writes them)."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    out = capsys.readouterr().out.strip().splitlines()
+    return out, json.loads(out[-1], parse_constant=refuse)
+
+
+def test_vos_names_the_sequences_it_cannot_score_and_writes_valid_json(tmp_path, capsys):
+    from dino_lite.vos import evaluate_davis, write_davis
+    root = write_davis(tmp_path / "davis", name="good", frames=4)
+    write_davis(root, name="single", frames=1)
+    main(["vos", "--first-frame-baseline", "--davis", str(root), "--json"])
+    out, r = _strict_json(capsys)
+    good = evaluate_davis(root, None, ["good"], progress=None)
+    assert r["J"] == pytest.approx(good["J"]) and r["sequences_scored"] == 1 and r["objects"] == 2
+    assert r["per_sequence"]["single"] == {"J": None, "F": None}
+    assert r["not_scored"] == {"single": "1 annotated frame: DAVIS scores those between the first "
+                                         "and the last"}
+    assert "over 1 sequence (2 objects); 1 not scored: single (1 annotated frame" in out[-2]
+    main(["vos", "--first-frame-baseline", "--davis", str(root), "--sequences", "single", "--json"])
+    out, r = _strict_json(capsys)
+    assert (r["J"], r["F"], r["JF"], r["sequences_scored"]) == (None, None, None, 0)
+    assert "no sequence could be scored: single (1 annotated frame" in out[-2]
+
+
+def test_vos_names_an_annotation_of_another_size(tmp_path, capsys):
+    from PIL import Image
+    from dino_lite.vos import write_davis
+    root = write_davis(tmp_path / "davis", frames=3)
+    bad = root / "Annotations" / "shapes" / "00001.png"
+    with Image.open(bad) as im:
+        im.resize((48, 32)).save(bad)
+    with pytest.raises(SystemExit):
+        main(["vos", "--first-frame-baseline", "--davis", str(root)])
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: annotation {bad} is 48x32 px but its frame "
+                   f"{root / 'JPEGImages' / 'shapes' / '00001.jpg'} is 96x64 px; annotations must "
+                   "have their frame's size")
+
+
+def test_vos_and_attention_videos(tmp_path, capsys):
+    """`vos --video` writes each sequence's propagated masks as a GIF; `attention --video` the
+    maps of a frame folder, frames in numeric order (1.jpg ... 12.jpg, as ffmpeg names them)."""
+    import numpy as np
+    from PIL import Image
+    from dino_lite.vos import write_davis
+    root = write_davis(tmp_path / "davis", frames=5)
+    main(["vos", "--first-frame-baseline", "--davis", str(root), "--video", "--out", str(tmp_path / "v")])
+    assert f"video: {tmp_path / 'v' / 'shapes.gif'}" in capsys.readouterr().out
+    with Image.open(tmp_path / "v" / "shapes.gif") as gif:
+        assert gif.n_frames == 5
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(1, 13):          # uniform frames, brighter each time: uniform attention on each
+        Image.fromarray(np.full((40, 56, 3), 18 * k, np.uint8)).save(frames / f"{k}.jpg")
+    main(["attention", *RANDOM, "--images", str(frames), "--video", "--out", str(tmp_path / "a"),
+          "--image-size", "32", "--json"])
+    r = _last_json(capsys)
+    assert r == {"images": 12, "video": str(tmp_path / "a" / "attention.gif")}
+    with Image.open(r["video"]) as gif:
+        means = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            means.append(np.asarray(gif.convert("RGB"), np.float32).mean())
+    assert len(means) == 12 and all(a < b for a, b in zip(means, means[1:]))
