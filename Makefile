@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-fast notebooks sync clean
+.PHONY: demo test test-fast lab notebooks sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+$(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[notebooks]"
+	touch $@
+
+# Open the notebooks in JupyterLab (the .py twins open as notebooks too, through jupytext).
+lab: $(VENV)/.installed-lab
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 # The inner loop: every test not marked slow (torchrun, multi-run), no notebooks.
 test-fast: $(VENV)/.installed-dev
