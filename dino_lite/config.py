@@ -367,8 +367,8 @@ def data_search_path(name: str) -> list[Path]:
 
 
 def find_data(name: str) -> Path | None:
-    """The first folder of :func:`data_search_path` that exists, or None."""
-    return next((p for p in data_search_path(name) if p.is_dir()), None)
+    """The first folder of :func:`data_search_path` that exists and is not empty, or None."""
+    return next((p for p in data_search_path(name) if p.is_dir() and any(p.iterdir())), None)
 
 
 def resolve_data(spec: str) -> str:
