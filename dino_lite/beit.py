@@ -26,6 +26,11 @@ class BEiT(nn.Module):
 
     def __init__(self, backbone, tokenizer, grid: tuple[int, int], mask_ratio: float = 0.4):
         super().__init__()
+        patches = grid[0] * grid[1]
+        if round(mask_ratio * patches) < 1:
+            raise ValueError(f"mask ratio {mask_ratio} masks no patch of the {grid[0]} x {grid[1]} "
+                             f"grid (round({mask_ratio} x {patches}) = 0): the loss would be 0 at "
+                             f"every step; use more than {0.5 / patches:.3g}")
         width = backbone.embed_dim
         self.backbone, self.tokenizer, self.grid, self.mask_ratio = backbone, tokenizer, grid, mask_ratio
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))

@@ -269,11 +269,20 @@ def _unwrap(obj: dict) -> dict:
     return hf_vit_to_timm(sd) if is_hf_vit(sd) else sd
 
 
+def _require_dict(obj, path) -> dict:
+    """``obj`` if it is a dict (every checkpoint layout is one), else a :class:`CheckpointError`
+    naming what the file holds (``torch.save`` takes any object: a tensor, a list, ...)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state "
+                              "dict (a dict of weights)")
+    return obj
+
+
 def backbone_from_checkpoint(path):
     """A ready-to-evaluate backbone and its config from ``path``: a dino_lite checkpoint (teacher),
     or any published weights :func:`resolve_checkpoint` finds and the module doc lists."""
     path = resolve_checkpoint(path)
-    obj = load_checkpoint(path)
+    obj = _require_dict(load_checkpoint(path), path)
     if "config" in obj and "teacher" in obj:
         return teacher_backbone_from_checkpoint(path, obj)
     sd = _unwrap(obj)
@@ -362,9 +371,13 @@ def _from_torch_hub(name: str, url: str) -> Path:
 
 def teacher_backbone_from_checkpoint(path, ckpt=None):
     """The trained teacher backbone of a dino_lite checkpoint, with the config it was trained with."""
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    ckpt = _require_dict(load_checkpoint(path) if ckpt is None else ckpt, path)
     if "config" not in ckpt or "teacher" not in ckpt:
         raise CheckpointKeyError(f"{path} is not a dino_lite training checkpoint (no 'config'/'teacher' keys)")
+    for key in ("config", "teacher"):
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path}: its '{key}' entry holds a {type(ckpt[key]).__name__}, "
+                                  "not a dict; it is not a dino_lite checkpoint")
     cfg = Config.from_dict(ckpt["config"])
     backbone = build_eval_backbone(cfg)
     load_backbone_state(backbone, {k: v for k, v in ckpt["teacher"].items()

@@ -35,7 +35,7 @@ def positive_int(text):
     return value
 
 
-def nonnegative_int(text):
+def non_negative_int(text):
     """argparse type: an integer >= 0."""
     try:
         value = int(text)
@@ -539,23 +539,26 @@ def _ranking_images(args):
     """Query and database files, names relative to their folders, and relevance (positive, junk)."""
     from .retrieval import list_images, read_ground_truth, relevance_from_classes, relative_names
     (qf, qc), (df, dc) = list_images(args.queries), list_images(args.database)
-    if getattr(args, "per_class", None):
+    if args.per_class is not None:
+        if qc is None or dc is None:
+            raise ValueError("--per-class needs class subfolders in --queries and --database")
         qf, qc = _first_per_class(qf, qc, args.per_class)
         df, dc = _first_per_class(df, dc, args.per_class)
     if args.ground_truth:
         pos, junk = read_ground_truth(args.ground_truth, relative_names(qf, args.queries),
                                       relative_names(df, args.database))
     elif qc is None or dc is None:
+        plain = [f"{folder} holds {sum(Path(f).parent == Path(folder) for f in files)} images "
+                 "directly" for folder, files, classes in ((args.queries, qf, qc),
+                                                           (args.database, df, dc)) if classes is None]
         raise ValueError("without --ground-truth, --queries and --database must each hold one "
-                         "subfolder per class")
+                         f"subfolder per class and nothing else ({'; '.join(plain)})")
     else:
         pos, junk = relevance_from_classes(qc, dc), None
     return qf, df, pos, junk
 
 
 def _first_per_class(files, classes, n):
-    if classes is None:
-        return files[:n], None
     seen, keep = {}, []
     for i, c in enumerate(classes):
         seen[c] = seen.get(c, 0) + 1
@@ -581,14 +584,28 @@ def _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, figure, extra):
                           "figure": str(out / figure)}))
 
 
+def _image_size(args, backbone, cfg) -> int:
+    """``--image-size`` (else the model's), refused where the model cannot take it or ignores it."""
+    if backbone is None:
+        if args.image_size is not None:
+            raise ValueError("--image-size has no effect with --pixels (its thumbnails are 16 x 16 px)")
+        return 0
+    size = args.image_size or cfg.image_size
+    if cfg.arch.startswith("vit") and size % cfg.patch_size:
+        raise ValueError(f"--image-size {size} is not a multiple of the model's patch size "
+                         f"{cfg.patch_size}")
+    return size
+
+
 def cmd_retrieval(args):
     from .retrieval import MULTISCALE, embed_images, pixel_features
     backbone, cfg = _feature_backbone(args, "pixels")
+    size = _image_size(args, backbone, cfg)
     qf, df, pos, junk = _ranking_images(args)
     if backbone is None:
         qfeat, dfeat = pixel_features(qf), pixel_features(df)
     else:
-        size, scales = args.image_size or cfg.image_size, MULTISCALE if args.multiscale else (1.0,)
+        scales = MULTISCALE if args.multiscale else (1.0,)
         qfeat, dfeat = (embed_images(backbone, f, size, scales) for f in (qf, df))
     _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, "retrieval.png",
                      {"multiscale": args.multiscale})
@@ -598,15 +615,19 @@ def cmd_copydetect(args):
     from .copydetect import Whitening, cls_gem_features
     from .retrieval import embed_images, list_images, pixel_features
     backbone, cfg = _feature_backbone(args, "pixels")
+    size = _image_size(args, backbone, cfg)
     qf, df, pos, junk = _ranking_images(args)
     if backbone is None:
         embed = pixel_features
     else:
-        size = args.image_size or cfg.image_size
         embed = lambda files: embed_images(backbone, files, size, features=cls_gem_features)
     qfeat, dfeat = embed(qf), embed(df)
     if args.whitening:
-        whiten = Whitening(embed(list_images(args.whitening)[0]))
+        files = list_images(args.whitening)[0]
+        try:
+            whiten = Whitening(embed(files))
+        except ValueError as err:
+            raise ValueError(f"--whitening {args.whitening} ({len(files)} images): {err}") from None
         qfeat, dfeat = whiten(qfeat), whiten(dfeat)
     _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, "copydetect.png",
                      {"whitening": args.whitening})
@@ -663,8 +684,10 @@ def _add_emerging_commands(sub):
         r.add_argument("--queries", required=True, help="folder of images (or class subfolders)")
         r.add_argument("--ground-truth", required=name == "copydetect",
                        help="CSV 'query,match[,kind]' (kind: positive or junk)")
-        r.add_argument("--image-size", type=int, help="short side in px (default: the model's)")
-        r.add_argument("--per-class", type=int, help="use the first N images of each class only")
+        r.add_argument("--image-size", type=positive_int,
+                       help="short side in px, a multiple of the patch size (default: the model's)")
+        r.add_argument("--per-class", type=positive_int,
+                       help="use the first N images of each class only (class subfolders)")
         r.add_argument("--out", default=f"runs/{name}", help="folder for the figure")
         if name == "retrieval":
             r.add_argument("--multiscale", action="store_true", help="average scales 1, 1/sqrt2, 1/2")
@@ -675,11 +698,11 @@ def _add_emerging_commands(sub):
     m = sub.add_parser("make-copies", help="build a copy-detection benchmark from an image folder")
     m.add_argument("--images", required=True)
     m.add_argument("--out", required=True)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--originals", type=int, default=50)
-    m.add_argument("--copies", type=int, default=2, help="edited copies per original")
-    m.add_argument("--distractors", type=int, default=150)
-    m.add_argument("--whitening-images", type=int, default=100)
+    m.add_argument("--seed", type=non_negative_int, default=0)
+    m.add_argument("--originals", type=positive_int, default=50)
+    m.add_argument("--copies", type=positive_int, default=2, help="edited copies per original")
+    m.add_argument("--distractors", type=non_negative_int, default=150)
+    m.add_argument("--whitening-images", type=non_negative_int, default=100)
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_make_copies)
 
@@ -693,9 +716,9 @@ def _add_emerging_commands(sub):
                         "OUT/<sequence>.gif (OUT: --out, default runs/vos)")
     v.add_argument("--short-side", type=positive_int, default=480,
                    help="frames resized to this short side (px)")
-    v.add_argument("--n-context", type=nonnegative_int, default=7,
+    v.add_argument("--n-context", type=non_negative_int, default=7,
                    help="previous predicted frames used besides the first (0: the first only)")
-    v.add_argument("--radius", type=nonnegative_int, default=12,
+    v.add_argument("--radius", type=non_negative_int, default=12,
                    help="local window radius in patches (0: the same position only)")
     v.add_argument("--topk", type=positive_int, default=5, help="source patches kept per patch")
     v.add_argument("--temperature", type=positive_float, default=0.1,

@@ -224,6 +224,16 @@ class Config:
                 raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
             if not 0 < self.beit_mask_ratio < 1:
                 raise ValueError(f"beit_mask_ratio must be in (0, 1), got {self.beit_mask_ratio}")
+            if self.method == "beit":      # BEiT masks round(ratio x patches): 0 trains nothing
+                side = self.global_size // self.patch_size
+                if round(self.beit_mask_ratio * side * side) < 1:
+                    raise ValueError(
+                        f"beit_mask_ratio={self.beit_mask_ratio} masks no patch of the {side} x {side} "
+                        f"grid of a {self.global_size} px crop (round({self.beit_mask_ratio} x "
+                        f"{side * side}) = 0), so the loss would be 0 at every step; use more than "
+                        f"{0.5 / (side * side):.3g}")
+            if self.tokenizer_images < 1:
+                raise ValueError(f"tokenizer_images must be >= 1, got {self.tokenizer_images}")
             if self.split not in ("block", "uniform"):
                 raise ValueError(f"split must be 'block' or 'uniform', got {self.split!r}")
             if self.decoder_depth < 1 or self.infonce_temp <= 0:
@@ -365,8 +375,8 @@ def data_search_path(name: str) -> list[Path]:
 
 
 def find_data(name: str) -> Path | None:
-    """The first folder of :func:`data_search_path` that exists, or None."""
-    return next((p for p in data_search_path(name) if p.is_dir()), None)
+    """The first folder of :func:`data_search_path` that exists and is not empty, or None."""
+    return next((p for p in data_search_path(name) if p.is_dir() and any(p.iterdir())), None)
 
 
 def resolve_data(spec: str) -> str:

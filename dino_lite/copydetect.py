@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from .data import load_rgb
+from .data import ImageLoadError, load_rgb
 from .retrieval import list_images
 
 
@@ -46,16 +48,25 @@ def cls_gem_features(backbone, x: torch.Tensor, p: float = 4.0) -> torch.Tensor:
 class Whitening:
     """PCA whitening: centre, rotate onto the principal axes and divide each by its standard
     deviation, so the training features have identity covariance. Components whose variance is
-    below ``eps`` times the largest are dropped (fewer images than dimensions)."""
+    below ``eps`` times the largest are dropped (fewer images than dimensions), and so are those
+    below ``floor`` times the features' mean squared norm (rounding noise between identical images).
 
-    def __init__(self, feats: torch.Tensor, eps: float = 1e-6):
+    Fewer than two components left is an error: on one axis every normalised descriptor is +-1
+    and on none 0, so the ranking would be the database's index order."""
+
+    def __init__(self, feats: torch.Tensor, eps: float = 1e-6, floor: float = 1e-10):
         x = feats.double()
         if len(x) < 2:
             raise ValueError("whitening needs at least two feature vectors")
         self.mean = x.mean(0)
         cov = (x - self.mean).T @ (x - self.mean) / (len(x) - 1)
         eigval, eigvec = torch.linalg.eigh(cov)                     # ascending
-        keep = eigval > eps * eigval.max().clamp_min(1e-30)
+        keep = eigval > max(eps * float(eigval.max()), floor * float(x.pow(2).sum(1).mean()), 1e-30)
+        kept = int(keep.sum())
+        if kept < 2:
+            raise ValueError(f"the whitening features span {kept} direction{'' if kept == 1 else 's'}"
+                             f" of variance ({len(x)} feature vectors: identical or too few images); "
+                             "whitening needs at least 2, and learns well from hundreds of varied images")
         eigval, eigvec = eigval[keep].flip(0), eigvec[:, keep].flip(1)
         self.projection = eigvec / eigval.sqrt()                   # [D, kept]
 
@@ -153,6 +164,10 @@ def strong_copy(img: Image.Image, rng: random.Random) -> tuple[Image.Image, list
     return img, edits
 
 
+MIN_SIDE = 8                # the edits (crops, shrinks) keep at least 8 px per side
+OUTPUTS = ("ground_truth.csv", "edits.csv", "database", "queries", "whitening")
+
+
 def make_copies(images_dir, out_dir, seed: int = 0, originals: int = 50, copies: int = 2,
                 distractors: int = 150, whitening: int = 100) -> dict:
     """Write a copy-detection benchmark made from the images under ``images_dir`` (recursively):
@@ -163,9 +178,18 @@ def make_copies(images_dir, out_dir, seed: int = 0, originals: int = 50, copies:
     - ``ground_truth.csv`` (``query,match``) and ``edits.csv`` (the edits of each query).
 
     Everything is drawn from ``random.Random(seed)``: the same seed and images give identical
-    files. Returns the counts and paths.
+    files. The files are written to ``out_dir/.make-copies.partial`` and moved into place when all
+    are written, replacing those of an earlier run: a run that fails leaves the earlier benchmark
+    as it was. Returns the counts and paths.
     """
+    for name, value, least in (("originals", originals, 1), ("copies", copies, 1),
+                               ("distractors", distractors, 0), ("whitening", whitening, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if out_dir.resolve() == images_dir.resolve() or images_dir.resolve() in out_dir.resolve().parents:
+        raise ValueError(f"the output folder {out_dir} is inside {images_dir}: a rerun would take "
+                         "the benchmark's own images as its sources; pass another --out")
     files = sorted(list_images(images_dir)[0])          # one folder, or one subfolder per class
     need = originals + distractors + whitening
     if len(files) < need:
@@ -174,12 +198,40 @@ def make_copies(images_dir, out_dir, seed: int = 0, originals: int = 50, copies:
     rng = random.Random(seed)
     chosen = rng.sample(files, need)
     orig = chosen[:originals]
-    distr = chosen[originals:originals + distractors]
-    white = chosen[originals + distractors:]
+    small = [(f, size) for f in orig if min(size := _image_size(f)) < MIN_SIDE]
+    if small:
+        (f, (w, h)), more = small[0], len(small) - 1
+        raise ValueError(f"{f} is {w}x{h} px: the edits need originals of at least {MIN_SIDE} px "
+                         f"on each side" + (f" ({more} more of the chosen originals are smaller)"
+                                            if more else "") + f"; remove such images from {images_dir}")
+    partial = out_dir / ".make-copies.partial"
+    if partial.exists():
+        shutil.rmtree(partial)                               # left by an interrupted run
+    try:
+        rows = _write_benchmark(partial, rng, orig, chosen[originals:originals + distractors],
+                                chosen[originals + distractors:], copies)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _replace_outputs(partial, out_dir)
+    return {"queries": rows, "database": originals + distractors, "distractors": distractors,
+            "whitening": whitening, "out": str(out_dir),
+            "ground_truth": str(out_dir / "ground_truth.csv")}
+
+
+def _image_size(path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header, without decoding it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:               # PIL raises several types; the path is what the user needs
+        raise ImageLoadError(f"cannot read image {path}: {e}") from e
+
+
+def _write_benchmark(out_dir: Path, rng, orig, distr, white, copies) -> int:
+    """The benchmark's files into the empty ``out_dir``; returns the number of queries."""
     for sub in ("database", "queries", "whitening"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        for old in (out_dir / sub).glob("*.jpg"):            # a rerun must not mix old files in
-            old.unlink()
+        (out_dir / sub).mkdir(parents=True)
     db = orig + distr
     slots = list(range(len(db)))
     rng.shuffle(slots)
@@ -202,6 +254,21 @@ def make_copies(images_dir, out_dir, seed: int = 0, originals: int = 50, copies:
         csv.writer(f).writerows([("query", "match"), *rows])
     with open(out_dir / "edits.csv", "w", newline="") as f:
         csv.writer(f).writerows([("query", "edits"), *edit_rows])
-    return {"queries": len(rows), "database": len(db), "distractors": len(distr),
-            "whitening": len(white), "out": str(out_dir),
-            "ground_truth": str(out_dir / "ground_truth.csv")}
+    return len(rows)
+
+
+def _replace_outputs(new: Path, out_dir: Path) -> None:
+    """Move the benchmark in ``new`` to ``out_dir``, replacing an earlier run's. The old ground
+    truth leaves first and the new one arrives last, so even a kill between two renames leaves no
+    ground truth beside images it does not describe."""
+    old = out_dir / ".make-copies.old"
+    if old.exists():
+        shutil.rmtree(old)
+    old.mkdir()
+    for name in OUTPUTS:
+        if (out_dir / name).exists() or (out_dir / name).is_symlink():
+            os.replace(out_dir / name, old / name)
+    for name in reversed(OUTPUTS):
+        os.replace(new / name, out_dir / name)
+    shutil.rmtree(old)
+    new.rmdir()

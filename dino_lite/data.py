@@ -68,6 +68,24 @@ def natural_key(path) -> tuple:
                  for t in re.split(r"(\d+)", Path(path).name) if t)
 
 
+MAX_ASPECT = 4          # longest side : shortest side that reaches a resize
+
+
+def cap_aspect(img: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``img`` centre-cropped along its long side to at most ``max_aspect`` : 1 (unchanged when
+    within). Resized by its short side, a 1000 x 2 px image would become 32000 x 64 px: tens of
+    thousands of patches, gigabytes of attention."""
+    w, h = img.size
+    long_side = int(max_aspect * min(w, h))
+    if max(w, h) <= long_side:
+        return img
+    if w > h:
+        left = (w - long_side) // 2
+        return img.crop((left, 0, left + long_side, h))
+    top = (h - long_side) // 2
+    return img.crop((0, top, w, top + long_side))
+
+
 def class_folders(root) -> list[str]:
     """The class names of an image folder split: its subfolders, sorted."""
     return sorted(e.name for e in os.scandir(root) if e.is_dir())

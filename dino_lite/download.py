@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -63,6 +64,7 @@ class DatasetSource:
     archives: tuple[Archive, ...]
     build: Callable[[list[Path], Path], None]   # (downloaded archives, empty output folder)
     homepage: str
+    layout: tuple[str, ...] = ()        # the top-level entries a built copy holds
 
 
 # -- Tiny-ImageNet: 20 of the 200 classes ------------------------------------------------------
@@ -190,7 +192,7 @@ SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
         # pin (the TinyImageNet VisionDataset classes that circulate with it)
         (Archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200.zip",
                  md5="90528d7ca1a48142e341f4ef8d21d0de"),),
-        build_tinyimagenet, "https://cs231n.stanford.edu/"),
+        build_tinyimagenet, "https://cs231n.stanford.edu/", ("classes.txt", "train", "val")),
     DatasetSource(
         "pets-mini", "Oxford-IIIT Pet, 3 breeds x 200 with trimaps, longest side <= 320 px",
         # the URLs and md5s of torchvision.datasets.OxfordIIITPet (tests check they still agree)
@@ -198,7 +200,7 @@ SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
                  md5="5c4f3ee8e5d25df40f4fd59a7f44e54c"),
          Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
                  "annotations.tar.gz", md5="95a8c909bbe2e81eed6a22bccdf3f68f")),
-        build_pets, "https://www.robots.ox.ac.uk/~vgg/data/pets/"),
+        build_pets, "https://www.robots.ox.ac.uk/~vgg/data/pets/", ("images", "trimaps")),
     DatasetSource(
         "davis-dev", "6 DAVIS sequences (every frame, binary masks) at 480x270",
         # DAVIS publishes no checksum; this sha256 and size are the ones TensorFlow Datasets pins
@@ -207,7 +209,7 @@ SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
                  "DAVIS-2017-trainval-480p.zip",
                  sha256="e3d0b5b77c3d031b000a19e0e25e3e2cac65d183755601bc2cf066df1a2aa492",
                  size=832_766_765),),
-        build_davis, "https://davischallenge.org/davis2017/code.html"),
+        build_davis, "https://davischallenge.org/davis2017/code.html", ("Annotations", "JPEGImages")),
 )}
 ALIASES = {"tinyimagenet": "tinyimagenet-dev20", "pets": "pets-mini", "davis": "davis-dev"}
 
@@ -241,18 +243,23 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, archive: Archive) -> None:
-    """Raise :class:`ChecksumError` unless ``path`` has the archive's published checksum."""
+def mismatch(path: Path, archive: Archive) -> str | None:
+    """``"md5 GOT, not the published EXPECTED"`` when ``path`` lacks the archive's published
+    checksum, else None."""
     for algorithm in ("sha256", "md5"):
         expected = getattr(archive, algorithm)
         if expected:
             got = file_digest(path, algorithm)
-            if got != expected.lower():
-                raise ChecksumError(f"{path.name}: {algorithm} {got} differs from the published "
-                                    f"{expected} ({archive.url}); the file was removed, run the "
-                                    "command again to download it afresh")
-            return
+            return None if got == expected.lower() else f"{algorithm} {got}, not the published {expected}"
     raise ChecksumError(f"{archive.filename} has no published checksum to verify it against")
+
+
+def verify(path: Path, archive: Archive) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` has the archive's published checksum."""
+    wrong = mismatch(path, archive)
+    if wrong:
+        raise ChecksumError(f"{path.name}: {wrong.replace(', not', ' differs from')} "
+                            f"({archive.url})")
 
 
 def _manual_steps(archive: Archive, dest: Path) -> str:
@@ -263,18 +270,31 @@ def _manual_steps(archive: Archive, dest: Path) -> str:
 def fetch(archive: Archive, folder: Path, progress: bool = True) -> Path:
     """Download ``archive`` into ``folder`` and verify it; returns its path.
 
-    A verified file already there is kept. A partial ``.part`` file is resumed with an HTTP range
-    request (started over when the server ignores the range). Only a verified file is renamed to
-    its final name; a corrupted one is deleted and :class:`ChecksumError` raised.
+    A verified file already there is kept; one with another checksum (say, saved by hand from
+    another mirror, or an error page) is moved aside to ``NAME.bad``, with a note saying so, and
+    the archive downloaded. A partial ``.part`` file is resumed with an HTTP range request
+    (started over when the server ignores the range). Only a verified file is renamed to its final
+    name; a corrupted download is deleted and :class:`ChecksumError` raised.
     """
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / archive.filename
     if dest.exists():
-        try:
-            verify(dest, archive)
+        wrong = mismatch(dest, archive)
+        if not wrong:
             return dest
-        except ChecksumError:
-            dest.unlink()                         # e.g. a wrong file put there by hand
+        aside = dest.with_name(dest.name + ".bad")
+        os.replace(dest, aside)
+        note = (f"{dest} has {wrong} (is it another version of the file, or a page saved in its "
+                f"place?); it was moved to {aside}")
+        print(f"note: {note}; downloading {archive.url}", file=sys.stderr)
+        try:
+            return _download(archive, dest, progress)
+        except DownloadError as err:
+            raise ChecksumError(f"{note}.\n{err}") from err
+    return _download(archive, dest, progress)
+
+
+def _download(archive: Archive, dest: Path, progress: bool) -> Path:
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(archive.url, headers={"User-Agent": "dino_lite"})
@@ -310,9 +330,10 @@ def fetch(archive: Archive, folder: Path, progress: bool = True) -> Path:
                                     f"command again to resume it from {part}") from err
     try:
         verify(part, archive)
-    except ChecksumError:
+    except ChecksumError as err:
         part.unlink()
-        raise
+        raise ChecksumError(f"{err}; the download was removed, run the command again to download "
+                            "it afresh") from None
     os.replace(part, dest)
     return dest
 
@@ -362,7 +383,12 @@ def download(name: str, root: str | Path | None = None, progress: bool = True,
             return found
     root = Path(root) if root is not None else download_root()
     out = root / src.name
-    if out.is_dir():
+    if out.is_dir() and any(out.iterdir()):      # an empty folder is built into
+        missing = [e for e in src.layout if not (out / e).exists()]
+        if missing:
+            raise DownloadError(f"{out} exists but lacks {', '.join(missing)}: it is not a complete "
+                                f"{src.name}. Move it away (it is left as it is) and run the "
+                                "command again")
         print(f"{src.name} is already at {out}; nothing to do")
         return out
     cache = root / ".downloads"
@@ -379,6 +405,8 @@ def download(name: str, root: str | Path | None = None, progress: bool = True,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if out.is_dir():
+        out.rmdir()                               # the empty folder found above
     os.replace(tmp, out)
     if not keep_archives:
         for f in files:

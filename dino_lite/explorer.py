@@ -17,18 +17,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .attention import (CMAP, MASK_COLOUR, OUTLINE_COLOUR, all_attentions, attention_norm,
                         cls_attention, mass_mask, to_rgb, upsample)
-from .data import eval_transform, rgb8
+from .data import cap_aspect, eval_transform, rgb8
 
 class NotAnImageError(ValueError):
-    """Uploaded bytes that no image decoder reads."""
+    """Uploaded bytes that cannot be shown: no image decoder reads them, or they decode to more
+    pixels than PIL opens safely."""
 
 
 def image_from_bytes(data: bytes, name: str = "upload") -> Image.Image:
-    """Decode an uploaded file into 8-bit RGB, whatever its size or mode
-    (:func:`dino_lite.data.rgb8`), with its EXIF orientation applied (phone photos)."""
+    """Decode an uploaded file into 8-bit RGB, whatever its mode (:func:`dino_lite.data.rgb8`),
+    with its EXIF orientation applied (phone photos). Images over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, twice it for an error) are refused."""
     try:
         im = Image.open(io.BytesIO(bytes(data)))
         im.load()
+    except Image.DecompressionBombError as err:
+        raise NotAnImageError(f"{name} has too many pixels to open safely ({err}); shrink it, for "
+                              "example to 2000 px on its long side, and upload it again") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise NotAnImageError(f"{name} is not an image PIL can read ({type(err).__name__}: {err})") from err
     return rgb8(ImageOps.exif_transpose(im))
@@ -40,7 +45,8 @@ class AttentionExplorer:
     ``masks`` (``[B, S, S]`` bool), when given, draws each image's true object outline;
     ``random_model`` adds the same map of a randomly initialised network beside the trained one,
     on the same colour scale. Uploaded images are resized and centre-cropped to ``S`` px, the
-    size the network was trained at, and join the list of images.
+    size the network was trained at (one more elongated than 4:1 is first cut to its central 4:1
+    part), and join the list of images.
     """
 
     def __init__(self, model, images: torch.Tensor, names=None, masks=None, random_model=None,
@@ -101,7 +107,8 @@ class AttentionExplorer:
         """Decode ``data`` (any image file's bytes), add it to the images, select it; returns its
         index. Bytes that are no image raise :class:`NotAnImageError`."""
         rgb = image_from_bytes(data, name)
-        self.images.append(eval_transform(self.size)(rgb))
+        # the view is the central square; a 100000 x 1 px line resized whole would take gigabytes
+        self.images.append(eval_transform(self.size)(cap_aspect(rgb)))
         self.names.append(f"{name} (yours, {rgb.width}x{rgb.height})")
         self.masks.append(None)
         index = len(self.images) - 1

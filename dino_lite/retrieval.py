@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .data import load_rgb
+from .data import MAX_ASPECT, cap_aspect, load_rgb, walk_once
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MULTISCALE = (1.0, 1 / math.sqrt(2), 0.5)
@@ -94,25 +95,31 @@ def score_rankings(order: torch.Tensor, positive: torch.Tensor, junk: torch.Tens
 
 # --- relevance ----------------------------------------------------------------------------------
 
+def _is_image(path) -> bool:
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder) -> tuple[list[Path], list[str] | None]:
-    """The images of ``folder`` (sorted) and their classes when it holds one subfolder per class,
-    else ``None``. Images directly inside and class subfolders may not be mixed."""
+    """Every image under ``folder``, its subfolders included, and their classes when every image
+    sits in a subfolder (the class is the first-level folder's name), else ``None``: a folder
+    that holds images directly *and* subfolders gives all of them, classless (a ground truth names
+    them by their paths relative to ``folder``). Hidden files and folders (``.name``) are skipped;
+    folder links are followed once (:func:`dino_lite.data.walk_once`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    direct = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-    if direct:
-        return direct, None
-    files, classes = [], []
-    for d in subdirs:
-        for p in sorted(d.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(p)
-                classes.append(d.name)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    direct = [p for p in entries if p.is_file() and _is_image(p)]
+    subdirs = [p.name for p in entries if p.is_dir()]
+    nested = walk_once(folder, {d: i for i, d in enumerate(subdirs)}, _is_image)
+    files = direct + [Path(p) for p, _ in nested
+                      if not any(part.startswith(".") for part in Path(p).relative_to(folder).parts)]
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its subfolders")
-    return files, classes
+    if direct:
+        return files, None
+    return files, [Path(f).relative_to(folder).parts[0] for f in files]
 
 
 def relevance_from_classes(query_classes, db_classes) -> torch.Tensor:
@@ -158,16 +165,23 @@ def relative_names(files, root) -> list[str]:
 
 # --- features -----------------------------------------------------------------------------------
 
-def image_tensor(path, size: int, multiple: int = 1) -> torch.Tensor:
+def image_tensor(path, size: int, multiple: int = 1, max_aspect: float | None = None,
+                 cropped: list | None = None) -> torch.Tensor:
     """One image resized (aspect kept, shorter side ``size``, both sides rounded to a multiple of
-    the patch size), as a normalised ``[3, H, W]`` tensor. No crop: an edit may live at a border."""
+    the patch size), as a normalised ``[3, H, W]`` tensor. No crop (an edit may live at a border),
+    except, with ``max_aspect``, of an image more elongated than that, whose centre at
+    ``max_aspect`` : 1 is used (:func:`dino_lite.data.cap_aspect`); ``cropped``, if given,
+    collects ``(path, (w, h))`` of those."""
     img = load_rgb(path)
-    w, h = img.size
+    capped = img if max_aspect is None else cap_aspect(img, max_aspect)
+    if capped is not img and cropped is not None:
+        cropped.append((path, img.size))
+    w, h = capped.size
     s = size / min(w, h)
     hw = [max(multiple, round(v * s / multiple) * multiple) for v in (h, w)]
     tf = T.Compose([T.ToImage(), T.Resize(hw, antialias=True), T.ToDtype(torch.float32, scale=True),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    return tf(img)
+    return tf(capped)
 
 
 def _patch(backbone) -> int:
@@ -178,7 +192,9 @@ def _patch(backbone) -> int:
 def embed_images(backbone, files, size: int, scales=(1.0,), features=None,
                  batch_size: int = 64) -> torch.Tensor:
     """L2-normalised features of every image: ``features(backbone, x)`` (default: the CLS token)
-    at each scale of ``size``, averaged over scales, then normalised again.
+    at each scale of ``size``, averaged over scales, then normalised again. An image more
+    elongated than 4:1 is cut to its central 4:1 part first, with a warning naming it: resized by
+    its short side, a 1000 x 2 px image would become 32,000 patches.
 
     Images of the same resized shape are batched together; the rest go one at a time.
     """
@@ -194,9 +210,15 @@ def embed_images(backbone, files, size: int, scales=(1.0,), features=None,
 
 def _embed(backbone, files, size, scales, features, batch_size, prec, device):
     multiple = _patch(backbone)
-    total = None
+    total, cropped = None, []
     for s in scales:
-        tensors = [image_tensor(f, max(multiple, round(size * s)), multiple) for f in files]
+        tensors = [image_tensor(f, max(multiple, round(size * s)), multiple, MAX_ASPECT, cropped)
+                   for f in files]
+        if cropped and s == scales[0]:
+            warnings.warn(f"{len(cropped)} image(s) more elongated than {MAX_ASPECT}:1 were "
+                          f"centre-cropped to {MAX_ASPECT}:1 before resizing: " + ", ".join(
+                              f"{p} ({w}x{h} px)" for p, (w, h) in cropped[:3])
+                          + (" ..." if len(cropped) > 3 else ""), stacklevel=3)
         out = [None] * len(tensors)
         groups = {}
         for i, t in enumerate(tensors):

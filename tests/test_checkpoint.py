@@ -120,3 +120,18 @@ def test_official_backbone_and_timm_state_dicts_load(tmp_path):
         backbone, cfg = backbone_from_checkpoint(tmp_path / name)
         assert cfg.arch == "vit_tiny" and cfg.depth == 12
     assert infer_config({k: v for k, v in sd.items()}).image_size == 224
+
+
+@pytest.mark.parametrize("content, kind", [(torch.zeros(3), "Tensor"), ([1, 2], "list"),
+                                            ({"teacher": torch.zeros(2), "config": {}}, "teacher")])
+def test_a_file_holding_no_checkpoint_is_named(tmp_path, capsys, content, kind):
+    """A .pt file holding a tensor or a list raised a RuntimeError / AttributeError traceback."""
+    from dino_lite.checkpoint import CheckpointError
+    from dino_lite.cli import main
+    torch.save(content, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=f"odd.pt.*{kind}"):
+        backbone_from_checkpoint(tmp_path / "odd.pt")
+    with pytest.raises(SystemExit) as e:
+        main(["knn", "--checkpoint", str(tmp_path / "odd.pt")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "odd.pt" in err and "Traceback" not in err

@@ -95,3 +95,11 @@ def test_explicit_values_win_over_the_method_defaults_and_dino_is_untouched():
         make_config("cpu-demo", {"method": "mae"})
     with pytest.raises(ValueError, match="tokenizer must be"):
         make_config("cpu-demo", {"method": "beit", "tokenizer": "dvae"})
+
+
+@pytest.mark.parametrize("images", [0, -5])
+def test_tokenizer_images_below_one_is_refused(images):
+    """kmeans with tokenizer_images=0 raised a traceback inside torch.stack; -5 silently meant
+    "all images but 5" (a slice's negative end)."""
+    with pytest.raises(ValueError, match=f"tokenizer_images must be >= 1, got {images}"):
+        make_config("cpu-demo", {"method": "beit", "tokenizer": "kmeans", "tokenizer_images": images})

@@ -235,10 +235,10 @@ def test_shared_data_is_found_first_then_the_download_root(tmp_path, monkeypatch
     monkeypatch.setenv(config.DOWNLOAD_ENV, str(downloads))
     assert config.resolve_data("shared:pets-mini") == str(shared / "pets-mini")   # neither: shared path
     assert "data download pets-mini" in dl.how_to_get("pets")
-    (downloads / "pets-mini").mkdir(parents=True)
+    (downloads / "pets-mini" / "images").mkdir(parents=True)
     assert config.resolve_data("shared:pets-mini") == str(downloads / "pets-mini")
     assert config.make_config("tinyimagenet").data == str(shared / "tinyimagenet-dev20")
-    (shared / "pets-mini").mkdir(parents=True)
+    (shared / "pets-mini" / "images").mkdir(parents=True)
     assert config.resolve_data("shared:pets-mini") == str(shared / "pets-mini")
     # without --root, a copy found in either place is used and nothing is downloaded
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded"))
@@ -248,7 +248,7 @@ def test_shared_data_is_found_first_then_the_download_root(tmp_path, monkeypatch
 def test_cli_data_list_and_bad_names(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(config.SHARED_DATA_ENV, str(tmp_path / "none"))
     monkeypatch.setenv(config.DOWNLOAD_ENV, str(tmp_path))
-    (tmp_path / "davis-dev").mkdir()
+    (tmp_path / "davis-dev" / "JPEGImages").mkdir(parents=True)
     main(["data", "list"])
     out = capsys.readouterr().out
     assert f"davis-dev            {tmp_path / 'davis-dev'}" in out
@@ -256,3 +256,54 @@ def test_cli_data_list_and_bad_names(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "download", "imagenet"])
     assert e.value.code == 2 and "unknown data set 'imagenet'" in capsys.readouterr().err
+
+
+def test_a_hand_saved_archive_with_a_wrong_checksum_is_kept_aside_and_named(tiny_source, tmp_path,
+                                                                            monkeypatch, capsys):
+    """The file a user saved at the path the message names, with another checksum, was deleted
+    and the same "download it by hand" text printed again."""
+    def offline(*a, **k):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "data"
+    saved = root / ".downloads" / "tiny-imagenet-200.zip"
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"an html error page saved as a zip")
+    got, expected = md5(saved), tiny_source.archives[0].md5
+    with pytest.raises(ChecksumError) as err:
+        dl.download("tinyimagenet-dev20", root, progress=False)
+    text = str(err.value)
+    aside = saved.with_name(saved.name + ".bad")
+    assert f"{saved} has md5 {got}, not the published {expected}" in text
+    assert f"moved to {aside}" in text and "by hand" in text
+    assert aside.read_bytes() == b"an html error page saved as a zip" and not saved.exists()
+    # with the network back, the right file is downloaded; the moved file stays for the user
+    monkeypatch.undo()
+    monkeypatch.setitem(dl.SOURCES, tiny_source.name, tiny_source)
+    saved.write_bytes(b"another wrong file")
+    out = dl.download("tinyimagenet-dev20", root, progress=False)
+    assert (out / "train").is_dir() and aside.read_bytes() == b"another wrong file"
+    assert f"note: {saved} has md5" in capsys.readouterr().err
+
+
+def test_an_empty_folder_at_the_target_is_not_the_data_set(tiny_source, tmp_path, monkeypatch, capsys):
+    """`data download` answered "already there" for an empty folder; `data list` found it too."""
+    root = tmp_path / "data"
+    (root / "tinyimagenet-dev20").mkdir(parents=True)
+    out = dl.download("tinyimagenet-dev20", root, progress=False)
+    assert "already" not in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "train", "val"]
+    # a folder with something else in it is left alone and named
+    other = tmp_path / "other"
+    (other / "tinyimagenet-dev20").mkdir(parents=True)
+    (other / "tinyimagenet-dev20" / "notes.txt").write_text("mine")
+    with pytest.raises(DownloadError, match=r"tinyimagenet-dev20 exists but lacks classes.txt, train, val"):
+        dl.download("tinyimagenet-dev20", other, progress=False)
+    assert (other / "tinyimagenet-dev20" / "notes.txt").read_text() == "mine"
+    # without --root, an empty folder in the download root is not found either
+    monkeypatch.setenv(config.SHARED_DATA_ENV, str(tmp_path / "none"))
+    monkeypatch.setenv(config.DOWNLOAD_ENV, str(tmp_path / "dl"))
+    (tmp_path / "dl" / "tinyimagenet-dev20").mkdir(parents=True)
+    assert config.find_data("tinyimagenet-dev20") is None
+    assert dl.download("tinyimagenet-dev20", progress=False) == tmp_path / "dl" / "tinyimagenet-dev20"
+    assert (tmp_path / "dl" / "tinyimagenet-dev20" / "train").is_dir()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import random_init
@@ -185,3 +186,122 @@ def test_vos_and_attention_videos(tmp_path, capsys):
             gif.seek(i)
             means.append(np.asarray(gif.convert("RGB"), np.float32).mean())
     assert len(means) == 12 and all(a < b for a, b in zip(means, means[1:]))
+
+
+# -- robustness (issue 36): inputs users really have -----------------------------------------------
+
+def _error(capsys, argv):
+    """Run the command line in-process; returns its error message (exit code 2 asserted)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2, e.value.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def _noise_png(path, size=(24, 24), seed=0):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_retrieval_ranks_a_subfolder_beside_images_directly_inside(tmp_path, capsys):
+    """Distractors kept in a subfolder of a database whose other images sit directly inside were
+    dropped (2 database images instead of 6, and a higher mAP); now every image is ranked."""
+    db, q = tmp_path / "db", tmp_path / "q"
+    for i in range(2):
+        _noise_png(db / f"d{i}.png", seed=i)
+        _noise_png(q / f"q{i}.png", seed=i)                 # each query is its match's pixels
+    for i in range(4):
+        _noise_png(db / "distractors" / f"x{i}.png", seed=10 + i)
+    _noise_png(db / ".ipynb_checkpoints" / "d0-checkpoint.png")   # hidden: skipped
+    _noise_png(db / "distractors" / ".x0.png")
+    gt = tmp_path / "gt.csv"
+    gt.write_text("query,match\nq0.png,d0.png\nq1.png,d1.png\n")
+    main(["retrieval", "--pixels", "--database", str(db), "--queries", str(q), "--ground-truth",
+          str(gt), "--out", str(tmp_path / "out"), "--json"])
+    assert _last_json(capsys)["database"] == 6
+    files, classes = list_images(db)
+    from dino_lite.retrieval import relative_names
+    assert classes is None and sorted(relative_names(files, db)) == [
+        "d0.png", "d1.png", *(f"distractors/x{i}.png" for i in range(4))]
+    # without a ground truth such a folder cannot be read as class folders: said, naming it
+    err = _error(capsys, ["retrieval", "--pixels", "--database", str(db), "--queries", str(db)])
+    assert f"{db} holds 2 images directly" in err
+
+
+def _numeric_cases(tiny):
+    classes = ["--database", str(tiny / "train"), "--queries", str(tiny / "val")]
+    copies = ["--images", str(tiny / "train"), "--out", "unused"]
+    return [
+        (["retrieval", *RANDOM, *classes, "--image-size", "-64"], "--image-size: must be at least 1"),
+        (["retrieval", *RANDOM, *classes, "--image-size", "0"], "--image-size: must be at least 1"),
+        (["retrieval", "--pixels", *classes, "--per-class", "0"], "--per-class: must be at least 1"),
+        (["retrieval", "--pixels", *classes, "--per-class", "-1"], "--per-class: must be at least 1"),
+        (["copydetect", "--pixels", *classes, "--ground-truth", "x.csv", "--image-size", "-8"],
+         "--image-size: must be at least 1"),
+        (["copydetect", "--pixels", *classes, "--ground-truth", "x.csv", "--per-class", "0"],
+         "--per-class: must be at least 1"),
+        (["make-copies", *copies, "--originals", "-1"], "--originals: must be at least 1"),
+        (["make-copies", *copies, "--copies", "0"], "--copies: must be at least 1"),
+        (["make-copies", *copies, "--distractors", "-5"], "--distractors: must be at least 0"),
+        (["make-copies", *copies, "--whitening-images", "-3"], "--whitening-images: must be at least 0"),
+        (["make-copies", *copies, "--seed", "-1"], "--seed: must be at least 0"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_numeric_options_are_refused_at_parse_time(tiny_folder, tmp_path, monkeypatch, capsys, case):
+    """`--image-size -64` evaluated at 8 px, `--per-class 0` was ignored, `--per-class -1` raised a
+    traceback, negative make-copies counts built an overlapping benchmark."""
+    monkeypatch.chdir(tmp_path)
+    argv, message = _numeric_cases(tiny_folder)[case]
+    assert message in _error(capsys, argv)
+    assert not (tmp_path / "unused").exists()
+
+
+def test_image_sizes_the_model_cannot_take_or_ignores_are_refused(tiny_folder, tmp_path, capsys):
+    classes = ["--database", str(tiny_folder / "train"), "--queries", str(tiny_folder / "val"),
+               "--out", str(tmp_path)]
+    err = _error(capsys, ["retrieval", *RANDOM, *classes, "--image-size", "60"])
+    assert "--image-size 60 is not a multiple of the model's patch size 8" in err
+    err = _error(capsys, ["retrieval", "--pixels", *classes, "--image-size", "64"])
+    assert "--image-size has no effect with --pixels" in err
+    # --per-class needs classes: with a ground truth over plain folders it cannot pick "per class"
+    err = _error(capsys, ["retrieval", "--pixels", "--database", str(tiny_folder / "images"),
+                          "--queries", str(tiny_folder / "images"), "--ground-truth", "x.csv",
+                          "--per-class", "2"])
+    assert "--per-class needs class subfolders" in err
+
+
+def test_an_elongated_image_in_a_retrieval_folder_is_cropped_with_a_warning(tmp_path, capsys):
+    """A 1000x2 px image became 32,000 tokens (16 GB of attention); its centre at 4:1 is used."""
+    from PIL import Image
+    for k, c in enumerate(("a", "b")):
+        for i in range(2):
+            _noise_png(tmp_path / "db" / c / f"{c}{i}.png", seed=2 * k + i)
+    Image.new("RGB", (1000, 2), (200, 10, 10)).save(tmp_path / "db" / "a" / "line.png")
+    with pytest.warns(UserWarning, match=r"1 image.*4:1.*line.png \(1000x2 px\)"):
+        main(["retrieval", *RANDOM, "--set", "depth=1", "--database", str(tmp_path / "db"), "--queries",
+              str(tmp_path / "db"), "--out", str(tmp_path / "out"), "--json"])
+    assert _last_json(capsys)["database"] == 5
+
+
+def test_degenerate_whitening_sets_are_refused_not_ranked_by_index(tiny_folder, tmp_path, capsys):
+    """Whitening learned on identical images kept 0 components: every similarity was 0 and the
+    ranking the index order, the same mAP for every model, without a word."""
+    from PIL import Image
+    bench = tmp_path / "bench"
+    main(["make-copies", "--images", str(tiny_folder / "train"), "--out", str(bench),
+          "--originals", "3", "--distractors", "3", "--whitening-images", "0"])
+    same = tmp_path / "same"
+    same.mkdir()
+    img = Image.open(next((tiny_folder / "train").rglob("*.png")))
+    for i in range(6):
+        img.save(same / f"w{i}.png")
+    args = ["--database", str(bench / "database"), "--queries", str(bench / "queries"),
+            "--ground-truth", str(bench / "ground_truth.csv"), "--out", str(tmp_path / "out")]
+    err = _error(capsys, ["copydetect", "--pixels", "--whitening", str(same), *args])
+    assert str(same) in err and "6 images" in err and "0 directions" in err

@@ -126,3 +126,37 @@ def test_a_file_that_is_no_image_gets_a_clear_message(explorer):
     assert len(explorer.images) == n and explorer.shown["image"] == shown
     with pytest.raises(NotAnImageError, match="notes.pdf"):
         image_from_bytes(b"%PDF-1.4", "notes.pdf")
+
+
+def test_an_extremely_elongated_upload_is_cropped_before_it_is_resized(explorer, monkeypatch):
+    """A 100000x1 px PNG (a few hundred bytes) was resized by its short side to 6,400,000x64 px
+    (1.5 GB) before the centre crop; its central 4:1 part is resized instead."""
+    import dino_lite.explorer as ex
+    real, seen = ex.eval_transform, []
+
+    def spy(size):
+        transform = real(size)
+
+        def run(img):
+            seen.append(img.size)
+            assert max(img.size) <= 4 * min(img.size), f"a {img.size} image reaches the resize"
+            return transform(img)
+        return run
+    monkeypatch.setattr(ex, "eval_transform", spy)
+    for size in ((100000, 1), (1, 100000), (1000, 2)):
+        upload(explorer, encode(Image.new("L", size, 200)), "line.png")
+        assert explorer.shown["rgb"].shape == (64, 64, 3) and explorer.message.value == ""
+        assert titles(explorer.fig)[0] == f"line.png (yours, {size[0]}x{size[1]})"
+    assert seen == [(4, 1), (1, 4), (8, 2)]
+
+
+def test_a_decompression_bomb_gets_the_clear_message(explorer, monkeypatch):
+    """A 400-megapixel PNG raised PIL's DecompressionBombError past the message handler."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)         # 100x100 is then a "bomb"
+    n, shown = len(explorer.images), explorer.shown["image"]
+    upload(explorer, encode(Image.new("RGB", (100, 100))), "huge.png")
+    assert "huge.png has too many pixels" in explorer.message.value
+    assert "10000 pixels" in explorer.message.value
+    assert len(explorer.images) == n and explorer.shown["image"] == shown
+    with pytest.raises(NotAnImageError, match="huge.png has too many pixels"):
+        image_from_bytes(encode(Image.new("RGB", (100, 100))), "huge.png")

@@ -2,6 +2,7 @@
 relevance from classes and from the ground-truth CSV."""
 
 import random
+import types
 
 import pytest
 import torch
@@ -80,3 +81,41 @@ def test_relevance_from_classes_and_csv(tmp_path):
     gt.write_text("a,b\n")
     with pytest.raises(ValueError, match="query,match"):
         read_ground_truth(gt, ["q1.jpg"], ["d1.jpg"])
+
+
+class _ShapeSpy(torch.nn.Module):
+    """A stand-in backbone with 8 px patches: records the input shapes, returns the mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = types.SimpleNamespace(patch_size=(8, 8))
+        self.unused = torch.nn.Parameter(torch.zeros(1))      # where the features are computed
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x.mean((2, 3))
+
+
+def test_extreme_aspect_ratios_are_centre_cropped_to_4_to_1_before_resizing(tmp_path):
+    """A 1000x2 px image resized by its short side became 32000x64 px (32,000 tokens); its central
+    8x2 part is embedded instead, with a warning. Images up to 4:1 are resized as before, uncropped."""
+    import numpy as np
+    from PIL import Image
+    from dino_lite.retrieval import embed_images
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (2, 1000, 3), dtype=np.uint8))
+    wide.save(tmp_path / "wide.png")
+    wide.crop((496, 0, 504, 2)).save(tmp_path / "centre.png")          # (1000 - 8) / 2 = 496
+    net = _ShapeSpy()
+    with pytest.warns(UserWarning, match=r"wide.png \(1000x2 px\)"):
+        feats = embed_images(net, [tmp_path / "wide.png"], 64)
+    assert net.shapes == [(1, 3, 64, 256)]
+    assert torch.equal(feats, embed_images(net, [tmp_path / "centre.png"], 64))
+    Image.new("L", (1, 100000), 90).save(tmp_path / "tall.png")         # a few hundred bytes
+    four = Image.fromarray(rng.integers(0, 256, (10, 40, 3), dtype=np.uint8))
+    four.save(tmp_path / "four.png")
+    net.shapes.clear()
+    with pytest.warns(UserWarning, match=r"1 image\(s\) more elongated than 4:1.*tall.png"):
+        embed_images(net, [tmp_path / "tall.png", tmp_path / "four.png"], 32)
+    assert sorted(net.shapes) == [(1, 3, 32, 128), (1, 3, 128, 32)]   # 4:1 is kept whole
