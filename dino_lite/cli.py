@@ -236,7 +236,7 @@ def cmd_attention(args):
               f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "precision": _precision_name(args)}))
 
 
 def _attention_video(args, backbone, size, out):
@@ -530,9 +530,14 @@ def _feature_backbone(args, baseline):
     args.model = ("baseline: " + baseline) if getattr(args, baseline) else \
         args.checkpoint or f"{args.preset} (random init)"
     if getattr(args, baseline):
-        args.rank = 0
+        args.rank, args.precision = 0, None
         return None, None
     return _backbone(args)
+
+
+def _precision_name(args):
+    """The evaluation precision for ``--json`` (None for the model-free baselines)."""
+    return args.precision.name if getattr(args, "precision", None) else None
 
 
 def _ranking_images(args):
@@ -581,7 +586,7 @@ def _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, figure, extra):
           f"recall@10 {scores['recall@10']:.3f}; figure {out / figure}")
     if args.json:
         print(json.dumps({**scores, "database": len(df), "model": args.model, **extra,
-                          "figure": str(out / figure)}))
+                          "figure": str(out / figure), "precision": _precision_name(args)}))
 
 
 def _image_size(args, backbone, cfg) -> int:
@@ -669,6 +674,7 @@ def cmd_vos(args):
         summary = {k: r[k] for k in ("J", "F", "JF", "sequences_scored", "objects", "not_scored",
                                      "frames", "frames_per_s", "peak_memory_mb")}
         print(json.dumps(summary | {"short_side": args.short_side, "model": args.model, "out": args.out,
+                                    "precision": _precision_name(args),
                                     "per_sequence": {s["sequence"]: {"J": s["J"], "F": s["F"]}
                                                      for s in r["sequences"]},
                                     "videos": [s["video"] for s in r["sequences"] if s["video"]]},

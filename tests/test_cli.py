@@ -108,6 +108,9 @@ def test_set_with_a_checkpoint_applies_evaluation_keys_and_refuses_the_rest(tiny
     assert res["precision"] == "bf16"
     forced = dataclasses.replace(cfg, bf16=True, image_size=24)
     assert res["knn_top1"] == pytest.approx(knn_accuracy(backbone, forced))
+    main(["attention", "--checkpoint", ckpt, "--images", str(tiny_folder / "images"), "--out",
+          str(tmp_path / "att"), "--set", "bf16=false", "--json"])
+    assert _last_json(capsys)["precision"] == "fp32"        # every --json result names it
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
