@@ -24,56 +24,29 @@ def user_errors() -> tuple:
             RunDirBusyError, NonFiniteLossError)
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def number(kind, low, strict=False, high=None):
+    """An argparse type: a ``kind`` (int or float) at least ``low`` (above it when ``strict``)
+    and at most ``high``; anything else is refused with the rule it breaks."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'greater than' if strict else 'at least'} {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+    return parse
 
 
-def non_negative_int(text):
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
-
-
-def non_negative_float(text):
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def unit_interval(text):
-    """argparse type: a number in (0, 1]."""
-    value = positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be at most 1, got {value}")
-    return value
+positive_int = number(int, 1)
+non_negative_int = number(int, 0)
+positive_float = number(float, 0, strict=True)
+non_negative_float = number(float, 0)
+unit_interval = number(float, 0, strict=True, high=1)       # (0, 1]
 
 
 def _out_folder(path) -> Path:
@@ -105,7 +78,6 @@ def _backbone(args):
     from .checkpoint import backbone_from_checkpoint
     from .config import for_evaluation
     from .evaluate import evaluation_precision, random_init_backbone, set_fused_attention
-    from .precision import choose
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank
@@ -114,8 +86,8 @@ def _backbone(args):
             raise SystemExit("--random-init goes with --preset, not --checkpoint")
         backbone, cfg = backbone_from_checkpoint(args.checkpoint)
         cfg = for_evaluation(cfg, args.set)       # --set: evaluation keys only, never ignored
-        set_fused_attention(backbone, choose(cfg.bf16, cfg.fused_attention, device.type,
-                                             width=getattr(backbone, "embed_dim", 128)).fused_attention)
+        if cfg.fused_attention != "auto":         # else the kernel the loader chose stays
+            set_fused_attention(backbone, cfg.fused_attention == "on")
     elif not args.random_init:
         raise SystemExit("--preset needs --random-init (or pass --checkpoint PATH)")
     else:

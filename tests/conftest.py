@@ -111,3 +111,14 @@ def random_init(preset, sets=()):
     cfg = make_config(preset, sets=list(sets))
     cfg = cfg.for_precision(for_config(cfg, "cpu").bf16, "cpu")
     return random_init_backbone(cfg), cfg
+
+
+def cli_error(capsys, argv):
+    """Run the command line in-process; returns its `error:` message (exit code 2 asserted)."""
+    from dino_lite.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2, e.value.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err

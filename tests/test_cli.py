@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import is_share_of, random_init
+from conftest import cli_error as _error, is_share_of, random_init
 from dino_lite.cli import main
 
 
@@ -38,16 +38,6 @@ def test_set_overrides_and_rejects_bad_values(capsys):
 
 def _last_json(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def _error(capsys, argv):
-    """Run the command line in-process; returns its `error:` message (exit code 2 asserted)."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2, e.value.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 def test_train_knn_attention_end_to_end(tiny_folder, tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_init
+from conftest import cli_error as _error, random_init
 from dino_lite.cli import main
 from dino_lite.retrieval import (MULTISCALE, embed_images, list_images, pixel_features, rank_database,
                                  score_rankings)
@@ -189,16 +189,6 @@ def test_vos_and_attention_videos(tmp_path, capsys):
 
 
 # -- robustness (issue 36): inputs users really have -----------------------------------------------
-
-def _error(capsys, argv):
-    """Run the command line in-process; returns its error message (exit code 2 asserted)."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2, e.value.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
 
 def _noise_png(path, size=(24, 24), seed=0):
     from PIL import Image
