@@ -358,7 +358,7 @@ def build_parser():
     budget.add_argument("--epochs", type=positive_int)
     t.add_argument("--max-steps", type=positive_int)
     t.add_argument("--out", help="run directory (default runs/PRESET)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=non_negative_int)
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt, with the same options (a larger "
                         "--max-steps or --epochs extends the run)")
@@ -419,7 +419,7 @@ def build_parser():
     ab_budget.add_argument("--max-steps", type=positive_int, help="steps per row (deterministic)")
     ab.add_argument("--eval-every", type=positive_int,
                     help="also record the teacher's k-NN every N steps")
-    ab.add_argument("--seed", type=int)
+    ab.add_argument("--seed", type=non_negative_int)
     ab.add_argument("--out", help="output directory (default runs/ablate-PRESET)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ab.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -428,7 +428,7 @@ def build_parser():
     e = sub.add_parser("estimate", help="how long `make demo` takes on this machine, and in which precision")
     e.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    e.add_argument("--attention-images", type=int, default=200)
+    e.add_argument("--attention-images", type=non_negative_int, default=200)
     e.set_defaults(func=cmd_estimate)
 
     pr = sub.add_parser("precision", help="this machine's bf16/fp32 decision and the timings stored for it")

@@ -148,6 +148,11 @@ def test_bad_settings_are_named_not_tracebacks(capsys, setting, message):
     (["knn", "--temperature", "0"], "--temperature: must be greater than 0"),
     (["linear", "--epochs", "0"], "--epochs: must be at least 1"),
     (["finetune", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["finetune", "--layer-decay", "1.5"], "--layer-decay: must be at most 1"),
+    (["finetune", "--label-smoothing", "-0.1"], "--label-smoothing: must be at least 0"),
+    (["train", "--seed", "-1"], "--seed: must be at least 0"),
+    (["ablate", "--rows", "all", "--seed", "-1"], "--seed: must be at least 0"),
+    (["estimate", "--attention-images", "-3"], "--attention-images: must be at least 0"),
 ])
 def test_evaluation_options_that_would_print_a_wrong_score_are_refused(capsys, argv, message):
     err = _error(capsys, [*argv, "--preset", "cpu-demo", "--random-init"])
