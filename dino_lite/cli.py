@@ -305,11 +305,8 @@ def cmd_estimate(args):
 def cmd_precision(args):
     """This machine's precision decision for a preset, and the stored timings behind it."""
     from . import precision
-    from .models import VIT_SIZES
     cfg = make_config(args.preset, sets=args.set)
-    width, _, heads = VIT_SIZES.get(cfg.arch, (128, 0, 4))
-    tokens = (cfg.global_size // cfg.patch_size) ** 2 + 1 if cfg.arch in VIT_SIZES else 65
-    shape = (width, heads, tokens, max(1, min(cfg.batch_size, 64)))
+    shape = precision.model_shape(cfg)
     if args.remeasure:
         precision.machine_timings(*shape, remeasure=True)
     chosen = precision.for_config(cfg, "cpu")

@@ -249,14 +249,18 @@ def choose(bf16="auto", fused_attention="auto", device_type: str = "cpu", width:
     return Precision(want_bf16, want_fused, "; ".join(reasons))
 
 
-def for_config(cfg, device_type: str | None = None) -> Precision:
-    """The precision a run of ``cfg`` uses on ``device_type`` (default: CUDA when available)."""
+def model_shape(cfg) -> tuple[int, int, int, int]:
+    """``(width, heads, tokens, batch)`` of ``cfg``'s model: the shape its timings are taken at."""
     from .models import VIT_SIZES
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     width, _, heads = VIT_SIZES.get(cfg.arch, (128, 0, 4))
     tokens = (cfg.global_size // cfg.patch_size) ** 2 + 1 if cfg.arch in VIT_SIZES else 65
-    batch = max(1, min(cfg.batch_size, 64))
-    return choose(cfg.bf16, cfg.fused_attention, device_type, width, heads, tokens, batch)
+    return width, heads, tokens, max(1, min(cfg.batch_size, 64))
+
+
+def for_config(cfg, device_type: str | None = None) -> Precision:
+    """The precision a run of ``cfg`` uses on ``device_type`` (default: CUDA when available)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    return choose(cfg.bf16, cfg.fused_attention, device_type, *model_shape(cfg))
 
 
 @torch.no_grad()

@@ -36,14 +36,18 @@ def test_set_overrides_and_rejects_bad_values(capsys):
     assert "error:" in capsys.readouterr().err
 
 
+# a model and run small enough for a test to train in seconds, as --set options
+TINY = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
+        "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
+        "--set", "batch_size=16", "--set", "n_local=2"]
+
+
 def _last_json(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_train_knn_attention_end_to_end(tiny_folder, tmp_path, capsys):
-    common = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
-              "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
-              "--set", "batch_size=16", "--set", "n_local=2"]
+    common = TINY
     main(["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--max-steps", "3",
           "--epochs", "1", "--out", str(tmp_path / "run"), *common])
     ckpt = tmp_path / "run" / "checkpoint.pt"
@@ -76,9 +80,7 @@ def test_set_with_a_checkpoint_applies_evaluation_keys_and_refuses_the_rest(tiny
     from dino_lite.checkpoint import backbone_from_checkpoint
     from dino_lite.evaluate import knn_accuracy
     from dino_lite.precision import choose
-    common = ["--set", "image_size=32", "--set", "global_size=32", "--set", "local_size=16",
-              "--set", "depth=1", "--set", "out_dim=32", "--set", "head_hidden=32",
-              "--set", "batch_size=16", "--set", "n_local=2"]
+    common = TINY
     main(["train", "--preset", "cpu-demo", "--data", str(tiny_folder), "--max-steps", "2",
           "--epochs", "1", "--out", str(tmp_path / "run"), *common])
     ckpt = str(tmp_path / "run" / "checkpoint.pt")
