@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 from .ablate import as_json, cached_result, write_json
 from .checkpoint import backbone_from_checkpoint
@@ -71,8 +72,9 @@ def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=(), 
     if seed is not None:
         given["seed"] = seed
     cfg = make_config(preset, given, list(sets))
-    bf16 = for_config(cfg, "cpu").bf16 if bf16 is None else bf16
-    cfg = cfg.for_precision(bf16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = for_config(cfg, device).bf16 if bf16 is None else bf16
+    cfg = cfg.for_precision(bf16, device)
     cfg.bf16 = bf16                     # decided once for the study; every cell records it
     images = max(1, round(fraction * len(build_dataset(cfg.data, train=True, image_size=cfg.image_size))))
     per_epoch = max(1, images // cfg.batch_size)
@@ -176,7 +178,7 @@ def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, se
     if not finetune_recipe["lr"] > 0:
         raise ValueError(f"the fine-tuning lr must be > 0, got {finetune_recipe['lr']}")
     first = make_config(preset, {"data": data} if data else {}, list(sets))
-    bf16 = for_config(first, "cpu").bf16
+    bf16 = for_config(first).bf16
     cells = []
     for seed in seeds:
         for method in methods:
