@@ -217,18 +217,17 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
     print(f"small-data study: {len(cells)} cells of {steps} pre-training steps, fine-tuned "
           f"{recipe['epochs']} epochs x {len(recipe['seeds'])} seeds, in {precision} "
           f"(this machine's precision); {convergence_rule()}")
-    rows, tokenizer_rows, started, done = [], [], time.perf_counter(), 0
+    rows, tokenizer_rows, started = [], [], time.perf_counter()
     for i, (name, cfg, fields) in enumerate(cells):
         result = _run_cell(cfg, out_dir / name, recipe, progress, overwrite)
         row = {**fields, **result,
                "paper_inat19": (PAPER_TOKENIZERS[fields["tokenizer"]] if fields.get("tokenizer_row")
                                 else PAPER_INAT19.get(fields["method"], {}).get(fields["fraction"]))}
         (tokenizer_rows if fields.get("tokenizer_row") else rows).append(row)
-        done += 1
         elapsed = time.perf_counter() - started
         print(f"[{i + 1}/{len(cells)}] {name}: fine-tune {100 * result['finetune_top1']:.1f}% "
               f"(elapsed {elapsed / 60:.1f} min; at this pace about "
-              f"{elapsed / done * (len(cells) - i - 1) / 60:.0f} min to go)")
+              f"{elapsed / (i + 1) * (len(cells) - i - 1) / 60:.0f} min to go)")
     base_cfg = cell_config(preset, "dino", 1.0, steps, data, seeds[0], sets, cells[0][1].bf16)
     random_init = None
     if baseline:
