@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import budget
 from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpoint
+from .collapse import CollapseWatch
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
@@ -654,6 +655,9 @@ class DINOTrainer:
             (self.out / "config.json").write_text(json.dumps(
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._log = self._open_log() if self.rank == 0 else None
+        # one warning if the teacher collapses (dino_lite.collapse), judged over this run's
+        # records: a resumed run's earlier ones too
+        watch = CollapseWatch(self.cfg, read_records(self.out / LOG) if log and self.step else ())
         history = []
         pause_at = math.inf if until is None else until
         end = min(pause_at, self.total_steps)       # the last step of this call
@@ -679,6 +683,10 @@ class DINOTrainer:
                     rec["epoch"] = epoch
                     rec["threads"] = torch.get_num_threads()       # the step ran on these
                     rec["time"] = round(self.clock() - start, 3)   # s since (re)start
+                    alarm = watch.check(rec, self.total_steps) if self.rank == 0 else None
+                    if alarm:
+                        rec["collapse"] = alarm
+                        tqdm.write(alarm["message"], file=sys.stderr)
                     self.step += 1
                     history.append(rec)
                     if log:
