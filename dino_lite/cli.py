@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointKeyError
 from .config import METHODS, PRESETS, make_config, train_config
-from .data import DatasetError
+from .data import DatasetError, require_labels
 from .rundir import RunDirBusyError
 
 
@@ -81,6 +81,9 @@ def _backbone(args):
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank
+    labels = args.command in ("knn", "linear", "finetune")
+    if labels and args.data:                  # a folder without labels: say so before loading
+        require_labels(args.data, args.command)
     if args.checkpoint:
         if args.random_init:
             raise SystemExit("--random-init goes with --preset, not --checkpoint")
@@ -97,6 +100,8 @@ def _backbone(args):
         backbone = random_init_backbone(cfg)
     if "data" in vars(args):                  # evaluation commands default to the training data
         args.data = args.data or cfg.data
+        if labels:
+            require_labels(args.data, args.command)
     backbone = backbone.to(device)
     args.precision = evaluation_precision(backbone, cfg)
     if rank == 0:
@@ -236,6 +241,8 @@ def cmd_smalldata(args):
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    if args.data:
+        require_labels(args.data, "smalldata (it fine-tunes on the labels)")
     recipe = {"epochs": args.finetune_epochs, "lr": args.finetune_lr,
               "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")}
     if args.finetune_steps:
@@ -269,6 +276,7 @@ def cmd_ablate(args):
     rows = parse_rows(args.rows)
     cfg = train_config(args.preset, args.set, data=args.data, minutes=args.minutes,
                        max_steps=args.max_steps, seed=args.seed)
+    require_labels(cfg.data, "ablate (its rows are scored by k-NN and a linear probe)")
     out = _out_folder(args.out or f"runs/ablate-{cfg.name}")
     summary = run_ablation(cfg, rows, out, eval_every=args.eval_every, progress=not args.json)
     print((out / "ablation.md").read_text())

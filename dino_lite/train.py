@@ -38,7 +38,8 @@ from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpo
 from .collapse import CollapseWatch
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
-from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
+from .data import (EpochSampler, SeededViews, build_dataset, collate_views, describe_folder,
+                   seed_for)
 from .loss import DINOLoss, koleo_loss
 from .methods import build_method
 from .models import build_student_teacher, update_teacher
@@ -443,6 +444,8 @@ class DINOTrainer:
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+        if self.rank == 0 and progress and describe_folder(cfg.data, base):
+            print(describe_folder(cfg.data, base))      # a folder: what was found, labelled or not
         if cfg.data_fraction < 1:       # a seeded subset of the images (the small-data study)
             base = torch.utils.data.Subset(base, subset_indices(len(base), cfg.data_fraction, cfg.seed))
         crops = MultiCrop(cfg.global_size, cfg.local_size, cfg.n_local, cfg.global_scale,
