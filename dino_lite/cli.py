@@ -99,7 +99,7 @@ def _backbone(args):
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank
-    labels = args.command in ("knn", "linear", "finetune")
+    labels = getattr(args, "command", None) in ("knn", "linear", "finetune")
     if labels and args.data:                  # a folder without labels: say so before loading
         require_labels(args.data, args.command)
     if args.checkpoint:
@@ -383,6 +383,46 @@ def cmd_precision(args):
         print(json.dumps({"machine": precision.machine_id(), **chosen.to_dict(), "timings": times}))
 
 
+# what `make demo` writes with --json FILE into its run folder, and the command that writes each
+DEMO_RESULTS = {"knn.json": "knn --checkpoint RUN/checkpoint.pt",
+                "knn-random-init.json": "knn --preset cpu-demo --random-init",
+                "attention.json": "attention --checkpoint RUN/checkpoint.pt --images shapes",
+                "attention-random-init.json": "attention --preset cpu-demo --random-init --images shapes"}
+
+
+def summary_lines(run) -> list[str]:
+    """The three lines that end `make demo`: k-NN trained vs random init and the gap, the
+    attention Jaccard trained vs random init, and where the figures are, read from the JSON
+    files of :data:`DEMO_RESULTS` in the run folder ``run``."""
+    run = Path(run)
+    results = {}
+    for name, command in DEMO_RESULTS.items():
+        path = run / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: `python -m dino_lite {command} --json "
+                                    f"{path}` writes it (make demo runs it)")
+        try:
+            results[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a JSON object ({e}); run its command again") from None
+    def get(name, key):
+        if not isinstance(results[name], dict) or key not in results[name]:
+            raise ValueError(f"{run / name} has no {key!r}; was it written by "
+                             f"`{DEMO_RESULTS[name]}`?")
+        return results[name][key]
+    knn, knn0 = get("knn.json", "knn_top1"), get("knn-random-init.json", "knn_top1")
+    jac, jac0 = get("attention.json", "jaccard"), get("attention-random-init.json", "jaccard")
+    return [f"k-NN top-1: {knn:.1%} trained vs {knn0:.1%} random init, a gap of "
+            f"{(knn - knn0) * 100:+.1f} points",
+            f"attention Jaccard: {jac:.2f} trained vs {jac0:.2f} random init",
+            f"figures: {get('attention.json', 'figure')} and "
+            f"{get('attention-random-init.json', 'figure')}"]
+
+
+def cmd_summary(args):
+    print("\n".join(summary_lines(args.run)))
+
+
 def cmd_config(args):
     cfg = make_config(args.preset, sets=args.set)
     print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
@@ -553,6 +593,10 @@ def build_parser():
     dt.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
     dt.add_argument("--no-progress", action="store_true", help="no progress bar")
     dt.set_defaults(func=cmd_data)
+
+    su = sub.add_parser("summary", help="make demo's last three lines, from its run folder's JSON")
+    su.add_argument("--run", default="runs/demo", help="the folder make demo wrote (default runs/demo)")
+    su.set_defaults(func=cmd_summary)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

@@ -135,6 +135,12 @@ def test_knn_from_embed_files_equals_knn_on_the_folder(tiny_folder, tmp_path, ca
     feats = torch.from_numpy(np.load(tmp_path / "train.npy"))
     torch.testing.assert_close(torch.nn.functional.normalize(feats, dim=-1), ref, atol=1e-5, rtol=0)
     assert knn_from_files(tmp_path / "train.npy", tmp_path / "val.npy", k=1)["test"] == 12
+    # --json FILE: the same object into a file (what make demo's summary reads), not printed
+    main(["knn", "--features", str(tmp_path / "train.npy"), "--test-features",
+          str(tmp_path / "val.npy"), "--json", str(tmp_path / "res" / "knn.json")])
+    out = capsys.readouterr().out
+    assert "k-NN top-1:" in out and "{" not in out
+    assert json.loads((tmp_path / "res" / "knn.json").read_text()) == from_files
 
 
 def test_knn_from_files_needs_labels_vectors_and_matching_files(tmp_path, tiny_model, capsys):
