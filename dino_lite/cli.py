@@ -224,14 +224,15 @@ def cmd_embed(args):
         return
     r = embed_folder(backbone, args.images, args.out, pool=args.pool,
                      image_size=args.image_size or cfg.image_size, batch_size=args.batch_size,
-                     num_workers=args.num_workers, progress=_progress(args))
+                     num_workers=args.num_workers, progress=_progress(args),
+                     bf16=args.precision.bf16)
     what = {"cls": "the CLS token", "mean": "the mean patch token",
             "patch": f"{r['shape'][1]} patch tokens per image"}[args.pool]
     print(f"features: {r['features']}, float32 {r['shape']} ({what}); paths and classes, row "
           f"by row: {r['paths']}")
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} unreadable files, listed in {r['skipped_file']}")
-    _emit_json(args, r)
+    _emit_json(args, {**r, "precision": _precision_name(args)})
 
 
 def cmd_attention(args):

@@ -144,13 +144,16 @@ def walk_once(directory, class_to_idx: dict, is_valid_file) -> list[tuple[str, i
 
 def find_images(root) -> list[Path]:
     """Every image file under ``root`` at any depth (:func:`is_image_file`), sorted by its path
-    relative to ``root``; folder links are followed once, as in :func:`walk_once`."""
+    relative to ``root``; hidden files and folders (``.name``: ``.DS_Store``, macOS's ``._``
+    copies) are skipped and folder links followed once, as in :func:`walk_once`."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     found, skipped = [], []
     for here, files in _walk(root, {os.path.realpath(root)}, skipped):
-        found += [Path(here, f) for f in files if is_image_file(f)]
+        if any(part.startswith(".") for part in Path(here).relative_to(root).parts):
+            continue
+        found += [Path(here, f) for f in files if is_image_file(f) and not f.startswith(".")]
     _warn_skipped(root, skipped)
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 

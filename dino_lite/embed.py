@@ -1,14 +1,14 @@
 """Features of a folder of images, written to files: what ``python -m dino_lite embed`` does.
 
-Every image under the folder, at any depth (:func:`dino_lite.data.find_images`), is resized and
-centre-cropped as k-NN evaluation does (:func:`dino_lite.data.eval_transform`), passed through
-the backbone and pooled: the CLS token (``cls``, the feature k-NN reads), the mean of the patch
+Every image under the folder, at any depth, is resized and centre-cropped as k-NN evaluation
+does (:func:`dino_lite.data.eval_transform`), passed through the backbone and pooled: the CLS token (``cls``, the feature k-NN reads), the mean of the patch
 tokens (``mean``), or every patch token (``patch``). Two files come out, in the same order:
 
 - ``OUT.npy``, float32, ``[N, D]`` (``patch``: ``[N, tokens, D]``), not L2-normalised;
 - ``OUT.csv`` with the columns ``index,path,class``: the row of ``OUT.npy``, the image's path
-  relative to the folder, and the first-level subfolder it sits in (its class when the folder
-  holds one subfolder per class; empty for an image directly in the folder).
+  relative to the folder, and its class: the first-level subfolder it sits in when every image
+  sits in one (one subfolder per class), else empty. Which files are images, in which order, and
+  their classes follow :func:`dino_lite.retrieval.list_images`, as for retrieval.
 
 Batches are written to a memory-mapped ``.npy`` as they come, so memory holds one batch whatever
 the folder's size. Files that cannot be read are skipped, named on the console and listed in
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import IMAGE_EXTENSIONS, ImageLoadError, eval_transform, find_images, load_rgb
-from .evaluate import knn_classify
-from .precision import choose
+from .data import ImageLoadError, eval_transform, load_rgb
+from .evaluate import evaluation_precision, knn_classify
+from .retrieval import list_images
 
 POOLS = ("cls", "mean", "patch")
 
@@ -111,17 +111,16 @@ def _batches(backbone, loader, pool: str, bf16: bool, device):
 
 
 def embed_folder(backbone, folder, out, pool: str = "cls", image_size: int = 64,
-                 batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> dict:
+                 batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                 bf16: bool | None = None) -> dict:
     """Write the features of every image under ``folder`` to ``OUT.npy`` and their paths and
     classes to ``OUT.csv`` (see the module doc); returns what was written: ``images``,
     ``shape``, ``pool``, ``features``, ``paths``, ``skipped`` (``[path, why]`` pairs) and
-    ``skipped_file`` (or None). Both files are written under temporary names and renamed at the
-    end: a stopped run leaves no half-written file behind."""
+    ``skipped_file`` (or None). ``bf16=None``: this machine's evaluation precision, as k-NN's.
+    Both files are written under temporary names and renamed at the end: a stopped run leaves
+    no half-written file behind."""
     folder = Path(folder)
-    files = find_images(folder)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder} or "
-                                f"its subfolders")
+    files, classes = list_images(folder)     # an error when there is no image
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
@@ -131,13 +130,12 @@ def embed_folder(backbone, folder, out, pool: str = "cls", image_size: int = 64,
     paths = output_paths(out)
     paths["features"].parent.mkdir(parents=True, exist_ok=True)
     tmp = {k: p.with_name(f".{p.name}.tmp{os.getpid()}") for k, p in paths.items()}
-    names = [f.relative_to(folder).as_posix() for f in files]
-    classes = [n.split("/")[0] if "/" in n else "" for n in names]
+    names = [Path(f).relative_to(folder).as_posix() for f in files]
+    classes = classes or [""] * len(files)
     backbone.eval()
     device = next(backbone.parameters()).device
-    # bf16 where it is faster on this machine, as k-NN evaluation chooses (outside no_grad: the
-    # first choice per width times a training step)
-    bf16 = choose(device_type=device.type, width=getattr(backbone, "embed_dim", 128)).bf16
+    if bf16 is None:                             # as k-NN evaluation computes
+        bf16 = evaluation_precision(backbone).bf16
     loader = torch.utils.data.DataLoader(_Images(files, eval_transform(image_size)), batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     array, rows, skipped = None, 0, []
@@ -231,8 +229,8 @@ def knn_from_files(train, test, k: int = 20, temperature: float = 0.07) -> dict:
                              f"class subfolders (the csv's class column is empty); embed a "
                              f"folder with one subfolder per class")
         if missing:
-            raise ValueError(f"{missing} of the {len(classes)} images of {path} have no class "
-                             f"(they sit directly in the folder, not in a class subfolder)")
+            raise ValueError(f"{missing} of the {len(classes)} images of {path} have no class in "
+                             f"its csv: every image needs one for k-NN")
     names = sorted(set(ctr))
     unknown = sorted(set(cte) - set(names))
     if unknown:

@@ -26,17 +26,18 @@ def tiny_model():
 
 
 def make_images(root):
-    """Class folders at two depths, an image straight in the folder, odd suffixes, a corrupt
-    file and a text file; returns the readable images' relative paths in the order expected."""
+    """Class folders with images at two depths, odd suffixes, a corrupt file, a text file and
+    hidden files; returns the readable images' relative paths in the order expected."""
     files = {"cat/a.png": (30, 20), "cat/deeper/b.JPG": (20, 30), "dog/c.jpeg": (25, 25),
-             "dog/d.webp": (40, 22), "dog/e.BMP": (22, 40), "top.tif": (33, 33)}
+             "dog/d.webp": (40, 22), "dog/e.BMP": (22, 40), "dog/f.tif": (33, 33),
+             "dog/._c.jpeg": (8, 8), ".thumbs/g.png": (8, 8)}
     for i, (name, size) in enumerate(files.items()):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF", "bmp": "BMP"}.get(name.rsplit(".")[-1].lower())
         Image.new("RGB", size, (i * 40, 255 - i * 30, 60)).save(root / name, format=fmt)
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG this is not a png")
     (root / "cat" / "notes.txt").write_text("skip me")
-    return ["cat/a.png", "cat/deeper/b.JPG", "dog/c.jpeg", "dog/d.webp", "dog/e.BMP", "top.tif"]
+    return ["cat/a.png", "cat/deeper/b.JPG", "dog/c.jpeg", "dog/d.webp", "dog/e.BMP", "dog/f.tif"]
 
 
 def test_every_image_in_csv_order_corrupt_files_listed_and_skipped(tmp_path, tiny_model, capsys):
@@ -46,7 +47,7 @@ def test_every_image_in_csv_order_corrupt_files_listed_and_skipped(tmp_path, tin
                      batch_size=4, progress=False)
     feats, paths, classes = read_embeddings(tmp_path / "out" / "feats.npy")
     assert paths == expected
-    assert classes == ["cat", "cat", "dog", "dog", "dog", ""]     # first-level folder, or none
+    assert classes == ["cat", "cat", "dog", "dog", "dog", "dog"]   # the first-level folder
     assert feats.dtype == np.float32 and feats.shape == (6, backbone.embed_dim)
     assert r["images"] == 6 and r["shape"] == [6, backbone.embed_dim]
     # row i is image i: each row equals that image's feature computed on its own
@@ -63,6 +64,13 @@ def test_every_image_in_csv_order_corrupt_files_listed_and_skipped(tmp_path, tin
         assert [row["path"] for row in csv.DictReader(f)] == ["dog/broken.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "feats.csv", "feats.npy", "feats.skipped.csv"]                 # no temporary files left
+    # an image straight in the folder: not one subfolder per class, so no class at all (as
+    # retrieval reads a folder)
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "top.png")
+    embed_folder(backbone, tmp_path / "imgs", tmp_path / "out" / "mixed", image_size=32,
+                 progress=False)
+    _, paths, classes = read_embeddings(tmp_path / "out" / "mixed.npy")
+    assert paths[0] == "top.png" and len(paths) == 7 and classes == [""] * 7
 
 
 def test_mean_and_patch_pools(tmp_path, tiny_model):
@@ -106,7 +114,7 @@ def test_images_are_read_a_batch_at_a_time(tmp_path, tiny_model, monkeypatch):
 def test_empty_or_unreadable_folders_are_clear_errors(tmp_path, tiny_model):
     backbone, _ = tiny_model
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no images .* under"):
+    with pytest.raises(FileNotFoundError, match="no images .* in .*empty or its subfolders"):
         embed_folder(backbone, tmp_path / "empty", tmp_path / "o", progress=False)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"nope")
@@ -155,10 +163,18 @@ def test_knn_from_files_needs_labels_vectors_and_matching_files(tmp_path, tiny_m
     make_images(tmp_path / "imgs")
     embed_folder(backbone, tmp_path / "imgs", tmp_path / "out" / "patch", "patch", 32, progress=False)
     embed_folder(backbone, tmp_path / "imgs", tmp_path / "out" / "cls", "cls", 32, progress=False)
-    for train, test, message in (("patch", "patch", "one vector per image"),
-                                 ("cls", "cls", "1 of the 6 images .* have no class")):
-        with pytest.raises(ValueError, match=message):
-            knn_from_files(tmp_path / "out" / f"{train}.npy", tmp_path / "out" / f"{test}.npy")
+    with pytest.raises(ValueError, match="one vector per image"):
+        knn_from_files(tmp_path / "out" / "patch.npy", tmp_path / "out" / "patch.npy")
+    np.save(tmp_path / "out" / "part.npy", np.load(tmp_path / "out" / "cls.npy"))
+    rows = (tmp_path / "out" / "cls.csv").read_text().splitlines()
+    (tmp_path / "out" / "part.csv").write_text("\n".join(rows[:-1] + [rows[-1].rsplit(",", 1)[0] + ","]))
+    with pytest.raises(ValueError, match="1 of the 6 images .* have no class"):
+        knn_from_files(tmp_path / "out" / "part.npy", tmp_path / "out" / "cls.npy")
+    with pytest.raises(ValueError, match=r"classes that .* lacks: \['dog'\]"):
+        cats = [r for r in rows if ",dog" not in r]
+        np.save(tmp_path / "out" / "cats.npy", np.load(tmp_path / "out" / "cls.npy")[:len(cats) - 1])
+        (tmp_path / "out" / "cats.csv").write_text("\n".join(cats))
+        knn_from_files(tmp_path / "out" / "cats.npy", tmp_path / "out" / "cls.npy")
     (tmp_path / "out" / "cls.csv").write_text("index,path,class\n0,a.png,cat\n")
     with pytest.raises(ValueError, match="holds 6 rows but .* lists 1"):
         read_embeddings(tmp_path / "out" / "cls.npy")

@@ -21,6 +21,7 @@ def photos(root, names):
         fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF"}.get(name.rsplit(".", 1)[1].lower())
         Image.new("RGB", (20 + i, 16), (i * 20 % 256, 90, 30)).save(root / name, format=fmt)
     (root / "notes.txt").write_text("not an image")
+    (root / "._a.png").write_bytes(b"macOS metadata, not an image")    # hidden: skipped
     return root
 
 
