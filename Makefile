@@ -21,10 +21,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python -m dino_lite estimate --preset cpu-demo
 	$(BIN)/python -m dino_lite train --preset cpu-demo --out $(DEMO_OUT)
-	$(BIN)/python -m dino_lite knn --checkpoint $(DEMO_OUT)/checkpoint.pt
-	$(BIN)/python -m dino_lite knn --preset cpu-demo --random-init
-	$(BIN)/python -m dino_lite attention --checkpoint $(DEMO_OUT)/checkpoint.pt --images shapes --out $(DEMO_OUT)/attention
-	$(BIN)/python -m dino_lite attention --preset cpu-demo --random-init --images shapes --out $(DEMO_OUT)/attention-random-init
+	$(BIN)/python -m dino_lite knn --checkpoint $(DEMO_OUT)/checkpoint.pt --json $(DEMO_OUT)/knn.json
+	$(BIN)/python -m dino_lite knn --preset cpu-demo --random-init --json $(DEMO_OUT)/knn-random-init.json
+	$(BIN)/python -m dino_lite attention --checkpoint $(DEMO_OUT)/checkpoint.pt --images shapes --out $(DEMO_OUT)/attention --json $(DEMO_OUT)/attention.json
+	$(BIN)/python -m dino_lite attention --preset cpu-demo --random-init --images shapes --out $(DEMO_OUT)/attention-random-init --json $(DEMO_OUT)/attention-random-init.json
+	@echo
+	@$(BIN)/python -m dino_lite summary --run $(DEMO_OUT)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests --nbval-lax notebooks

@@ -3,8 +3,9 @@ and SwAV, each a set of config switches, trained with the same seed and budget.
 
 Every row is trained into ``OUT/<row>/``, then scored by k-NN and a linear probe on the teacher
 backbone, and judged *collapsed* when the teacher's output no longer depends on the image (see
-:func:`collapse_verdict`). Finished rows are kept in ``OUT/<row>/result.json`` and reused, so an
-interrupted table continues where it stopped; rows with the same configuration are run once.
+:func:`dino_lite.collapse.collapse_verdict`, the rule training also warns by). Finished rows are
+kept in ``OUT/<row>/result.json`` and reused, so an interrupted table continues where it
+stopped; rows with the same configuration are run once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .collapse import COLLAPSE_NATS, collapse_verdict, teacher_information  # noqa: F401 (the rule)
 from .config import Config
 from .evaluate import knn_accuracy, knn_and_linear_accuracy, random_init_backbone
 
@@ -46,13 +48,6 @@ PAPER: dict[str, tuple] = {
     "teacher_previous_epoch": (66.6, None), "teacher_momentum": (72.8, None),
 }
 
-# collapsed: the teacher's output tells the images of a batch apart by less than this many nats
-# (the mutual information between image and prototype). An absolute threshold, whatever K: a
-# fraction of ln K would call a working short run with K = 4096 collapsed (0.46 nats while its
-# k-NN is twice random init's), because early in training the teacher is still near uniform.
-COLLAPSE_NATS = 0.2
-
-
 def parse_rows(text: str) -> list[str]:
     """``"all"`` or a comma-separated list of row names."""
     names = list(ROWS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
@@ -65,21 +60,6 @@ def parse_rows(text: str) -> list[str]:
 def row_config(base: Config, name: str) -> Config:
     """``base`` with the row's switches applied (and validated)."""
     return Config.from_dict({**base.to_dict(), **ROWS[name], "name": f"{base.name}-{name}"}).validate()
-
-
-def teacher_information(history: list[dict], tail: float = 0.1) -> float:
-    """How much the teacher's output tells the images of a batch apart, in nats, averaged over
-    the last ``tail`` of the run: the entropy of the batch-mean teacher distribution minus the
-    mean per-image entropy (the mutual information between image and prototype in a batch).
-    It is 0 when every image gets the same distribution, uniform or one-hot alike."""
-    last = history[-max(1, int(len(history) * tail)):]
-    return sum(r["teacher_batch_entropy"] - r["teacher_entropy"] for r in last) / len(last)
-
-
-def collapse_verdict(history: list[dict], tail: float = 0.1) -> bool:
-    """Collapsed when the teacher's information (:func:`teacher_information`) is below
-    :data:`COLLAPSE_NATS`: the teacher gives (almost) every image the same distribution."""
-    return teacher_information(history, tail) < COLLAPSE_NATS
 
 
 def write_json(path: Path, obj) -> None:

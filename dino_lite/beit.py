@@ -46,6 +46,11 @@ class BEiT(nn.Module):
         """The hidden patches of a (global) batch: ``([batch, patches] bool,)``."""
         return (block_masks(generator, batch, self.grid, self.mask_ratio),)
 
+    def loss_units(self, mask) -> int:
+        """What the loss is a mean over: the masked patches (gradient accumulation weighs each
+        micro-batch's loss by its share of them)."""
+        return int(mask.sum())
+
     def forward(self, images, mask):
         """``(loss, stats)`` for normalised ``images`` ``[b, 3, H, W]`` and ``mask`` ``[b, patches]``."""
         targets = self.tokenizer(images)[mask]                        # [n masked]

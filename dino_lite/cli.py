@@ -1,4 +1,4 @@
-"""Command line: ``python -m dino_lite {train,knn,linear,finetune,attention,ablate,data,config} ...``."""
+"""Command line: ``python -m dino_lite {train,knn,linear,finetune,embed,attention,ablate,data,config,summary} ...``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointKeyError
 from .config import METHODS, PRESETS, make_config, train_config
-from .data import DatasetError
+from .data import DatasetError, require_labels
 from .rundir import RunDirBusyError
 
 
@@ -64,12 +64,30 @@ CHECKPOINT_HELP = ("a dino_lite checkpoint.pt (its teacher), official DINO or DI
 
 
 def _add_model_source(p):
+    """--checkpoint or --preset with --random-init; returns the group, for other sources."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                   help="print one JSON object as the last line; with FILE, write it there instead")
+    return src
+
+
+def _emit_json(args, obj):
+    """``--json``: the object as the last line of the output; ``--json FILE``: into FILE."""
+    if args.json is True:
+        print(json.dumps(obj))
+    elif args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj) + "\n")
+
+
+def _progress(args) -> bool:
+    """Progress bars, unless the output is one JSON line for a program to read."""
+    return args.json is not True
 
 
 def _backbone(args):
@@ -81,6 +99,9 @@ def _backbone(args):
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank
+    labels = getattr(args, "command", None) in ("knn", "linear", "finetune")
+    if labels and args.data:                  # a folder without labels: say so before loading
+        require_labels(args.data, args.command)
     if args.checkpoint:
         if args.random_init:
             raise SystemExit("--random-init goes with --preset, not --checkpoint")
@@ -97,6 +118,8 @@ def _backbone(args):
         backbone = random_init_backbone(cfg)
     if "data" in vars(args):                  # evaluation commands default to the training data
         args.data = args.data or cfg.data
+        if labels:
+            require_labels(args.data, args.command)
     backbone = backbone.to(device)
     args.precision = evaluation_precision(backbone, cfg)
     if rank == 0:
@@ -111,9 +134,10 @@ def _report(args, name, value, **extra):
     label = {"knn_top1": "k-NN top-1", "linear_top1": "linear-probe top-1",
              "finetune_top1": "fine-tune top-1"}[name]
     print(f"{label}: {value * 100:.1f}%")
-    if args.json:
-        print(json.dumps({name: value, "data": args.data, **extra, "precision": args.precision.name,
-                          "model": args.checkpoint or f"{args.preset} (random init)"}))
+    model = args.checkpoint or (f"{args.preset} (random init)" if args.preset else
+                                f"features {getattr(args, 'features', None)}")
+    _emit_json(args, {name: value, "data": args.data, **extra, "precision": _precision_name(args),
+                      "model": model})
 
 
 def cmd_train(args):
@@ -134,18 +158,36 @@ def cmd_train(args):
 
 
 def cmd_knn(args):
+    if args.features or args.test_features:
+        return _knn_from_files(args)
     from .evaluate import knn_accuracy
     backbone, cfg = _backbone(args)
     acc = knn_accuracy(backbone, cfg, data=args.data, k=args.k, temperature=args.temperature,
-                       progress=not args.json)
+                       progress=_progress(args))
     _report(args, "knn_top1", acc, k=args.k)
+
+
+def _knn_from_files(args):
+    """knn --features TRAIN.npy --test-features TEST.npy: k-NN between two `embed` outputs."""
+    from .embed import knn_from_files
+    if not (args.features and args.test_features):
+        raise ValueError("--features and --test-features go together: the embed outputs of the "
+                         "training and of the test images")
+    if args.random_init or args.set or args.data:
+        raise ValueError("--features reads features already computed: --data, --random-init "
+                         "and --set do not apply")
+    args.rank, args.data = 0, args.test_features
+    r = knn_from_files(args.features, args.test_features, k=args.k, temperature=args.temperature)
+    print(f"k-NN from files: {r['test']} test images against {r['train']} training images, "
+          f"{r['classes']} classes")
+    _report(args, "knn_top1", r["knn_top1"], k=args.k, train=args.features)
 
 
 def cmd_linear(args):
     from .evaluate import linear_accuracy
     backbone, cfg = _backbone(args)
     acc = linear_accuracy(backbone, cfg, data=args.data, epochs=args.epochs, lr=args.lr,
-                          progress=not args.json)
+                          progress=_progress(args))
     _report(args, "linear_top1", acc, epochs=args.epochs)
 
 
@@ -157,7 +199,7 @@ def cmd_finetune(args):
                       warmup_epochs=args.warmup_epochs,
                       layer_decay=args.layer_decay or (1.0 if args.random_init else PRETRAINED_LAYER_DECAY),
                       drop_path=args.drop_path, label_smoothing=args.label_smoothing,
-                      progress=not args.json)
+                      progress=_progress(args))
     if args.rank == 0:
         print("epoch  held-out top-1  training loss")
         for c in result["curve"]:
@@ -173,6 +215,24 @@ def cmd_finetune(args):
             print(f"figure: {args.curve}")
     _report(args, "finetune_top1", result["top1"], epochs=args.epochs, max_steps=args.max_steps,
             converged=result["converged"], curve=result["curve"])
+
+
+def cmd_embed(args):
+    from .embed import embed_folder
+    backbone, cfg = _backbone(args)
+    if args.rank > 0:                      # under torchrun, one process writes the files
+        return
+    r = embed_folder(backbone, args.images, args.out, pool=args.pool,
+                     image_size=args.image_size or cfg.image_size, batch_size=args.batch_size,
+                     num_workers=args.num_workers, progress=_progress(args),
+                     bf16=args.precision.bf16)
+    what = {"cls": "the CLS token", "mean": "the mean patch token",
+            "patch": f"{r['shape'][1]} patch tokens per image"}[args.pool]
+    print(f"features: {r['features']}, float32 {r['shape']} ({what}); paths and classes, row "
+          f"by row: {r['paths']}")
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} unreadable files, listed in {r['skipped_file']}")
+    _emit_json(args, {**r, "precision": _precision_name(args)})
 
 
 def cmd_attention(args):
@@ -207,8 +267,7 @@ def cmd_attention(args):
         print(f"attention on the object: {scores['object_mass']:.0%} of the head-mean map's mass "
               f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")
-    if args.json:
-        print(json.dumps({**result, "precision": _precision_name(args)}))
+    _emit_json(args, {**result, "precision": _precision_name(args)})
 
 
 def _attention_video(args, backbone, size, out):
@@ -226,8 +285,7 @@ def _attention_video(args, backbone, size, out):
     files = files[:args.limit] if args.limit else files
     path = attention_video(backbone, files, size, out / "attention.gif")
     print(f"video: {path} ({len(files)} frames, short side {size}px)")
-    if args.json:
-        print(json.dumps({"images": len(files), "video": str(path)}))
+    _emit_json(args, {"images": len(files), "video": str(path)})
 
 
 def cmd_smalldata(args):
@@ -236,6 +294,8 @@ def cmd_smalldata(args):
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    if args.data:
+        require_labels(args.data, "smalldata (it fine-tunes on the labels)")
     recipe = {"epochs": args.finetune_epochs, "lr": args.finetune_lr,
               "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")}
     if args.finetune_steps:
@@ -269,6 +329,7 @@ def cmd_ablate(args):
     rows = parse_rows(args.rows)
     cfg = train_config(args.preset, args.set, data=args.data, minutes=args.minutes,
                        max_steps=args.max_steps, seed=args.seed)
+    require_labels(cfg.data, "ablate (its rows are scored by k-NN and a linear probe)")
     out = _out_folder(args.out or f"runs/ablate-{cfg.name}")
     summary = run_ablation(cfg, rows, out, eval_every=args.eval_every, progress=not args.json)
     print((out / "ablation.md").read_text())
@@ -320,6 +381,46 @@ def cmd_precision(args):
         print(json.dumps({"machine": precision.machine_id(), **chosen.to_dict(), "timings": times}))
 
 
+# what `make demo` writes with --json FILE into its run folder, and the command that writes each
+DEMO_RESULTS = {"knn.json": "knn --checkpoint RUN/checkpoint.pt",
+                "knn-random-init.json": "knn --preset cpu-demo --random-init",
+                "attention.json": "attention --checkpoint RUN/checkpoint.pt --images shapes",
+                "attention-random-init.json": "attention --preset cpu-demo --random-init --images shapes"}
+
+
+def summary_lines(run) -> list[str]:
+    """The three lines that end `make demo`: k-NN trained vs random init and the gap, the
+    attention Jaccard trained vs random init, and where the figures are, read from the JSON
+    files of :data:`DEMO_RESULTS` in the run folder ``run``."""
+    run = Path(run)
+    results = {}
+    for name, command in DEMO_RESULTS.items():
+        path = run / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: `python -m dino_lite {command} --json "
+                                    f"{path}` writes it (make demo runs it)")
+        try:
+            results[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a JSON object ({e}); run its command again") from None
+    def get(name, key):
+        if not isinstance(results[name], dict) or key not in results[name]:
+            raise ValueError(f"{run / name} has no {key!r}; was it written by "
+                             f"`{DEMO_RESULTS[name]}`?")
+        return results[name][key]
+    knn, knn0 = get("knn.json", "knn_top1"), get("knn-random-init.json", "knn_top1")
+    jac, jac0 = get("attention.json", "jaccard"), get("attention-random-init.json", "jaccard")
+    return [f"k-NN top-1: {knn:.1%} trained vs {knn0:.1%} random init, a gap of "
+            f"{(knn - knn0) * 100:+.1f} points",
+            f"attention Jaccard: {jac:.2f} trained vs {jac0:.2f} random init",
+            f"figures: {get('attention.json', 'figure')} and "
+            f"{get('attention-random-init.json', 'figure')}"]
+
+
+def cmd_summary(args):
+    print("\n".join(summary_lines(args.run)))
+
+
 def cmd_config(args):
     cfg = make_config(args.preset, sets=args.set)
     print(json.dumps(cfg.to_dict()) if args.json else cfg.to_json())
@@ -363,7 +464,10 @@ def build_parser():
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("knn", help="weighted k-NN top-1 of frozen features")
-    _add_model_source(k)
+    _add_model_source(k).add_argument(
+        "--features", help="an `embed` output (TRAIN.npy and its .csv): k-NN from files, the "
+                           "labels from the csv's class column; with --test-features")
+    k.add_argument("--test-features", help="the test images' `embed` output (with --features)")
     k.add_argument("--data", help="dataset spec (default: the one the model was trained on)")
     k.add_argument("--k", type=positive_int, default=20)
     k.add_argument("--temperature", type=positive_float, default=0.07)
@@ -392,6 +496,20 @@ def build_parser():
     f.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
     f.add_argument("--curve", help="write the held-out top-1 per epoch as a figure (PNG path)")
     f.set_defaults(func=cmd_finetune)
+
+    em = sub.add_parser("embed", help="features of every image under a folder -> OUT.npy + OUT.csv")
+    _add_model_source(em)
+    em.add_argument("--images", required=True, help="a folder of images (any depth; class "
+                                                    "subfolders give the csv's class column)")
+    em.add_argument("--out", required=True, help="writes OUT.npy (features) and OUT.csv (index, "
+                                                 "path, class), row for row")
+    em.add_argument("--pool", choices=("cls", "mean", "patch"), default="cls",
+                    help="cls: the CLS token (as k-NN), [N, D]; mean: the mean patch token, "
+                         "[N, D]; patch: every patch token, [N, tokens, D]")
+    em.add_argument("--image-size", type=positive_int, help="px (default: the model's)")
+    em.add_argument("--batch-size", type=positive_int, default=64)
+    em.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
+    em.set_defaults(func=cmd_embed)
 
     a = sub.add_parser("attention", help="last-block attention maps, masks and Jaccard")
     _add_model_source(a)
@@ -473,6 +591,10 @@ def build_parser():
     dt.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
     dt.add_argument("--no-progress", action="store_true", help="no progress bar")
     dt.set_defaults(func=cmd_data)
+
+    su = sub.add_parser("summary", help="make demo's last three lines, from its run folder's JSON")
+    su.add_argument("--run", default="runs/demo", help="the folder make demo wrote (default runs/demo)")
+    su.set_defaults(func=cmd_summary)
 
     c = sub.add_parser("config", help="print the resolved configuration")
     c.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))

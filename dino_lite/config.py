@@ -76,6 +76,7 @@ class Config:
     # optimisation
     optimizer: str = "adamw"           # adamw (ViTs) | sgd (momentum 0.9; the reference ResNet-50 run)
     batch_size: int = 64               # global batch, split evenly over the processes
+    accumulate: int = 1                # gradient accumulation: each step in N micro-batches of batch_size / N
     epochs: int = 100
     lr: float = 0.0005                 # at batch 256; scaled linearly with the global batch
     min_lr: float = 1e-6
@@ -258,6 +259,17 @@ class Config:
             raise ValueError(f"fp32_variant holds config keys, got unknown {sorted(unknown)}")
         if self.fp32_variant:
             dataclasses.replace(self, **self.fp32_variant, fp32_variant={}).validate()
+        if type(self.accumulate) is not int or self.accumulate < 1:
+            raise ValueError(f"accumulate (micro-batches per step) must be an integer >= 1, got "
+                             f"{self.accumulate!r}")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size {self.batch_size} does not split into accumulate="
+                             f"{self.accumulate} equal micro-batches")
+        if self.accumulate > 1 and (self.loss == "infonce" or self.method == "splitmask"):
+            what = "SplitMask" if self.method == "splitmask" else "loss=infonce"
+            raise ValueError(f"accumulate={self.accumulate} with {what}: its InfoNCE contrasts "
+                             f"each image with the rest of the batch, which micro-batches would "
+                             f"shrink; use accumulate=1")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.max_steps is not None and self.max_steps < 1:

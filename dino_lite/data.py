@@ -1,8 +1,10 @@
 """Datasets and augmentations: the embedded shapes, image folders, torchvision datasets, multi-crop.
 
-A data *spec* is ``shapes`` (the embedded dataset), a folder holding ``train/`` and ``val/`` (or
-``test/``) class subfolders, a torchvision dataset name (``cifar10``, ``stl10``, ``imagenette``),
-or ``fake`` (generated noise images at the preset's size, for measuring throughput).
+A data *spec* is ``shapes`` (the embedded dataset), a folder, a torchvision dataset name
+(``cifar10``, ``stl10``, ``imagenette``), or ``fake`` (generated noise images at the preset's
+size, for measuring throughput). A folder is *labelled* when it holds ``train/`` and ``val/``
+(or ``test/``) with one subfolder per class; any other folder of images (flat or nested, with or
+without ``train/``) is read without labels: enough to train on, not to score k-NN or a probe.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .shapes import ShapesDataset
 
 TORCHVISION_DATASETS = ("cifar10", "stl10", "imagenette")
+# the image files read from folders (torchvision's list; the case of the suffix does not matter)
+IMAGE_EXTENSIONS = torchvision.datasets.folder.IMG_EXTENSIONS
 FAKE_SIZES = {True: 20000, False: 1000}   # the `fake` spec: random-noise images, for throughput runs
 DATA_ROOT = Path(os.environ.get("DINO_LITE_DATA", Path(__file__).resolve().parent.parent / "data"))
 
@@ -91,6 +95,33 @@ def class_folders(root) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir())
 
 
+def is_image_file(path) -> bool:
+    """Whether ``path`` names an image file by its suffix (:data:`IMAGE_EXTENSIONS`, any case)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(top, seen: set, skipped: list):
+    """``os.walk(top, followlinks=True)``, entering no real folder twice: ``seen`` holds the real
+    paths already entered, and a folder (link) leading to one of them is added to ``skipped``."""
+    for here, dirs, files in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, d))
+            if real in seen:
+                skipped.append(os.path.join(here, d))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        yield here, files
+
+
+def _warn_skipped(root, skipped):
+    if skipped:
+        warnings.warn(f"{len(skipped)} folder link(s) under {root} lead to folders already "
+                      f"included and were not followed: {skipped[:4]}", stacklevel=4)
+
+
 def walk_once(directory, class_to_idx: dict, is_valid_file) -> list[tuple[str, int]]:
     """``(path, label)`` of every valid file under ``directory/<class>/``, in torchvision's order.
 
@@ -104,22 +135,78 @@ def walk_once(directory, class_to_idx: dict, is_valid_file) -> list[tuple[str, i
     for cls in sorted(class_to_idx):
         if not (root / cls).is_dir():
             continue
-        for here, dirs, files in os.walk(root / cls, followlinks=True):
-            keep = []
-            for d in sorted(dirs):
-                real = os.path.realpath(os.path.join(here, d))
-                if real in seen:
-                    skipped.append(os.path.join(here, d))
-                else:
-                    seen.add(real)
-                    keep.append(d)
-            dirs[:] = keep
+        for here, files in _walk(root / cls, seen, skipped):
             found.append((cls, here, files, class_to_idx[cls]))
-    if skipped:
-        warnings.warn(f"{len(skipped)} folder link(s) under {root} lead to folders already "
-                      f"included and were not followed: {skipped[:4]}", stacklevel=3)
+    _warn_skipped(root, skipped)
     return [(os.path.join(here, f), label) for _, here, files, label in sorted(found)
             for f in sorted(files) if is_valid_file(os.path.join(here, f))]
+
+
+def find_images(root) -> list[Path]:
+    """Every image file under ``root`` at any depth (:func:`is_image_file`), sorted by its path
+    relative to ``root``; hidden files and folders (``.name``: ``.DS_Store``, macOS's ``._``
+    copies) are skipped and folder links followed once, as in :func:`walk_once`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    found, skipped = [], []
+    for here, files in _walk(root, {os.path.realpath(root)}, skipped):
+        if any(part.startswith(".") for part in Path(here).relative_to(root).parts):
+            continue
+        found += [Path(here, f) for f in files if is_image_file(f) and not f.startswith(".")]
+    _warn_skipped(root, skipped)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+class ImageList(torch.utils.data.Dataset):
+    """Every image under a folder at any depth, without labels (each label is -1): a user's
+    own unlabelled images, for training. ``files`` are the images' paths, sorted."""
+
+    def __init__(self, root, transform=None):
+        self.root, self.transform = Path(root), transform
+        self.files = find_images(self.root)
+        if not self.files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root} "
+                                    f"or its subfolders")
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        img = load_rgb(self.files[i])
+        return (self.transform(img) if self.transform else img), -1
+
+
+def labelled_split(root: Path) -> bool:
+    """Whether a ``train/`` folder holds class subfolders (the labelled layout)."""
+    return root.is_dir() and bool(class_folders(root))
+
+
+def require_labels(spec, command: str = "this command"):
+    """Raise :class:`DatasetError` at once when ``spec`` is a folder without labels (see the
+    module doc): ``command`` (``knn``, ``linear``, ...) could only fail later, or score nothing."""
+    path = Path(str(spec)).expanduser()
+    if spec in ("shapes", "fake", *TORCHVISION_DATASETS) or not path.is_dir():
+        return
+    if labelled_split(path / "train"):
+        return
+    images = len(find_images(path))
+    raise DatasetError(
+        f"{command} needs labels, and {path} has none: {images} images without class folders "
+        f"(expected {path}/train/<class>/ and {path}/val/<class>/ with the images in them). "
+        f"Unlabelled images are enough for `train --data {path}` and `embed`")
+
+
+def describe_folder(spec, dataset) -> str | None:
+    """One line on what a training folder holds, labelled or not (None for other specs)."""
+    if isinstance(dataset, ImageFolder):
+        return (f"data {spec}: {len(dataset)} training images in {len(dataset.classes)} class "
+                f"folders of train/ (labelled)")
+    if isinstance(dataset, ImageList):
+        where = " of train/" if dataset.root.name == "train" else ""
+        return (f"data {spec}: {len(dataset)} images{where}, without class folders (unlabelled: "
+                f"enough to train; knn, linear and finetune need train/<class>/ and val/<class>/)")
+    return None
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -235,7 +322,11 @@ def build_dataset(spec: str, train: bool, transform=None, root=DATA_ROOT, image_
     path = Path(spec).expanduser()
     if path.is_dir():
         if train:
-            return ImageFolder(path / "train", transform)
+            if labelled_split(path / "train"):
+                return ImageFolder(path / "train", transform)
+            # a folder of images without class folders: train/ if there is one, else all of it
+            return ImageList(path / "train" if (path / "train").is_dir() else path, transform)
+        require_labels(path, "evaluation")
         # labels by class name, as the training split numbers them
         classes = class_folders(path / "train") if (path / "train").is_dir() else None
         return ImageFolder(_folder_split(path, False), transform, classes)

@@ -95,18 +95,33 @@ class PatchLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_logits, teacher_logits, teacher_temp):
+        loss = self.objective(student_logits, teacher_logits, teacher_temp)
+        self.update_center(teacher_logits)
+        return loss
+
+    def objective(self, student_logits, teacher_logits, teacher_temp, step_count=None):
+        """The loss without the center update. ``step_count`` is the number of patches this
+        process predicts in the whole step when these are only some of them (a micro-batch of
+        gradient accumulation): the mean over these is then weighed by their share, so the
+        micro-batches' losses add up to the mean over the step's patches."""
         loss = masked_patch_loss(student_logits, teacher_logits, self.center, self.student_temp,
                                  teacher_temp)
+        count = len(student_logits)
+        if step_count is not None and step_count != count:
+            loss = loss * (count / step_count)
+            count = step_count
         if dist.is_available() and dist.is_initialized():
             # processes hide different numbers of patches: weigh this one's mean by its share,
             # so that DDP's gradient average is the gradient of the mean over all patches
-            count = torch.tensor([float(len(student_logits))], device=loss.device)
+            count = torch.tensor([float(count)], device=loss.device)
             total = count.clone()
             dist.all_reduce(total)
             loss = loss * count[0] * dist.get_world_size() / total[0]
-        with torch.no_grad():
-            ema_center_(self.center, [teacher_logits], self.center_momentum)
         return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits):
+        ema_center_(self.center, [teacher_logits], self.center_momentum)
 
 
 def mse_loss(student_out, teacher_out):
@@ -222,15 +237,21 @@ class DINOLoss(nn.Module):
         return [F.softmax((t.float() - center) / temp, dim=-1) for t in teacher_logits]
 
     def forward(self, student_logits, teacher_logits, step: int):
-        if self.loss == "mse":
-            loss = mse_loss(student_logits, teacher_logits)
-        elif self.loss == "infonce":
-            loss = info_nce_loss(student_logits, teacher_logits)
-        else:
-            loss = cross_entropy_loss(student_logits, self.targets(teacher_logits, step),
-                                      self.student_temp)
+        loss = self.objective(student_logits, teacher_logits, step)
         self.update_center(teacher_logits)
         return loss
+
+    def objective(self, student_logits, teacher_logits, step: int, targets=None):
+        """The loss without the center update. ``targets`` are the teacher's distributions
+        for these images when computed beforehand (:meth:`targets`, over a whole batch of which
+        these are a micro-batch); by default they are computed here."""
+        if self.loss == "mse":
+            return mse_loss(student_logits, teacher_logits)
+        if self.loss == "infonce":
+            return info_nce_loss(student_logits, teacher_logits)
+        if targets is None:
+            targets = self.targets(teacher_logits, step)
+        return cross_entropy_loss(student_logits, targets, self.student_temp)
 
     @torch.no_grad()
     def update_center(self, teacher_logits):
@@ -247,15 +268,33 @@ class DINOLoss(nn.Module):
         InfoNCE losses the teacher's distribution is the centred, sharpened softmax DINO would
         use: a probe of how much the teacher's outputs still tell images apart.
         """
+        p_t = self.teacher_distributions(teacher_logits, step)
+        stats = self.teacher_diagnostics(p_t)
+        max_entropy = stats.pop("max_entropy")
+        return {**stats, "kl": self.kl(p_t, student_logits), "max_entropy": max_entropy}
+
+    @torch.no_grad()
+    def teacher_distributions(self, teacher_logits, step: int):
+        """P_t, one ``[batch, K]`` tensor per global view: the loss's targets (:meth:`targets`)
+        for the cross-entropy; for MSE and InfoNCE the centred, sharpened softmax (a probe)."""
         if self.loss == "ce":
-            p_t = self.targets(teacher_logits, step)
-        else:
-            p_t = [F.softmax((t.float() - self.center) / self.teacher_temp(step), -1)
-                   for t in teacher_logits]
-        log_p_s = [F.log_softmax(s.float() / self.student_temp, -1) for s in student_logits]
+            return self.targets(teacher_logits, step)
+        return [F.softmax((t.float() - self.center) / self.teacher_temp(step), -1)
+                for t in teacher_logits]
+
+    @staticmethod
+    @torch.no_grad()
+    def teacher_diagnostics(p_t) -> dict:
+        """The per-image and the batch-mean teacher entropy of distributions ``p_t``, and ln K."""
         ent = torch.stack([entropy(p) for p in p_t]).mean()
         batch_ent = torch.stack([entropy(p.mean(0, keepdim=True)) for p in p_t]).mean()
+        return {"teacher_entropy": float(ent), "teacher_batch_entropy": float(batch_ent),
+                "max_entropy": float(np.log(p_t[0].shape[-1]))}
+
+    @torch.no_grad()
+    def kl(self, p_t, student_logits) -> float:
+        """KL(teacher || student), the mean over the (teacher view, other student view) pairs."""
+        log_p_s = [F.log_softmax(s.float() / self.student_temp, -1) for s in student_logits]
         kls = [(p_t[t] * (torch.log(p_t[t].clamp_min(1e-12)) - log_p_s[s])).sum(-1).mean()
                for t, s in _pairs(len(p_t), len(log_p_s))]
-        return {"teacher_entropy": float(ent), "teacher_batch_entropy": float(batch_ent),
-                "kl": float(torch.stack(kls).mean()), "max_entropy": float(np.log(p_t[0].shape[-1]))}
+        return float(torch.stack(kls).mean())

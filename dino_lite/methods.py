@@ -16,7 +16,10 @@ networks and one step's objective:
     1 and N processes see the same masks);
   * ``forward(images, *masks)`` -> ``(loss, stats)``: the objective on this process's images
     (the first global crop of each), ``stats`` a dict of floats for the log;
-  * ``encoder()`` -> the backbone, also reachable as ``.backbone``.
+  * ``encoder()`` -> the backbone, also reachable as ``.backbone``;
+  * ``loss_units(*masks)`` -> what the loss is a mean over, counted in ``masks`` (BEiT: the
+    masked patches), for gradient accumulation (``accumulate > 1``) to weigh its micro-batches;
+    SplitMask has none: its InfoNCE needs the whole batch, so it does not accumulate.
 
   The trainer keeps the module as both ``student`` and ``teacher``, so a checkpoint's
   ``teacher`` entry holds ``backbone.*`` weights, which ``knn``, ``linear``, ``finetune`` and

@@ -16,6 +16,7 @@ previous epoch); see :func:`teacher_momentum_schedule`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -34,9 +35,11 @@ from tqdm.auto import tqdm
 
 from . import budget
 from .checkpoint import clean_temp_files, load_training_checkpoint, save_checkpoint
+from .collapse import CollapseWatch
 from .config import Config
 from .augment import BatchRandom, MultiCrop, patch_masks, photometric
-from .data import EpochSampler, SeededViews, build_dataset, collate_views, seed_for
+from .data import (EpochSampler, SeededViews, build_dataset, collate_views, describe_folder,
+                   seed_for)
 from .loss import DINOLoss, koleo_loss
 from .methods import build_method
 from .models import build_student_teacher, update_teacher
@@ -209,14 +212,14 @@ def set_lr_and_wd(optimizer, sched: dict, step: int):
 def ibot_masks(step: int, rows: slice, cfg: Config, proc: Process):
     """iBOT's hidden patches on the two global crops, ``[2 x local batch, patches]``, drawn for
     the global batch (the same on 1 or N processes), and the patches to predict: the same, or
-    None on a step where some process would predict fewer than two (the head's BatchNorm needs
-    two rows)."""
+    None on a step where some process (or micro-batch of one) would predict fewer than two (the
+    head's BatchNorm needs two rows)."""
     g = torch.Generator().manual_seed(seed_for(cfg.seed, step, 1))
     n, patches = (rows.stop - rows.start) * proc.world, (cfg.global_size // cfg.patch_size) ** 2
     full = [patch_masks(g, n, patches, cfg.mask_prob, cfg.mask_ratio) for _ in range(2)]
-    per_process = sum(m.view(proc.world, -1).sum(1) for m in full)
+    per_chunk = sum(m.view(proc.world * cfg.accumulate, -1).sum(1) for m in full)
     hide = torch.cat([m[rows] for m in full]).to(proc.device)
-    return hide, hide if per_process.min() >= 2 else None
+    return hide, hide if per_chunk.min() >= 2 else None
 
 
 def global_mean(values: list[float], step: int, proc: Process) -> list[float]:
@@ -232,38 +235,95 @@ def global_mean(values: list[float], step: int, proc: Process) -> list[float]:
     return logged.tolist()
 
 
+def micro_batches(batch: int, n: int) -> list[slice]:
+    """Gradient accumulation: the rows of each of ``n`` equal micro-batches of a ``batch``. Each
+    is a forward and backward pass; their gradients add up before the one optimiser step, so
+    ``n`` of them take the memory of one and the step is that of the whole batch."""
+    if batch % n:
+        raise ValueError(f"a batch of {batch} images does not split into {n} equal micro-batches "
+                         f"(accumulate={n})")
+    size = batch // n
+    return [slice(i * size, (i + 1) * size) for i in range(n)]
+
+
+def mask_rows(masks, part: slice, crops: int = 2):
+    """Rows ``part`` of each global crop's block of a ``[crops x batch, patches]`` mask (iBOT's);
+    None stays None."""
+    if masks is None:
+        return None
+    return torch.cat([m[part] for m in masks.chunk(crops)])
+
+
+def no_sync_unless(last: bool, forward):
+    """DDP averages the gradients over the processes at every backward pass; between the
+    micro-batches of one step that is wasted, so it waits for the last one."""
+    no_sync = getattr(forward, "no_sync", None)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+
 def dino_step(views, step, student, teacher, loss_fn, optimizer, sched, cfg, proc,
               student_forward=None) -> dict:
     """One DINO step, the paper's Algorithm 1, on ``views`` (one batch per crop, the 2 global
     crops first); returns the step's log record. ``sched`` holds the per-step values (lr, wd,
     teacher momentum); ``student_forward`` runs the student's forward pass: its DDP wrapper when
-    several processes train (it averages their gradients), else the student itself."""
+    several processes train (it averages their gradients), else the student itself.
+
+    With ``cfg.accumulate = N > 1`` the student's forward and backward passes run on N
+    micro-batches (:func:`micro_batches`) before the one optimiser step. What spans the batch is
+    computed over the whole batch: the teacher's targets (its center, Sinkhorn-Knopp), the center
+    update and the EMA, once per step. Without BatchNorm the step is then the full batch's."""
     views, rows = augmented(views, step, cfg, proc)           # x1, x2 = augment(x), augment(x)
     set_lr_and_wd(optimizer, sched, step)
     hide = predict = None
     if cfg.ibot:                       # iBOT: the student sees some patches of the global crops hidden
         hide, predict = ibot_masks(step, rows, cfg, proc)
-    with proc.precision.autocast(proc.device.type):
-        with torch.no_grad():
-            t = teacher(views[:2], predict=predict)           # t1, t2 = gt(x1), gt(x2)
-        s = (student_forward or student)(views, hide=hide, predict=predict)  # s1, s2 = gs(x1), gs(x2)
-    stats = loss_fn.diagnostics(s.output, t.output, step)
-    # loss = H(t1, s2)/2 + H(t2, s1)/2 over every (teacher, other student) view pair; it then
-    # moves the center: C = m*C + (1-m)*cat([t1, t2]).mean(dim=0)
-    loss = loss_fn(s.output, t.output, step)
-    if predict is not None:            # iBOT: the student predicts the teacher at its hidden patches
-        patch = loss_fn.patch(s.patches, t.patches, loss_fn.teacher_temp(step))
-        loss = loss + cfg.ibot * patch
-        stats["patch_loss"] = patch.item()            # logged unweighted, as koleo
-    if cfg.koleo:                      # per global crop, over this process's batch (as DINOv2)
-        koleo = sum(koleo_loss(f) for f in s.features[:2])
-        loss = loss + cfg.koleo * koleo
-        stats["koleo"] = koleo.item()                 # logged unweighted; "loss" is the weighted total
-    keys = ("teacher_entropy", "teacher_batch_entropy", "kl")
-    loss_value, *means = global_mean([loss.item(), *(stats[k] for k in keys)], step, proc)
-    stats.update(zip(keys, means))
+    parts = micro_batches(len(views[0]), cfg.accumulate)
+    n = len(parts)
+    with proc.precision.autocast(proc.device.type), torch.no_grad():    # t1, t2 = gt(x1), gt(x2)
+        t = [teacher([v[part] for v in views[:2]], predict=mask_rows(predict, part))
+             for part in parts]
+    t_out = [torch.cat(view) for view in zip(*(ti.output for ti in t))]   # the whole batch's
+    p_t = loss_fn.teacher_distributions(t_out, step)          # centred and sharpened
+    forward = student_forward or student
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()                                           # loss.backward()
+    loss_value = kl = patch_value = koleo_value = 0.0
+    for i, (part, ti) in enumerate(zip(parts, t)):
+        with no_sync_unless(i == n - 1, forward):
+            with proc.precision.autocast(proc.device.type):   # s1, s2 = gs(x1), gs(x2)
+                s = forward([v[part] for v in views], hide=mask_rows(hide, part),
+                            predict=mask_rows(predict, part))
+            targets = [p[part] for p in p_t]
+            kl += loss_fn.kl(targets, s.output) / n
+            # loss = H(t1, s2)/2 + H(t2, s1)/2 over every (teacher, other student) view pair,
+            # here a mean over this micro-batch: 1/n of the batch's
+            loss = loss_fn.objective(s.output, [o[part] for o in t_out], step, targets) / n
+            if ti.patches is not None:     # iBOT: the student predicts the teacher at its hidden patches
+                patch = loss_fn.patch.objective(s.patches, ti.patches, loss_fn.teacher_temp(step),
+                                                step_count=int(predict.sum()))
+                loss = loss + cfg.ibot * patch
+                patch_value += patch.item()           # logged unweighted, as koleo
+            if cfg.koleo:                  # per global crop, over this process's (micro-)batch (as DINOv2)
+                koleo = sum(koleo_loss(f) for f in s.features[:2])
+                loss = loss + cfg.koleo * koleo / n
+                koleo_value += koleo.item() / n       # logged unweighted; "loss" is the weighted total
+            loss.backward()                                   # loss.backward()
+        loss_value += loss.item()
+    # the centers move once per step, towards the whole batch's mean teacher output:
+    # C = m*C + (1-m)*cat([t1, t2]).mean(dim=0)
+    loss_fn.update_center(t_out)
+    if predict is not None:
+        loss_fn.patch.update_center(torch.cat([ti.patches for ti in t]))
+    stats = loss_fn.teacher_diagnostics(p_t)
+    stats = {"teacher_entropy": stats["teacher_entropy"],
+             "teacher_batch_entropy": stats["teacher_batch_entropy"], "kl": kl,
+             "max_entropy": stats["max_entropy"]}
+    if predict is not None:
+        stats["patch_loss"] = patch_value
+    if cfg.koleo:
+        stats["koleo"] = koleo_value
+    keys = ("teacher_entropy", "teacher_batch_entropy", "kl")
+    loss_value, *means = global_mean([loss_value, *(stats[k] for k in keys)], step, proc)
+    stats.update(zip(keys, means))
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
     if step < sched["freeze_last_layer"]:      # the prototypes stay fixed over the first epoch(s)
@@ -283,7 +343,10 @@ def dino_step(views, step, student, teacher, loss_fn, optimizer, sched, cfg, pro
 def masked_step(views, step, model, optimizer, sched, cfg, proc, model_forward=None) -> dict:
     """One step of a masked image model (BEiT, SplitMask) on the first global crop of each
     image: draw the masks for the global batch, the model's objective, an AdamW step.
-    ``model_forward`` is its DDP wrapper when several processes train, else the model itself."""
+    ``model_forward`` is its DDP wrapper when several processes train, else the model itself.
+    With ``cfg.accumulate = N > 1``, N micro-batches' forward and backward passes, each loss
+    weighed by the micro-batch's share of what the step's loss averages over
+    (``model.loss_units``: BEiT's masked patches)."""
     views, rows = augmented(views[:1], step, cfg, proc)
     set_lr_and_wd(optimizer, sched, step)
     # drop path draws from the global generator: seed it per step, so a resumed run repeats
@@ -291,19 +354,40 @@ def masked_step(views, step, model, optimizer, sched, cfg, proc, model_forward=N
     # a draw from that generator too)
     torch.manual_seed(seed_for(cfg.seed, step, 2, proc.rank))
     g = torch.Generator().manual_seed(seed_for(cfg.seed, step, 1))
-    global_batch = (rows.stop - rows.start) * proc.world
-    masks = [m[rows].to(proc.device) for m in model.draw_masks(g, global_batch)]
-    with proc.precision.autocast(proc.device.type):
-        loss, stats = (model_forward or model)(views[0], *masks)
-    loss_value, *values = global_mean([loss.item(), *stats.values()], step, proc)
-    stats = dict(zip(stats, values))
+    local = rows.stop - rows.start
+    full = model.draw_masks(g, local * proc.world)
+    masks = [m[rows].to(proc.device) for m in full]
+    parts = micro_batches(local, cfg.accumulate)
+    n = len(parts)
+    shares = [1.0] if n == 1 else micro_shares(model, full, local, proc.world, parts)
+    forward = model_forward or model
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_value, totals = 0.0, {}
+    for i, (part, share) in enumerate(zip(parts, shares)):
+        with no_sync_unless(i == n - 1, forward):
+            with proc.precision.autocast(proc.device.type):
+                loss, stats = forward(views[0][part], *[m[part] for m in masks])
+            loss = loss * share
+            loss.backward()
+        loss_value += loss.item()
+        for k, v in stats.items():                  # logged: the mean over the micro-batches
+            totals[k] = totals.get(k, 0.0) + v / n
+    loss_value, *values = global_mean([loss_value, *totals.values()], step, proc)
+    stats = dict(zip(totals, values))
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
     optimizer.step()
     return {"step": step, "loss": loss_value, "precision": proc.precision.name,
             "lr": float(sched["lr"][step]), "wd": float(sched["wd"][step]), **stats}
+
+
+def micro_shares(model, masks, local: int, world: int, parts) -> list[float]:
+    """Each micro-batch's share of a masked image model's loss: the units its loss is a mean
+    over (``model.loss_units``), counted in those rows of every process, over the whole global
+    batch's. ``masks`` are the global batch's, process ``p`` holding rows ``p * local`` on."""
+    total = max(model.loss_units(*masks), 1)
+    return [sum(model.loss_units(*[m[p * local + part.start:p * local + part.stop] for m in masks])
+                for p in range(world)) / total for part in parts]
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -360,6 +444,8 @@ class DINOTrainer:
         torch.manual_seed(cfg.seed)
 
         base = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
+        if self.rank == 0 and progress and describe_folder(cfg.data, base):
+            print(describe_folder(cfg.data, base))      # a folder: what was found, labelled or not
         if cfg.data_fraction < 1:       # a seeded subset of the images (the small-data study)
             base = torch.utils.data.Subset(base, subset_indices(len(base), cfg.data_fraction, cfg.seed))
         crops = MultiCrop(cfg.global_size, cfg.local_size, cfg.n_local, cfg.global_scale,
@@ -367,6 +453,10 @@ class DINOTrainer:
         self.dataset = SeededViews(base, crops, cfg.seed)
         self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch
+        if self.sampler.local_batch % cfg.accumulate:
+            raise ValueError(f"each of the {self.world} processes' {self.sampler.local_batch} "
+                             f"images does not split into accumulate={cfg.accumulate} equal "
+                             f"micro-batches; pick a batch_size divisible by processes x accumulate")
         self.loader = torch.utils.data.DataLoader(
             self.dataset, self.sampler.local_batch, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_views, pin_memory=self.device.type == "cuda",
@@ -568,6 +658,9 @@ class DINOTrainer:
             (self.out / "config.json").write_text(json.dumps(
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         log = self._log = self._open_log() if self.rank == 0 else None
+        # one warning if the teacher collapses (dino_lite.collapse), judged over this run's
+        # records: a resumed run's earlier ones too
+        watch = CollapseWatch(self.cfg, read_records(self.out / LOG) if log and self.step else ())
         history = []
         pause_at = math.inf if until is None else until
         end = min(pause_at, self.total_steps)       # the last step of this call
@@ -593,6 +686,10 @@ class DINOTrainer:
                     rec["epoch"] = epoch
                     rec["threads"] = torch.get_num_threads()       # the step ran on these
                     rec["time"] = round(self.clock() - start, 3)   # s since (re)start
+                    alarm = watch.check(rec, self.total_steps) if self.rank == 0 else None
+                    if alarm:
+                        rec["collapse"] = alarm
+                        tqdm.write(alarm["message"], file=sys.stderr)
                     self.step += 1
                     history.append(rec)
                     if log:

@@ -58,6 +58,8 @@ def _cases(tiny_folder, out):
                           str(out / "cpu-demo")]}
     for switch in SWITCHES:
         cases[switch] = _train_cmd(tiny_folder, out / switch, 4) + NO_BN_FP32 + ["--set", switch]
+    cases["accumulate"] = (_train_cmd(tiny_folder, out / "accumulate", 4) + NO_BN_FP32
+                           + ["--set", "ibot=1", "--set", "accumulate=2"])
     for method in MIM:
         cases[method] = mim_train_args(method, tiny_folder, out / method, 4, "drop_path=0")
     return cases
@@ -72,6 +74,7 @@ def _needs(item) -> list[str]:
             "test_global_batch_losses_match_across_processes": [params.get("switch")],
             "test_masked_methods_on_two_processes_follow_one_process": [params.get("method")],
             "test_cpu_demo_on_two_processes_tracks_one_process": ["cpu-demo"],
+            "test_two_processes_accumulating_follow_one_process_with_the_whole_batch": ["accumulate"],
             }.get(item.originalname, [])
 
 
@@ -135,6 +138,17 @@ def test_global_batch_losses_match_across_processes(switch, two_process, tiny_fo
     two = two_process(switch)
     main(_train_cmd(tiny_folder, tmp_path / "one", 4) + NO_BN_FP32 + ["--set", switch])
     _same_losses(tmp_path / "one", two, 4, 1e-3)
+
+
+@pytest.mark.slow
+def test_two_processes_accumulating_follow_one_process_with_the_whole_batch(two_process,
+                                                                            tiny_folder, tmp_path):
+    """2 processes of 2 micro-batches each (4 images) take the steps of 1 process with the whole
+    batch of 16: the gradients are averaged once per step, the centers and iBOT's patch mean
+    span the global batch."""
+    two = two_process("accumulate")
+    main(_train_cmd(tiny_folder, tmp_path, 4) + NO_BN_FP32 + ["--set", "ibot=1"])
+    _same_losses(tmp_path, two, 4, 1e-3)
 
 
 @pytest.mark.slow
