@@ -360,9 +360,9 @@ for i, line in enumerate(module_lines):
 # the right side adds multi-crop (all t != s pairs, local crops for the student), the photometric
 # augmentations, lr and weight-decay schedules, gradient clipping, `freeze_last_layer`,
 # diagnostics and the optional additions from later papers. One difference of order: the
-# package updates the center inside the loss module's forward (right after the loss is
-# computed), the paper at the end of the iteration; both use only this step's teacher outputs,
-# so the result is the same.
+# package updates the center right after the backward pass, before the optimiser step, the paper
+# at the end of the iteration; both use only this step's teacher outputs, so the result is the
+# same.
 
 # %%
 algorithm_1 = """\
