@@ -227,7 +227,8 @@ def cmd_embed(args):
                      num_workers=args.num_workers, progress=_progress(args),
                      bf16=args.precision.bf16)
     what = {"cls": "the CLS token", "mean": "the mean patch token",
-            "patch": f"{r['shape'][1]} patch tokens per image"}[args.pool]
+            "patch": f"{r['shape'][1]} patch tokens per image",
+            "cls_gem": "the CLS token and the GeM-pooled patch tokens"}[args.pool]
     print(f"features: {r['features']}, float32 {r['shape']} ({what}); paths and classes, row "
           f"by row: {r['paths']}")
     if r["skipped"]:
@@ -503,9 +504,10 @@ def build_parser():
                                                     "subfolders give the csv's class column)")
     em.add_argument("--out", required=True, help="writes OUT.npy (features) and OUT.csv (index, "
                                                  "path, class), row for row")
-    em.add_argument("--pool", choices=("cls", "mean", "patch"), default="cls",
+    em.add_argument("--pool", choices=("cls", "mean", "patch", "cls_gem"), default="cls",
                     help="cls: the CLS token (as k-NN), [N, D]; mean: the mean patch token, "
-                         "[N, D]; patch: every patch token, [N, tokens, D]")
+                         "[N, D]; patch: every patch token, [N, tokens, D]; cls_gem: CLS and "
+                         "GeM-pooled patch tokens, [N, 2D] (copydetect's descriptor)")
     em.add_argument("--image-size", type=positive_int, help="px (default: the model's)")
     em.add_argument("--batch-size", type=positive_int, default=64)
     em.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
@@ -606,9 +608,9 @@ def build_parser():
 
 # --- Emerging properties beyond k-NN: retrieval, copy detection, video segmentation ------------
 
-def _add_feature_source(p, baseline, baseline_help):
+def _add_feature_source(p, baseline, baseline_help, required=True):
     """Like _add_model_source, plus a model-free baseline flag (``--pixels``, ...)."""
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--preset", choices=sorted(PRESETS), help="with --random-init: an untrained network")
     src.add_argument(baseline, action="store_true", help=baseline_help)
@@ -629,6 +631,55 @@ def _feature_backbone(args, baseline):
 def _precision_name(args):
     """The evaluation precision for ``--json`` (None for the model-free baselines)."""
     return args.precision.name if getattr(args, "precision", None) else None
+
+
+def _from_embed_files(args) -> bool:
+    """True when ``--queries`` and ``--database`` name ``embed`` outputs (``.npy``) rather than
+    folders: the features are then read, not computed, and the options that compute them are
+    refused by name."""
+    files = [Path(p).suffix == ".npy" for p in (args.queries, args.database)]
+    if not any(files):
+        if not (args.checkpoint or args.preset or args.pixels):
+            raise ValueError("one of --checkpoint, --preset (with --random-init) or --pixels is "
+                             "required (or give --queries and --database as embed outputs, .npy)")
+        return False
+    if not all(files):
+        raise ValueError("--queries and --database are both folders of images or both embed "
+                         "outputs (.npy), not one of each")
+    given = [flag for flag, on in (("--checkpoint", args.checkpoint), ("--preset", args.preset),
+                                    ("--pixels", args.pixels), ("--random-init", args.random_init),
+                                    ("--set", args.set), ("--image-size", args.image_size),
+                                    ("--per-class", args.per_class),
+                                    ("--multiscale", getattr(args, "multiscale", False)))
+             if on]
+    if given:
+        raise ValueError(f"--queries and --database are embed outputs, so the features are "
+                         f"read, not computed: {', '.join(given)} do not apply")
+    if getattr(args, "whitening", None) and Path(args.whitening).suffix != ".npy":
+        raise ValueError("with embed outputs, --whitening is an embed output too (.npy)")
+    args.model, args.precision, args.rank = f"features {args.queries}", None, 0
+    return True
+
+
+def _rank_files(args, figure, extra):
+    """retrieval / copydetect on two ``embed`` outputs (copydetect: whitened on a third)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from .copydetect import Whitening
+    from .embed import ranking_from_files, read_embeddings
+    qfeat, dfeat, qn, dn, pos, junk = ranking_from_files(args.queries, args.database,
+                                                         args.ground_truth)
+    if getattr(args, "whitening", None):
+        feats = read_embeddings(args.whitening)[0]
+        if feats.ndim != 2 or feats.shape[1] != qfeat.shape[1]:
+            raise ValueError(f"--whitening {args.whitening} holds {list(feats.shape)} features; "
+                             f"the queries are [N, {qfeat.shape[1]}]")
+        try:
+            whiten = Whitening(F.normalize(torch.from_numpy(np.array(feats, np.float32)), dim=-1))
+        except ValueError as err:
+            raise ValueError(f"--whitening {args.whitening}: {err}") from None
+        qfeat, dfeat = whiten(qfeat), whiten(dfeat)
+    _rank_and_report(args, qn, dn, qfeat, dfeat, pos, junk, figure, extra, images=False)
 
 
 def _ranking_images(args):
@@ -663,21 +714,27 @@ def _first_per_class(files, classes, n):
     return [files[i] for i in keep], [classes[i] for i in keep]
 
 
-def _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, figure, extra):
+def _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, figure, extra, images=True):
+    """Rank, score, print; the figure of the top matches when the images are at hand."""
     from .retrieval import rank_database, retrieval_figure, score_rankings
     _, order = rank_database(qfeat, dfeat)
     scores = score_rankings(order, pos, junk, ks=(1, 5, 10))
     ap = torch.tensor(scores.pop("ap"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ap.nan_to_num(2.0).argsort()[:4].tolist() if args.command == "copydetect" else None
-    retrieval_figure(qf, df, order[:, :10], pos, queries=rows, junk=junk).savefig(out / figure, dpi=110)
+    shown = None
+    if images:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = ap.nan_to_num(2.0).argsort()[:4].tolist() if args.command == "copydetect" else None
+        shown = out / figure
+        retrieval_figure(qf, df, order[:, :10], pos, queries=rows, junk=junk).savefig(shown, dpi=110)
     print(f"{args.command} ({args.model}): mAP {scores['mAP']:.3f} over {scores['queries']} queries, "
           f"{len(df)} database images; precision@1 {scores['precision@1']:.3f}, "
-          f"recall@10 {scores['recall@10']:.3f}; figure {out / figure}")
+          f"recall@10 {scores['recall@10']:.3f}; "
+          + (f"figure {shown}" if shown else "no figure (features read from files)"))
     if args.json:
         print(json.dumps({**scores, "database": len(df), "model": args.model, **extra,
-                          "figure": str(out / figure), "precision": _precision_name(args)}))
+                          "figure": str(shown) if shown else None,
+                          "precision": _precision_name(args)}))
 
 
 def _image_size(args, backbone, cfg) -> int:
@@ -695,6 +752,8 @@ def _image_size(args, backbone, cfg) -> int:
 
 def cmd_retrieval(args):
     from .retrieval import MULTISCALE, embed_images, pixel_features
+    if _from_embed_files(args):
+        return _rank_files(args, "retrieval.png", {"multiscale": False})
     backbone, cfg = _feature_backbone(args, "pixels")
     size = _image_size(args, backbone, cfg)
     qf, df, pos, junk = _ranking_images(args)
@@ -702,7 +761,8 @@ def cmd_retrieval(args):
         qfeat, dfeat = pixel_features(qf), pixel_features(df)
     else:
         scales = MULTISCALE if args.multiscale else (1.0,)
-        qfeat, dfeat = (embed_images(backbone, f, size, scales) for f in (qf, df))
+        qfeat, dfeat = (embed_images(backbone, f, size, scales, precision=args.precision)
+                        for f in (qf, df))
     _rank_and_report(args, qf, df, qfeat, dfeat, pos, junk, "retrieval.png",
                      {"multiscale": args.multiscale})
 
@@ -710,13 +770,16 @@ def cmd_retrieval(args):
 def cmd_copydetect(args):
     from .copydetect import Whitening, cls_gem_features
     from .retrieval import embed_images, list_images, pixel_features
+    if _from_embed_files(args):
+        return _rank_files(args, "copydetect.png", {"whitening": args.whitening})
     backbone, cfg = _feature_backbone(args, "pixels")
     size = _image_size(args, backbone, cfg)
     qf, df, pos, junk = _ranking_images(args)
     if backbone is None:
         embed = pixel_features
     else:
-        embed = lambda files: embed_images(backbone, files, size, features=cls_gem_features)
+        embed = lambda files: embed_images(backbone, files, size, features=cls_gem_features,
+                                           precision=args.precision)
     qfeat, dfeat = embed(qf), embed(df)
     if args.whitening:
         files = list_images(args.whitening)[0]
@@ -776,9 +839,12 @@ def _add_emerging_commands(sub):
     for name, helptext in (("retrieval", "image retrieval with frozen CLS features: mAP, P@k, R@k"),
                            ("copydetect", "copy detection: CLS + GeM patch features, whitening, mAP")):
         r = sub.add_parser(name, help=helptext)
-        _add_feature_source(r, "--pixels", "baseline: raw-pixel thumbnails instead of a network")
-        r.add_argument("--database", required=True, help="folder of images (or class subfolders)")
-        r.add_argument("--queries", required=True, help="folder of images (or class subfolders)")
+        _add_feature_source(r, "--pixels", "baseline: raw-pixel thumbnails instead of a network",
+                            required=False)
+        r.add_argument("--database", required=True,
+                       help="folder of images (or class subfolders), or an embed output (.npy)")
+        r.add_argument("--queries", required=True,
+                       help="folder of images (or class subfolders), or an embed output (.npy)")
         r.add_argument("--ground-truth", required=name == "copydetect",
                        help="CSV 'query,match[,kind]' (kind: positive or junk)")
         r.add_argument("--image-size", type=positive_int,
@@ -789,7 +855,8 @@ def _add_emerging_commands(sub):
         if name == "retrieval":
             r.add_argument("--multiscale", action="store_true", help="average scales 1, 1/sqrt2, 1/2")
         else:
-            r.add_argument("--whitening", help="folder of images to learn PCA whitening on")
+            r.add_argument("--whitening", help="folder of images to learn PCA whitening on (an "
+                                               "embed output with .npy queries)")
         r.set_defaults(func=cmd_retrieval if name == "retrieval" else cmd_copydetect)
 
     m = sub.add_parser("make-copies", help="build a copy-detection benchmark from an image folder")

@@ -2,7 +2,8 @@
 
 Every image under the folder, at any depth, is resized and centre-cropped as k-NN evaluation
 does (:func:`dino_lite.data.eval_transform`), passed through the backbone and pooled: the CLS token (``cls``, the feature k-NN reads), the mean of the patch
-tokens (``mean``), or every patch token (``patch``). Two files come out, in the same order:
+tokens (``mean``), every patch token (``patch``), or copy detection's CLS + GeM descriptor
+(``cls_gem``). Two files come out, in the same order:
 
 - ``OUT.npy``, float32, ``[N, D]`` (``patch``: ``[N, tokens, D]``), not L2-normalised;
 - ``OUT.csv`` with the columns ``index,path,class``: the row of ``OUT.npy``, the image's path
@@ -13,7 +14,8 @@ tokens (``mean``), or every patch token (``patch``). Two files come out, in the 
 Batches are written to a memory-mapped ``.npy`` as they come, so memory holds one batch whatever
 the folder's size. Files that cannot be read are skipped, named on the console and listed in
 ``OUT.skipped.csv``. :func:`knn_from_files` scores weighted k-NN between two such files
-(:func:`dino_lite.evaluate.knn_classify`), the labels taken from their class column.
+(:func:`dino_lite.evaluate.knn_classify`), the labels taken from their class column;
+:func:`ranking_from_files` gives retrieval and copy detection their queries and database.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .data import ImageLoadError, eval_transform, load_rgb
 from .evaluate import evaluation_precision, knn_classify
 from .retrieval import list_images
 
-POOLS = ("cls", "mean", "patch")
+POOLS = ("cls", "mean", "patch", "cls_gem")
 
 
 def output_paths(out) -> dict:
@@ -56,6 +58,9 @@ def pooled(backbone, x: torch.Tensor, pool: str) -> torch.Tensor:
         return backbone(x)
     if pool == "cls":
         return backbone(x)                       # the final-norm CLS token, as k-NN reads it
+    if pool == "cls_gem":                        # copy detection's descriptor (copydetect.py)
+        from .copydetect import cls_gem_features
+        return cls_gem_features(backbone, x)
     patches = backbone.forward_features(x)[:, getattr(backbone, "num_prefix_tokens", 1):]
     return patches.mean(1) if pool == "mean" else patches
 
@@ -242,3 +247,33 @@ def knn_from_files(train, test, k: int = 20, temperature: float = 0.07) -> dict:
     preds = knn_classify(xtr, ytr, xte, k, temperature, num_classes=len(names))
     return {"knn_top1": float((preds == yte).float().mean()), "train": len(ytr), "test": len(yte),
             "classes": len(names)}
+
+
+def ranking_from_files(queries, database, ground_truth=None):
+    """What retrieval and copy detection rank, from two ``embed`` outputs: the query and database
+    features (``[N, D]``, L2-normalised as :func:`dino_lite.retrieval.embed_images` returns
+    them), their image paths, and the relevance
+    ``(positive, junk)``: from ``ground_truth`` (a CSV of query and database paths, as
+    :func:`dino_lite.retrieval.read_ground_truth` reads it, against the csv's paths), else from
+    the class columns (a database image is relevant to a query of its class)."""
+    from .retrieval import read_ground_truth, relevance_from_classes
+    (fq, nq, cq), (fd, nd, cd) = read_embeddings(queries), read_embeddings(database)
+    for path, feats in ((queries, fq), (database, fd)):
+        if feats.ndim != 2:
+            raise ValueError(f"ranking needs one vector per image, but {path} holds "
+                             f"{list(feats.shape)} (patch tokens); embed with --pool cls, mean "
+                             f"or cls_gem")
+    if fq.shape[1] != fd.shape[1]:
+        raise ValueError(f"{queries} has {fq.shape[1]}-dimensional features and {database} "
+                         f"{fd.shape[1]}: embed both with the same model and --pool")
+    if ground_truth:
+        positive, junk = read_ground_truth(ground_truth, nq, nd)
+    else:
+        for path, classes in ((queries, cq), (database, cd)):
+            if not all(classes):
+                raise ValueError(f"{path} has images without a class in its csv: without "
+                                 f"--ground-truth, relevance comes from the classes (embed folders "
+                                 f"with one subfolder per class)")
+        positive, junk = relevance_from_classes(cq, cd), None
+    as_tensor = lambda f: F.normalize(torch.from_numpy(np.array(f, dtype=np.float32)), dim=-1)
+    return as_tensor(fq), as_tensor(fd), nq, nd, positive, junk

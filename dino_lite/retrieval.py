@@ -190,20 +190,22 @@ def _patch(backbone) -> int:
 
 
 def embed_images(backbone, files, size: int, scales=(1.0,), features=None,
-                 batch_size: int = 64) -> torch.Tensor:
+                 batch_size: int = 64, precision=None) -> torch.Tensor:
     """L2-normalised features of every image: ``features(backbone, x)`` (default: the CLS token)
     at each scale of ``size``, averaged over scales, then normalised again. An image more
     elongated than 4:1 is cut to its central 4:1 part first, with a warning naming it: resized by
     its short side, a 1000 x 2 px image would become 32,000 patches.
 
     Images of the same resized shape are batched together; the rest go one at a time.
+    ``precision`` (a :class:`dino_lite.precision.Precision`) is the evaluation precision, by
+    default this machine's decision for the backbone.
     """
-    from .precision import choose
+    from .evaluate import evaluation_precision
     features = features or (lambda net, x: net(x))
     backbone.eval()
     device = next(backbone.parameters()).device
-    # chosen outside no_grad: the first call per width times a training step, backward included
-    prec = choose(device_type=device.type, width=getattr(backbone, "embed_dim", 128))
+    # chosen outside no_grad: the first call per width may time a training step, backward included
+    prec = precision or evaluation_precision(backbone)
     with torch.no_grad():
         return _embed(backbone, files, size, scales, features, batch_size, prec, device)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_init
+from conftest import cli_error, random_init
 from dino_lite import embed as embed_module
 from dino_lite.cli import main
 from dino_lite.data import eval_transform, load_rgb
@@ -181,3 +181,78 @@ def test_knn_from_files_needs_labels_vectors_and_matching_files(tmp_path, tiny_m
     with pytest.raises(SystemExit):
         main(["knn", "--features", str(tmp_path / "out" / "cls.npy")])
     assert "--features and --test-features go together" in capsys.readouterr().err
+
+
+def brute_force_map(q, d, relevant):
+    """Mean average precision by hand: cosine ranking, precision at each relevant hit."""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    aps = []
+    for i in range(len(q)):
+        order = np.argsort(-(d @ q[i]), kind="stable")
+        hits, precisions = 0, []
+        for rank, j in enumerate(order, start=1):
+            if relevant[i, j]:
+                hits += 1
+                precisions.append(hits / rank)
+        aps.append(np.mean(precisions))
+    return float(np.mean(aps))
+
+
+def test_retrieval_and_copydetect_read_embed_files(tiny_folder, tmp_path, capsys):
+    from dino_lite.copydetect import Whitening
+    model = ["--preset", "cpu-demo", "--random-init", *TINY]
+    for split, pool in (("train", "cls"), ("val", "cls"), ("train", "cls_gem"), ("val", "cls_gem")):
+        main(["embed", *model, "--images", str(tiny_folder / split), "--pool", pool,
+              "--out", str(tmp_path / f"{split}-{pool}")])
+    capsys.readouterr()
+    db, q = (np.load(tmp_path / f"{s}-cls.npy") for s in ("train", "val"))
+    classes = {s: read_embeddings(tmp_path / f"{s}-cls.npy")[2] for s in ("train", "val")}
+    relevant = np.array([[a == b for b in classes["train"]] for a in classes["val"]])
+    main(["retrieval", "--queries", str(tmp_path / "val-cls.npy"),
+          "--database", str(tmp_path / "train-cls.npy"), "--json"])
+    out = capsys.readouterr().out
+    assert "no figure (features read from files)" in out
+    assert json.loads(out.strip().splitlines()[-1])["mAP"] == pytest.approx(
+        brute_force_map(q, db, relevant), abs=1e-6)
+    # copy detection: the CLS + GeM descriptor (twice the width), a ground-truth CSV of the
+    # csv's paths, PCA whitening learned on a third embed output
+    gq, gdb = (np.load(tmp_path / f"{s}-cls_gem.npy") for s in ("val", "train"))
+    assert gq.shape[1] == 2 * q.shape[1]
+    names = {s: read_embeddings(tmp_path / f"{s}-cls.npy")[1] for s in ("train", "val")}
+    pairs = [(names["val"][i], names["train"][j]) for i in range(len(q)) for j in range(len(db))
+             if relevant[i, j] and j % 3 == 0]
+    (tmp_path / "gt.csv").write_text("query,match\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    main(["copydetect", "--queries", str(tmp_path / "val-cls_gem.npy"),
+          "--database", str(tmp_path / "train-cls_gem.npy"), "--ground-truth",
+          str(tmp_path / "gt.csv"), "--whitening", str(tmp_path / "train-cls_gem.npy"), "--json"])
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    unit = lambda x: torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
+    white = Whitening(unit(gdb))
+    truth = np.zeros_like(relevant)
+    for a, b in pairs:
+        truth[names["val"].index(a), names["train"].index(b)] = True
+    has = truth.any(1)
+    want = brute_force_map(white(unit(gq)).numpy()[has], white(unit(gdb)).numpy(), truth[has])
+    assert got["mAP"] == pytest.approx(want, abs=1e-6) and got["queries"] == int(has.sum())
+
+
+def test_ranking_from_files_refuses_what_does_not_apply(tmp_path, tiny_model, capsys):
+    backbone, _ = tiny_model
+    make_images(tmp_path / "imgs")
+    embed_folder(backbone, tmp_path / "imgs", tmp_path / "f", image_size=32, progress=False)
+    embed_folder(backbone, tmp_path / "imgs", tmp_path / "p", "patch", 32, progress=False)
+    f = str(tmp_path / "f.npy")
+    err = cli_error(capsys, ["retrieval", "--queries", f, "--database", str(tmp_path / "imgs")])
+    assert "both folders of images or both embed outputs" in err
+    err = cli_error(capsys, ["retrieval", "--queries", f, "--database", f, "--preset", "cpu-demo",
+                             "--random-init", "--multiscale"])
+    assert "--preset, --random-init, --multiscale do not apply" in err
+    err = cli_error(capsys, ["retrieval", "--queries", str(tmp_path / "imgs"),
+                             "--database", str(tmp_path / "imgs")])
+    assert "one of --checkpoint, --preset (with --random-init) or --pixels is required" in err
+    err = cli_error(capsys, ["retrieval", "--queries", f, "--database", str(tmp_path / "p.npy")])
+    assert "one vector per image" in err
+    err = cli_error(capsys, ["copydetect", "--queries", f, "--database", f, "--ground-truth",
+                             str(tmp_path / "gt.csv"), "--whitening", str(tmp_path / "imgs")])
+    assert "--whitening is an embed output too" in err
