@@ -86,8 +86,3 @@ def clip_gradients(model, cfg):
     """The gradient's norm clipped to ``cfg.clip_grad`` (0: not clipped)."""
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-
-
-def schedule_values(sched: dict, step: int) -> dict:
-    """The log's record of this step's lr and weight decay."""
-    return {"lr": float(sched["lr"][step]), "wd": float(sched["wd"][step])}

@@ -113,10 +113,8 @@ def resolve_run(cfg: Config, out: Path, resume, overwrite: bool, device: torch.d
         raise FileExistsError(f"{out} already holds a training run ({CHECKPOINT}); continue it "
                               f"with --resume, or start a new run in another --out")
     cfg = cfg.validate()
-    if ckpt is not None and "precision" in ckpt:
-        precision = Precision.from_dict(ckpt["precision"])
-    else:
-        precision = for_config(cfg, device.type)
+    precision = (Precision.from_dict(ckpt["precision"]) if ckpt is not None and "precision" in ckpt
+                 else for_config(cfg, device.type))
     say(str(precision))
     as_run = cfg.for_precision(precision.bf16, device.type)
     if as_run != cfg:
@@ -183,14 +181,14 @@ class Trainer:
         if self.rank == 0:
             RunLock(self.out).check()       # refuse early when another run trains into out_dir
         cfg, self.precision, ckpt = resolve_run(cfg, self.out, resume, overwrite, self.device,
-                                                say=self._print if progress else lambda line: None)
+                                                say=self._say if progress else lambda line: None)
         self.cfg, self.method = cfg, get_method(cfg.method)
         self.proc = Process(self.rank, self.world, self.device, self.precision)
         torch.manual_seed(cfg.seed)
         images = self._data()
         self._networks(images)
         self.optimizer = build_optimizer(cfg, self.student)
-        self._say(self.threads.start(cfg.threads))
+        self._say(self.threads.start(cfg.threads), sys.stderr)
         self.total_steps = self._length(ckpt)
         self.sched, self.loss_fn = self.lay_out(self.total_steps)
         self.step = 0
@@ -201,10 +199,6 @@ class Trainer:
             self._restore(ckpt)
         self._log = None
         self._stop = None
-
-    def _print(self, line: str):
-        if self.rank == 0:
-            print(line)
 
     def _data(self):
         """The training images (a seeded share of them with ``data_fraction < 1``), their seeded
@@ -265,7 +259,7 @@ class Trainer:
         if self.step_cap < ckpt["step"]:     # a new length: lay the rest out over it
             raise ValueError(f"--resume: the run is at step {ckpt['step']}, past the "
                              f"{self.step_cap} steps of the new length")
-        self._print(f"resuming at step {ckpt['step']}: the schedules are laid out again "
+        self._say(f"resuming at step {ckpt['step']}: the schedules are laid out again "
                     f"over {self.step_cap} steps (were {ckpt['total_steps']})")
         return self.step_cap
 
@@ -332,10 +326,10 @@ class Trainer:
         self.loss_fn.load_state_dict(centers)
 
     # -- the run --------------------------------------------------------------------------
-    def _say(self, line: str | None):
-        """Print ``line`` (a change of the thread count) on rank 0; nothing for None."""
+    def _say(self, line: str | None, file=None):
+        """Print ``line`` on rank 0 (to ``file``, default stdout); nothing for None."""
         if line and self.rank == 0:
-            print(line, file=sys.stderr)
+            print(line, file=file)
 
     def state(self) -> dict:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
@@ -351,11 +345,6 @@ class Trainer:
             if self._log is not None:
                 sync(self._log)
             save_checkpoint(self.state(), self.out / CHECKPOINT)
-
-    def _open_log(self):
-        """The log, holding exactly the records of the steps before ``self.step`` (all the
-        checkpoint's steps on resume; none on a fresh run), open for appending line by line."""
-        return open_log(self.out / LOG, self.step)
 
     def _on_signal(self, signum, frame):
         """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, then save and stop (see run());
@@ -419,7 +408,9 @@ class Trainer:
             # the config as run (bf16 "auto" included) and what "auto" resolved to on this machine
             (self.out / "config.json").write_text(json.dumps(
                 {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
-        log = self._log = self._open_log() if self.rank == 0 else None
+        # the log holds exactly the records of the steps before self.step (all the checkpoint's
+        # on resume; none on a fresh run), open for appending line by line
+        log = self._log = open_log(self.out / LOG, self.step) if self.rank == 0 else None
         # one warning if the teacher collapses (dino_lite.collapse), judged over this run's
         # records: a resumed run's earlier ones too
         watch = CollapseWatch(self.cfg, read_records(self.out / LOG) if log and self.step else ())
@@ -457,7 +448,7 @@ class Trainer:
                     if log:
                         log.write(json.dumps(rec) + "\n")
                     mid_step = False
-                    self._say(self.threads.check())     # another process took or left a core?
+                    self._say(self.threads.check(), sys.stderr)   # another process took or left a core?
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False,
                                     **({"H_t": f"{rec['teacher_entropy']:.2f}"} if "teacher_entropy" in rec else {}))
