@@ -274,7 +274,7 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
 
     def encoder(self):
-        """The trained backbone evaluation uses (the method's :meth:`~dino_lite.methods.base.Method.encoder`)."""
+        """The trained backbone evaluation uses (:meth:`dino_lite.methods.base.Method.encoder`)."""
         return self.method.encoder(self.student, self.teacher)
 
     def lay_out(self, total_steps: int):
@@ -317,13 +317,13 @@ class Trainer:
 
     def _refit_budget(self, run_start: float):
         """Fit the budget again from the pace of the run's own steps so far and lay the
-        schedules out over the new count; the centers carry over."""
+        schedules out over the new count; the loss state carries over."""
         per_step = (self.clock() - run_start) / self.step
         self.total_steps = self._fit_budget(
             self.step, per_step, f"{per_step * 1000:.0f} ms/step over the first {self.step} steps")
-        centers = self.loss_fn.state_dict()
+        state = self.loss_fn.state_dict()
         self.sched, self.loss_fn = self.lay_out(self.total_steps)
-        self.loss_fn.load_state_dict(centers)
+        self.loss_fn.load_state_dict(state)
 
     # -- the run --------------------------------------------------------------------------
     def _say(self, line: str | None, file=None):
