@@ -98,15 +98,15 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
             until=None) -> dict:
     """Train one row and score it. With ``eval_every`` the teacher's k-NN is also measured
     every that many steps (on at most ``knn_max_train`` training images) for the curves. With
-    ``until`` the row stops after that step of its schedule (see :meth:`DINOTrainer.run`)."""
-    from .train import DINOTrainer
+    ``until`` the row stops after that step of its schedule (see :meth:`Trainer.run`)."""
+    from .train import Trainer
     out_dir = Path(out_dir)
     start = time.perf_counter()
     curve = []
 
     def record(step):
-        curve.append([step, knn_accuracy(trainer.teacher.backbone, cfg, max_train=knn_max_train)])
-        trainer.teacher.backbone.train()
+        curve.append([step, knn_accuracy(trainer.encoder(), cfg, max_train=knn_max_train)])
+        trainer.encoder().train()
 
     def hook(rec):
         step = rec["step"] + 1
@@ -116,12 +116,12 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
             torch.set_rng_state(rng)
 
     # the row's folder is this table's cache: a run left there by other settings is replaced
-    trainer = DINOTrainer(cfg, out_dir, progress=progress, on_step=hook, overwrite=True)
+    trainer = Trainer(cfg, out_dir, progress=progress, on_step=hook, overwrite=True)
     if eval_every:
         record(0)
     history = trainer.run(until)
     train_minutes = (time.perf_counter() - start) / 60
-    scores = knn_and_linear_accuracy(trainer.teacher.backbone, cfg)
+    scores = knn_and_linear_accuracy(trainer.encoder(), cfg)
     keep = ("step", "loss", "teacher_entropy", "teacher_batch_entropy", "kl")
     return {**scores, "collapsed": collapse_verdict(history), "steps": trainer.step,
             "train_minutes": round(train_minutes, 2),

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from .config import Config, make_config
-from .models import VIT_SIZES, backbone_for, build_eval_backbone, use_fused_attention
+from .evaluate import build_eval_backbone, use_fused_attention
+from .models import VIT_SIZES, backbone_for
 from .rundir import pid_alive
 
 PREFIXES = ("module.", "backbone.", "_orig_mod.")

@@ -141,11 +141,12 @@ def _report(args, name, value, **extra):
 
 
 def cmd_train(args):
+    from .methods import run_folder
     from .train import train
     cfg = train_config(args.preset, args.set, data=args.data, epochs=args.epochs,
                        minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
                        method=args.method)
-    out = _out_folder(args.out or f"runs/{cfg.name}" + ("" if cfg.method == "dino" else f"-{cfg.method}"))
+    out = _out_folder(args.out or run_folder(cfg))
     trainer = train(cfg, out, resume=args.resume)
     if trainer.rank == 0:
         last = trainer.history[-1] if trainer.history else None

@@ -15,33 +15,19 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .methods import REGISTRY
+from .models import ARCHS, STEMS, VIT_SIZES  # noqa: F401 (VIT_SIZES: for importers)
+from .tokenizers import KINDS as TOKENIZERS  # noqa: F401 (for importers)
+
 SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
 DOWNLOAD_ENV = "DINO_LITE_DATA"     # the same variable dino_lite.data reads for its own files
 SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
-# the backbones: each ViT's (width, depth, heads), then the torchvision ResNets
-VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
-             "vit_base": (768, 12, 12)}
-ARCHS = (*VIT_SIZES, "resnet18", "resnet50")
-STEMS = ("patch", "conv")          # a ViT's patch embedding: linear (the paper's) or convolutional
 OPTIMIZERS = ("adamw", "sgd")
-# the choices of the ablation switches (see the Config fields below)
-TEACHERS = ("momentum", "student_copy", "previous_iteration", "previous_epoch")
-CENTERINGS = ("center", "sinkhorn_knopp", "none")
-LOSSES = ("ce", "mse", "infonce")
-METHODS = ("dino", "beit", "splitmask")
-TOKENIZERS = ("random_projection", "random_patches", "kmeans")
-
-# What a method brings besides its objective: the optimisation it was published with. These
-# replace the preset's values (a preset's optimiser settings were tuned for DINO) but never a
-# value given explicitly (make_config's ``overrides`` and ``sets``, the command line's flags).
-# Data, backbone, crop size and budget stay the preset's. Masked image models see one crop per
-# image (the first global crop), so they turn multi-crop off.
-_BEIT_RECIPE = dict(
-    lr=1.5e-3 * 256 / 2048,            # BEiT: 1.5e-3 at batch 2048, scaled linearly (per 256 here)
-    min_lr=1e-5, weight_decay=0.05, weight_decay_end=0.05, adam_betas=(0.9, 0.98),
-    drop_path=0.1, clip_grad=3.0, optimizer="adamw", n_local=0)
-METHOD_DEFAULTS: dict[str, dict] = {"dino": {}, "beit": _BEIT_RECIPE, "splitmask": _BEIT_RECIPE}
+METHODS = tuple(REGISTRY)
+# the optimisation each method was published with: it replaces the preset's values (a preset's
+# optimiser settings were tuned for DINO) but never a value given explicitly (make_config)
+METHOD_DEFAULTS: dict[str, dict] = {name: method.defaults for name, method in REGISTRY.items()}
 
 
 @dataclass
@@ -150,14 +136,13 @@ class Config:
         return cls(**d)
 
     def validate(self) -> "Config":
+        """Raise ValueError for settings no run can train with: the loop's here, the method's
+        in its own ``validate`` (:mod:`dino_lite.methods`)."""
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        for k in ("global_size", "local_size", "image_size", "batch_size", "epochs", "patch_size",
-                  "head_hidden", "head_bottleneck", "head_layers"):
+        for k in ("global_size", "local_size", "image_size", "batch_size", "epochs", "patch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
-        if self.out_dim < 2:        # one prototype: every softmax is 1 and the loss is always 0
-            raise ValueError(f"out_dim (the number of prototypes) must be >= 2, got {self.out_dim}")
         if self.depth is not None and self.depth < 1:
             raise ValueError(f"depth must be >= 1 (or none for the architecture's own), got {self.depth}")
         if self.seed < 0:
@@ -172,11 +157,6 @@ class Config:
                   "warmup_teacher_temp_epochs", "freeze_last_layer", "drop_path"):
             if not getattr(self, k) >= 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("out_temp_student", "teacher_temp", "warmup_teacher_temp"):   # softmax divisors
-            if not getattr(self, k) > 0:
-                raise ValueError(f"{k} is a softmax temperature and must be > 0, got {getattr(self, k)}")
-        if not 0 <= self.center_momentum <= 1:
-            raise ValueError(f"center_momentum must be in [0, 1], got {self.center_momentum}")
         for k in ("global_scale", "local_scale"):
             v = getattr(self, k)
             if not isinstance(v, (tuple, list)) or len(v) != 2 or not 0 < v[0] <= v[1] <= 1:
@@ -194,9 +174,6 @@ class Config:
             raise ValueError(f"bf16 must be auto, true or false, got {self.bf16!r}")
         if self.fused_attention not in ("auto", "on", "off"):
             raise ValueError(f"fused_attention must be auto, on or off, got {self.fused_attention!r}")
-        for name, allowed in (("teacher", TEACHERS), ("centering", CENTERINGS), ("loss", LOSSES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.colour_jitter, (tuple, list)) or len(self.colour_jitter) != 4 or min(self.colour_jitter) < 0 or self.colour_jitter[3] > 0.5:
             raise ValueError("colour_jitter is (brightness, contrast, saturation, hue), all >= 0 and "
                              f"hue <= 0.5, got {self.colour_jitter}")
@@ -204,42 +181,8 @@ class Config:
             raise ValueError(f"invert is a probability in [0, 1], got {self.invert}")
         if not 0 <= self.rotation <= 180:
             raise ValueError(f"rotation is a largest angle in degrees in [0, 180], got {self.rotation}")
-        if self.koleo < 0:
-            raise ValueError(f"koleo is a loss weight >= 0, got {self.koleo}")
-        if self.ibot < 0:
-            raise ValueError(f"ibot is a loss weight >= 0, got {self.ibot}")
-        if self.ibot and not self.arch.startswith("vit"):
-            raise ValueError(f"ibot (masked patch prediction) needs a ViT, got arch={self.arch!r}")
-        if not 0 <= self.mask_prob <= 1:
-            raise ValueError(f"mask_prob is a probability in [0, 1], got {self.mask_prob}")
-        if not isinstance(self.mask_ratio, (tuple, list)) or len(self.mask_ratio) != 2 or not 0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1:
-            raise ValueError(f"mask_ratio is (low, high) with 0 <= low <= high <= 1, got {self.mask_ratio}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method != "dino":
-            if not self.arch.startswith("vit"):
-                raise ValueError(f"{self.method} is a masked image model and needs a ViT, got arch={self.arch!r}")
-            if self.tokenizer not in TOKENIZERS:
-                raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
-            if self.vocab_size < 2:
-                raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
-            if not 0 < self.beit_mask_ratio < 1:
-                raise ValueError(f"beit_mask_ratio must be in (0, 1), got {self.beit_mask_ratio}")
-            if self.method == "beit":      # BEiT masks round(ratio x patches): 0 trains nothing
-                side = self.global_size // self.patch_size
-                if round(self.beit_mask_ratio * side * side) < 1:
-                    raise ValueError(
-                        f"beit_mask_ratio={self.beit_mask_ratio} masks no patch of the {side} x {side} "
-                        f"grid of a {self.global_size} px crop (round({self.beit_mask_ratio} x "
-                        f"{side * side}) = 0), so the loss would be 0 at every step; use more than "
-                        f"{0.5 / (side * side):.3g}")
-            if self.tokenizer_images < 1:
-                raise ValueError(f"tokenizer_images must be >= 1, got {self.tokenizer_images}")
-            if self.split not in ("block", "uniform"):
-                raise ValueError(f"split must be 'block' or 'uniform', got {self.split!r}")
-            if self.decoder_depth < 1 or self.infonce_temp <= 0:
-                raise ValueError("decoder_depth must be >= 1 and infonce_temp > 0, got "
-                                 f"{self.decoder_depth} and {self.infonce_temp}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas is (beta1, beta2), each in [0, 1), got {self.adam_betas}")
         if not 0 < self.data_fraction <= 1:
@@ -252,8 +195,6 @@ class Config:
             raise ValueError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         if (self.layer_scale is not None or self.reg_tokens) and not self.arch.startswith("vit"):
             raise ValueError(f"layer_scale and reg_tokens are ViT settings, got arch={self.arch!r}")
-        if not 0 <= self.momentum_teacher <= 1:
-            raise ValueError(f"momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
         unknown = set(self.fp32_variant) - {f.name for f in fields(self)} - {"fp32_variant", "name"}
         if unknown or "fp32_variant" in self.fp32_variant:
             raise ValueError(f"fp32_variant holds config keys, got unknown {sorted(unknown)}")
@@ -265,15 +206,11 @@ class Config:
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} does not split into accumulate="
                              f"{self.accumulate} equal micro-batches")
-        if self.accumulate > 1 and (self.loss == "infonce" or self.method == "splitmask"):
-            what = "SplitMask" if self.method == "splitmask" else "loss=infonce"
-            raise ValueError(f"accumulate={self.accumulate} with {what}: its InfoNCE contrasts "
-                             f"each image with the rest of the batch, which micro-batches would "
-                             f"shrink; use accumulate=1")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        REGISTRY[self.method].validate(self)
         return self
 
 
@@ -446,9 +383,9 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
     values = {**PRESETS[preset], "name": preset}
     explicit = {**(overrides or {}), **parse_sets(sets, preset)}
     method = explicit.get("method", values.get("method", "dino"))
-    if method not in METHOD_DEFAULTS:
+    if method not in REGISTRY:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    values.update(METHOD_DEFAULTS[method])
+    values.update(REGISTRY[method].defaults)
     values.update(explicit)
     # what the caller asked for explicitly wins over the preset's fp32 variant
     values["fp32_variant"] = {k: v for k, v in values.get("fp32_variant", {}).items()

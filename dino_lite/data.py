@@ -349,6 +349,26 @@ def seed_for(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
+def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
+    """``max(1, round(fraction * n))`` of ``n`` indices, drawn by ``seed``, sorted."""
+    g = torch.Generator().manual_seed(seed_for(seed, "subset"))
+    return sorted(torch.randperm(n, generator=g)[:max(1, round(fraction * n))].tolist())
+
+
+class Transformed(torch.utils.data.Dataset):
+    """``(transform(image), label)`` for each item of ``dataset``."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        return self.transform(image), label
+
+
 class SeededViews(torch.utils.data.Dataset):
     """Applies a random transform with randomness fixed by ``(seed, epoch, index)``.
 

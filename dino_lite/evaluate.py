@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data import build_dataset, eval_transform
-from .models import build_eval_backbone
-from .precision import Precision, choose
+from .models import backbone_for
+from .precision import Precision, choose, for_config
 
 
 def _world():
@@ -166,6 +166,17 @@ def knn_and_linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1
     preds = knn_classify(F.normalize(ftr[:, :dim], dim=-1), ltr, F.normalize(fte[:, :dim], dim=-1))
     return {"knn_top1": float((preds == lte).float().mean()),
             "linear_top1": linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)}
+
+
+def use_fused_attention(cfg) -> bool:
+    """``auto``: the attention kernel measured faster on this machine (fused on GPUs; see
+    :mod:`dino_lite.precision`); ``on`` / ``off`` force it."""
+    return for_config(cfg).fused_attention
+
+
+def build_eval_backbone(cfg):
+    """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
+    return backbone_for(cfg, use_fused_attention(cfg), drop_path=0.0)
 
 
 def random_init_backbone(cfg: Config, seed: int | None = None):

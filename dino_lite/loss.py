@@ -18,8 +18,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CENTERINGS, LOSSES
 from .schedules import teacher_temperature_schedule
+
+CENTERINGS = ("center", "sinkhorn_knopp", "none")    # DINO's center, SwAV's equipartition, none
+LOSSES = ("ce", "mse", "infonce")                     # DINO's, BYOL's, MoCo v2's
 
 
 def _pairs(n_teacher, n_student):

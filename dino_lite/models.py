@@ -13,7 +13,11 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from .config import ARCHS, STEMS, VIT_SIZES
+# the backbones: each ViT's (width, depth, heads), then the torchvision ResNets
+VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
+             "vit_base": (768, 12, 12)}
+ARCHS = (*VIT_SIZES, "resnet18", "resnet50")
+STEMS = ("patch", "conv")          # a ViT's patch embedding: linear (the paper's) or convolutional
 
 
 def conv_stem(width: int, patch_size: int) -> nn.Sequential:
@@ -195,19 +199,10 @@ class MultiCropWrapper(nn.Module):
         return CropOutputs(out.chunk(len(crops)), feats.chunk(len(crops)), patch_logits)
 
 
-def use_fused_attention(cfg) -> bool:
-    """``auto``: the attention kernel measured faster on this machine (fused on GPUs; see
-    :mod:`dino_lite.precision`); ``on`` / ``off`` force it."""
-    from .precision import for_config
-    return for_config(cfg).fused_attention
-
-
-def build_student_teacher(cfg, fused_attention: bool | None = None):
+def build_student_teacher(cfg, fused_attention: bool = True):
     """Student and teacher networks; the teacher starts as a copy of the student (without its
     predictor: only the student predicts) and never receives gradients. ``fused_attention``
-    (default: :func:`use_fused_attention`) picks timm's attention kernel."""
-    if fused_attention is None:
-        fused_attention = use_fused_attention(cfg)
+    picks timm's attention kernel."""
     backbone = backbone_for(cfg, fused_attention)
     head = DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.head_hidden,
                     bottleneck_dim=cfg.head_bottleneck, nlayers=cfg.head_layers,
@@ -244,7 +239,3 @@ def backbone_for(cfg, fused_attention: bool, drop_path: float | None = None):
                           fused_attention=fused_attention, stem=cfg.stem, qk_norm=cfg.qk_norm,
                           layer_scale=cfg.layer_scale, reg_tokens=cfg.reg_tokens)
 
-
-def build_eval_backbone(cfg):
-    """The backbone alone, shaped by ``cfg``, for evaluation and attention maps."""
-    return backbone_for(cfg, use_fused_attention(cfg), drop_path=0.0)

@@ -335,14 +335,12 @@ print(f"fixed g: row norm {norms[True][-1]:.4f} after 30 steps while the directi
 # **`freeze_last_layer`.** For the first `freeze_last_layer` epochs (1 in the paper; 0 in the
 # CPU presets) the training step drops the gradients of this last layer after the backward pass,
 # so the prototypes stay where they were initialised while the rest of the network starts to
-# learn. These are the package's lines (`dino_lite/train.py`: the epochs turned into a number of
-# steps, then the gradients dropped in the step):
+# learn. These are the package's lines (`dino_lite/methods/dino.py`: the epochs turned into a
+# number of steps, then the gradients dropped in the step):
 
 # %%
-# the package's DINO step: a function dino_lite.train.dino_step, or the trainer's method
-step_fn = (getattr(dino_lite.train, "dino_step", None)
-           or getattr(getattr(dino_lite.train, "DINOTrainer", None), "dino_step", None))
-assert step_fn is not None, "no dino_step found in dino_lite.train"
+# the package's DINO step (dino_lite.methods.dino.dino_step, imported into dino_lite.train)
+step_fn = dino_lite.train.dino_step
 step_source = inspect.getsource(step_fn)
 modules = {dino_lite.train, inspect.getmodule(step_fn)}
 module_lines = [line for m in sorted(modules, key=lambda m: m.__name__) for line in inspect.getsource(m).splitlines()]
@@ -355,14 +353,12 @@ for i, line in enumerate(module_lines):
 # ## 6. Algorithm 1 beside the package
 # The paper gives DINO's training loop as a dozen lines of pseudocode (its Algorithm 1). Left:
 # that loop in our own notation (two global views only, as in the paper's listing). Right: the
-# package's step function, which runs it (found as `dino_lite.train.dino_step` if it exists,
-# else `DINOTrainer.dino_step`). **Read across**: each step on the left has a line on the right;
-# the right side adds multi-crop (all t != s pairs, local crops for the student), the photometric
-# augmentations, lr and weight-decay schedules, gradient clipping, `freeze_last_layer`,
-# diagnostics and the optional additions from later papers. One difference of order: the
-# package updates the center right after the backward pass, before the optimiser step, the paper
-# at the end of the iteration; both use only this step's teacher outputs, so the result is the
-# same.
+# package's step function, which runs it (`dino_lite.methods.dino.dino_step`, also importable as
+# `dino_lite.train.dino_step`). **Read across**: each step on the left has a line on the right, in
+# the same order, the center moving last; the right side adds multi-crop (all t != s pairs, local
+# crops for the student), the photometric augmentations, lr and weight-decay schedules, gradient
+# accumulation, gradient clipping, `freeze_last_layer`, diagnostics and the optional additions
+# from later papers (iBOT's and KoLeo's loss terms, computed beside it in `loss_terms`).
 
 # %%
 algorithm_1 = """\

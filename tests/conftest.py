@@ -90,9 +90,9 @@ def mim_train_args(method, data, out, steps, *sets):
 
 def tiny_mim_model(kind, split="block", vocab=32):
     """A seeded 2-block BEiT or SplitMask on 32 px images (a 4 x 4 patch grid)."""
-    from dino_lite.beit import BEiT
+    from dino_lite.methods.beit import BEiT
     from dino_lite.models import build_backbone
-    from dino_lite.splitmask import SplitMask
+    from dino_lite.methods.splitmask import SplitMask
     from dino_lite.tokenizers import Tokenizer
     torch.manual_seed(0)
     backbone = build_backbone("vit_mini", patch_size=8, img_size=32, depth=2, drop_path=0.0)

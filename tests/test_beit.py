@@ -36,7 +36,7 @@ def test_a_mask_ratio_that_masks_no_patch_is_refused(tiny_folder, tmp_path, caps
     """beit_mask_ratio=0.01 rounds to 0 of the 16 (or, in the fp32 variant, 36) patches: every
     step's loss was 0.0 and nothing trained, without a word. Now the config is refused."""
     from conftest import mim_train_args
-    from dino_lite.beit import BEiT
+    from dino_lite.methods.beit import BEiT
     from dino_lite.cli import main
     with pytest.raises(SystemExit) as e:
         main(mim_train_args("beit", tiny_folder, tmp_path / "run", 2, "beit_mask_ratio=0.01"))

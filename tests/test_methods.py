@@ -77,3 +77,46 @@ def test_data_driven_tokenizers_are_fitted_on_the_cells_subset(tiny_folder, monk
     cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16)
     methods.build_tokenizer_for(cfg)
     assert len(seen["dataset"]) == len(full) == 96
+
+
+def test_the_registry_builds_each_method_and_refuses_an_unknown_name(tiny_folder):
+    from dino_lite.methods import build_networks, get_method
+    with pytest.raises(ValueError, match=r"\('dino', 'beit', 'splitmask'\), got 'mae'"):
+        get_method("mae")
+    student, teacher = build_networks(tiny_config(tiny_folder))
+    assert student is not teacher and type(build_method(tiny_config(tiny_folder))).__name__ == \
+        "MultiCropWrapper"                      # DINO: a student and its EMA teacher
+    for method, kind in (("beit", "BEiT"), ("splitmask", "SplitMask")):
+        student, teacher = build_networks(tiny_config(tiny_folder, method=method, vocab_size=16))
+        assert student is teacher and type(student).__name__ == kind
+
+
+def test_a_fitted_tokenizer_reads_the_trainers_images_without_building_them_again(
+        tiny_folder, tmp_path, monkeypatch):
+    import dino_lite.methods as methods
+    import dino_lite.train as tr
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return build_dataset(*args, **kwargs)
+    from dino_lite.data import build_dataset
+    monkeypatch.setattr(tr, "build_dataset", counting)
+    monkeypatch.setattr(methods, "build_dataset", counting)
+    seen = {}
+
+    def spy(kind, vocab_size, patch_size, seed, dataset, n_images):
+        seen["images"] = [dataset[i][0] for i in range(len(dataset))]
+        return build_tokenizer(kind, vocab_size, patch_size, seed, dataset, n_images)
+    from dino_lite.tokenizers import build_tokenizer
+    monkeypatch.setattr(methods, "build_tokenizer", spy)
+    cfg = tiny_config(tiny_folder, method="beit", tokenizer="random_patches", vocab_size=16,
+                      data_fraction=0.25, max_steps=1, bf16=False)
+    tr.Trainer(cfg, tmp_path, progress=False)
+    assert len(calls) == 1
+    # the images the tokenizer read: the run's subset at the global crop size, as built alone
+    methods.build_tokenizer_for(cfg)
+    alone = seen["images"]
+    assert len(calls) == 2 and len(alone) == 24
+    tr.Trainer(cfg, tmp_path / "b", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(alone, seen["images"], strict=True))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_mim_model
-from dino_lite.splitmask import info_nce
+from dino_lite.methods.splitmask import info_nce
 
 
 def test_info_nce_matches_a_hand_computed_case():

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .masking import split_masks
-from .models import vit_visible_tokens
+from ..masking import split_masks
+from ..models import vit_visible_tokens
+from .masked import MaskedMethod
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -97,3 +98,18 @@ class SplitMask(nn.Module):
         ce_b, pooled_b = self.branch(images, visible_b, targets)
         contrast = info_nce(pooled_a, pooled_b, self.temperature)
         return ce_a + ce_b + contrast, {"mim_loss": (ce_a + ce_b).item() / 2, "infonce": contrast.item()}
+
+
+class SplitMaskMethod(MaskedMethod):
+    @staticmethod
+    def validate(cfg):
+        MaskedMethod.validate(cfg)
+        if cfg.accumulate > 1:
+            raise ValueError(f"accumulate={cfg.accumulate} with SplitMask: its InfoNCE contrasts "
+                             f"each image with the rest of the batch, which micro-batches would "
+                             f"shrink; use accumulate=1")
+
+    @staticmethod
+    def model(cfg, backbone, tokenizer, grid, fused_attention):
+        return SplitMask(backbone, tokenizer, grid, split=cfg.split, decoder_depth=cfg.decoder_depth,
+                         temperature=cfg.infonce_temp, fused_attention=fused_attention)

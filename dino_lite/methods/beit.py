@@ -17,8 +17,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .masking import block_masks
-from .models import vit_tokens
+from ..masking import block_masks
+from ..models import vit_tokens
+from .masked import MaskedMethod
 
 
 class BEiT(nn.Module):
@@ -66,3 +67,20 @@ class BEiT(nn.Module):
         loss = F.cross_entropy(logits, targets, reduction="sum") * world / count.clamp(min=1)
         accuracy = (logits.argmax(-1) == targets).float().mean().item() if len(targets) else 0.0
         return loss, {"mim_accuracy": accuracy, "masked_share": mask.float().mean().item()}
+
+
+class BEiTMethod(MaskedMethod):
+    @staticmethod
+    def validate(cfg):
+        MaskedMethod.validate(cfg)
+        side = cfg.global_size // cfg.patch_size    # BEiT masks round(ratio x patches): 0 trains nothing
+        if round(cfg.beit_mask_ratio * side * side) < 1:
+            raise ValueError(
+                f"beit_mask_ratio={cfg.beit_mask_ratio} masks no patch of the {side} x {side} "
+                f"grid of a {cfg.global_size} px crop (round({cfg.beit_mask_ratio} x "
+                f"{side * side}) = 0), so the loss would be 0 at every step; use more than "
+                f"{0.5 / (side * side):.3g}")
+
+    @staticmethod
+    def model(cfg, backbone, tokenizer, grid, fused_attention):
+        return BEiT(backbone, tokenizer, grid, mask_ratio=cfg.beit_mask_ratio)
