@@ -175,3 +175,19 @@ def test_cli_errors(tmp_path, capsys, extra, message):
                              str(tmp_path), *extra])
     assert err.startswith("error: ") and message in err
 
+
+def test_explorer_switches_to_the_pca_view_fitted_over_all_its_images():
+    pytest.importorskip("ipywidgets")
+    from dino_lite.explorer import AttentionExplorer
+    vit, random = tiny_vit(seed=1), tiny_vit(seed=2)
+    images = torch.randn(3, 3, 32, 32)
+    e = AttentionExplorer(vit, images, random_model=random)
+    assert e.shown["view"] == "attention"
+    e.view.value = "PCA"
+    e.image.value = 1
+    assert e.shown["view"] == "PCA" and e.shown["image"] == 1
+    np.testing.assert_allclose(e.shown["pca"].numpy(), pca_rgb(vit, images)["rgb"][1].numpy(), atol=1e-6)
+    titles = [ax.get_title() for ax in e.fig.axes]
+    assert titles[1:] == ["trained: PCA of patches", "random init: PCA of patches"]
+    e.view.value = "attention"
+    assert e.shown["view"] == "attention" and "map" in e.shown
