@@ -11,6 +11,7 @@ figure, so a script or a test can drive the controls and read what is shown.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 import torch
@@ -168,7 +169,8 @@ class AttentionExplorer:
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.text(0.02, 0.02, CAPTION.format(n=len(self.images)), fontsize=7, wrap=True)
+        fig.text(0.5, 0.02, textwrap.fill(CAPTION.format(n=len(self.images)), 110), ha="center",
+                 fontsize=7)
         self.shown = {"image": i, "name": self.names[i], "view": "PCA", "pca": self.pca_colours(i),
                       "rgb": rgb}
         return fig
