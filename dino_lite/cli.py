@@ -242,6 +242,12 @@ def cmd_attention(args):
     matplotlib.use("Agg")
     from .attention import (attention_maps, load_image_folder, overlay_figure, score_maps,
                             shapes_attention_set)
+    if args.foreground and not args.pca:
+        raise ValueError("--foreground is a step of the PCA view: add --pca")
+    if args.video and args.pca:
+        raise ValueError("--pca and --video are two different figures: choose one")
+    if args.pca and args.masks:
+        raise ValueError("--pca draws the PCA view of patch features; it scores no --masks")
     out = _out_folder(args.out)
     backbone, cfg = _backbone(args)
     size = args.image_size or cfg.image_size
@@ -256,6 +262,9 @@ def cmd_attention(args):
     else:
         x, names, masks, valid = load_image_folder(args.images, size, args.masks,
                                                    args.mask_format == "trimap", args.limit)
+    if args.pca:
+        _pca_view(args, backbone, x, names, out)
+        return
     maps = torch.cat([attention_maps(backbone, x[i:i + 64]) for i in range(0, len(x), 64)])
     out.mkdir(parents=True, exist_ok=True)
     fig = overlay_figure(x, maps, masks, names=names)
@@ -270,6 +279,21 @@ def cmd_attention(args):
               f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")
     _emit_json(args, {**result, "precision": _precision_name(args)})
+
+
+def _pca_view(args, backbone, x, names, out):
+    """`attention --pca`: one PCA over the last block's patch tokens of all images, as RGB."""
+    from .pca import pca_figure, pca_rgb
+    result = pca_rgb(backbone, x, foreground=args.foreground)
+    out.mkdir(parents=True, exist_ok=True)
+    pca_figure(x, result, names=names).savefig(out / "pca.png", dpi=110)
+    shares = ", ".join(f"{e:.0%}" for e in result["explained"])
+    print(f"PCA of {len(x)} images' patch features: R, G, B explain {shares} of the variance"
+          + (f"; {result['foreground'].float().mean():.0%} of the patches kept as foreground"
+             if args.foreground else ""))
+    print(f"figure: {out / 'pca.png'}")
+    _emit_json(args, {"images": len(x), "figure": str(out / "pca.png"),
+                      "explained": result["explained"], "precision": _precision_name(args)})
 
 
 def _attention_video(args, backbone, size, out):
@@ -526,6 +550,12 @@ def build_parser():
     a.add_argument("--video", action="store_true",
                    help="--images is a folder of video frames: write the last block's head-mean "
                         "maps over the frames (short side --image-size) as OUT/attention.gif")
+    a.add_argument("--pca", action="store_true",
+                   help="instead of attention maps: the first three principal components of the "
+                        "last block's patch tokens (one PCA over all images) as RGB, OUT/pca.png")
+    a.add_argument("--foreground", action="store_true",
+                   help="with --pca: drop the background (the smaller side of the first "
+                        "component is the object) and colour the object by a second PCA")
     a.set_defaults(func=cmd_attention)
 
     ab = sub.add_parser("ablate", help="the paper's ablation rows, same seed and budget each")

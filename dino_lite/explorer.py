@@ -1,6 +1,7 @@
 """An interactive attention explorer: any image (the data set's, or one the student uploads),
 any block and head, the 60%-mass mask, the true object outline when a mask is known, and the
-same view of the network at random initialisation.
+same view of the network at random initialisation; a second view shows the PCA colours of the
+last block's patch features (dino_lite.pca), one PCA over all the explorer's images.
 
 :class:`AttentionExplorer` holds its controls (ipywidgets, updating on release rather than on
 every drag) and redraws one matplotlib figure when a control changes; ``explorer.fig`` is that
@@ -10,6 +11,7 @@ figure, so a script or a test can drive the controls and read what is shown.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .attention import (CMAP, MASK_COLOUR, OUTLINE_COLOUR, all_attentions, attention_norm,
                         cls_attention, mass_mask, to_rgb, upsample)
 from .data import cap_aspect, eval_transform, rgb8
+from .pca import CAPTION, pca_rgb, upsample_rgb
 
 class NotAnImageError(ValueError):
     """Uploaded bytes that cannot be shown: no image decoder reads them, or they decode to more
@@ -59,6 +62,7 @@ class AttentionExplorer:
         self.names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         self.masks = list(masks) if masks is not None else [None] * len(images)
         self._maps: dict = {}
+        self._pca: dict = {}                       # PCA colours per network, over all images
         self.n_layers, self.n_heads = len(model.blocks), model.blocks[0].attn.num_heads
         self.fig = None
         self.shown: dict = {}                      # what the figure shows, for scripts and tests
@@ -71,15 +75,17 @@ class AttentionExplorer:
         self.mass = widgets.FloatSlider(mass, min=0.1, max=0.95, step=0.05, description="mass",
                                         readout_format=".0%", **opts)
         self.opacity = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.1, description="opacity", **opts)
+        self.view = widgets.ToggleButtons(options=["attention", "PCA"], value="attention",
+                                          description="view", style={"button_width": "80px"})
         self.upload = widgets.FileUpload(accept="image/*", multiple=False,
                                          description="your image")
         self.message = widgets.HTML("")
         self.output = widgets.Output()
-        for w in (self.image, self.layer, self.head, self.mass, self.opacity):
+        for w in (self.image, self.layer, self.head, self.mass, self.opacity, self.view):
             w.observe(self._on_change, names="value")
         self.upload.observe(self._on_upload, names="value")
         self.widget = widgets.VBox([
-            widgets.HBox([self.image, self.upload]),
+            widgets.HBox([self.image, self.upload]), self.view,
             widgets.HBox([self.layer, self.head]),
             widgets.HBox([self.mass, self.opacity]),
             self.message, self.output])
@@ -111,6 +117,7 @@ class AttentionExplorer:
         self.images.append(eval_transform(self.size)(cap_aspect(rgb)))
         self.names.append(f"{name} (yours, {rgb.width}x{rgb.height})")
         self.masks.append(None)
+        self._pca.clear()                          # one PCA over all images: refit with this one
         index = len(self.images) - 1
         self.image.options = self._image_options()
         self.image.value = index                   # triggers a redraw
@@ -134,7 +141,39 @@ class AttentionExplorer:
     def _on_change(self, change=None):
         self.redraw()
 
+    def pca_colours(self, index: int, which: str = "trained") -> torch.Tensor:
+        """``[h, w, 3]`` PCA colours of image ``index``: the last block's patch tokens of ALL the
+        explorer's images (uploads included) projected on their first three principal
+        components (:func:`dino_lite.pca.pca_rgb`), fitted once per network and image list."""
+        if which not in self._pca:
+            model = self.model if which == "trained" else self.random_model
+            self._pca[which] = pca_rgb(model, torch.stack(self.images))
+        return self._pca[which]["rgb"][index]
+
     # -- drawing -----------------------------------------------------------------------------
+
+    def _draw_pca(self, i):
+        """The PCA view: the image and the PCA colours of the trained (and random-init) network."""
+        import matplotlib.pyplot as plt
+        rgb = to_rgb(self.images[i])
+        panels = [("trained", "trained")] + [("random init", "random")] * (self.random_model is not None)
+        fig, axes = plt.subplots(1, 1 + len(panels), figsize=(2.6 * (1 + len(panels)) + 1.2, 3.5))
+        fig.subplots_adjust(bottom=0.22, top=0.88, left=0.02, right=0.98, wspace=0.06)
+        axes[0].imshow(rgb)
+        axes[0].set_title(self.names[i], fontsize=8)
+        for ax, (label, which) in zip(axes[1:], panels):
+            ax.imshow(upsample_rgb(self.pca_colours(i, which), rgb.shape[:2]))
+            ev = ", ".join(f"{e:.0%}" for e in self._pca[which]["explained"])
+            ax.set_title(f"{label}: PCA of patches", fontsize=8)
+            ax.set_xlabel(f"R, G, B explain {ev}", fontsize=7)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.text(0.5, 0.02, textwrap.fill(CAPTION.format(n=len(self.images)), 110), ha="center",
+                 fontsize=7)
+        self.shown = {"image": i, "name": self.names[i], "view": "PCA", "pca": self.pca_colours(i),
+                      "rgb": rgb}
+        return fig
 
     def _select(self, maps: torch.Tensor) -> torch.Tensor:
         m = maps[self.layer.value]
@@ -148,6 +187,10 @@ class AttentionExplorer:
         from matplotlib.patches import Patch
 
         i, layer, head, mass = self.image.value, self.layer.value, self.head.value, self.mass.value
+        if self.fig is not None:
+            plt.close(self.fig)
+        if self.view.value == "PCA":
+            return self._show(self._draw_pca(i))
         trained = self.maps(i)
         m = self._select(trained)
         panels = [("trained", m)]
@@ -161,8 +204,6 @@ class AttentionExplorer:
         rgb, gt = to_rgb(self.images[i]), self.masks[i]
         size = rgb.shape[:2]
         grid = m.shape
-        if self.fig is not None:
-            plt.close(self.fig)
         ncol = 2 + len(panels)
         fig, axes = plt.subplots(1, ncol, figsize=(2.6 * ncol + 1.2, 3.3))
         fig.subplots_adjust(bottom=0.17, top=0.88, left=0.02, right=0.85, wspace=0.06)
@@ -193,9 +234,13 @@ class AttentionExplorer:
         if gt is not None:
             handles.append(Line2D([], [], color=OUTLINE_COLOUR, label="true object outline"))
         fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False)
+        self.shown = {"view": "attention", "image": i, "name": self.names[i], "layer": layer,
+                      "head": head, "mass": mass, "map": m, "mask": mask, "vmax": vmax, "rgb": rgb, "outline": gt is not None}
+        return self._show(fig)
+
+    def _show(self, fig):
+        import matplotlib.pyplot as plt
         self.fig = fig
-        self.shown = {"image": i, "name": self.names[i], "layer": layer, "head": head, "mass": mass,
-                      "map": m, "mask": mask, "vmax": vmax, "rgb": rgb, "outline": gt is not None}
         self.output.clear_output(wait=True)
         with self.output:
             from IPython.display import display
