@@ -13,7 +13,7 @@ from torch import nn
 from conftest import cli_error
 from dino_lite.cli import main
 from dino_lite.config import make_config
-from dino_lite.models import build_eval_backbone
+from dino_lite.evaluate import build_eval_backbone
 from dino_lite.pca import LOW, HIGH, fit_pca, patch_tokens, pca_figure, pca_rgb
 
 TINY = dict(arch="vit_mini", patch_size=8, depth=1, image_size=32, global_size=32, local_size=16)
