@@ -88,14 +88,14 @@ class Config:
     loss: str = "ce"                   # ce (DINO) | mse (BYOL, normalised outputs) | infonce (MoCo v2)
     predictor: bool = False            # BYOL's MLP predictor on the student's output
     # the method: DINO, or a masked image model (BEiT, SplitMask; docs/masked-image-modelling.md)
-    method: str = "dino"               # dino | beit | splitmask (its optimiser: METHOD_DEFAULTS)
+    method: str = "dino"               # dino | beit | splitmask | mae (its optimiser: METHOD_DEFAULTS)
     adam_betas: tuple = (0.9, 0.999)   # AdamW betas (BEiT and SplitMask: (0.9, 0.98))
     tokenizer: str = "random_projection"   # patch targets: random_projection | random_patches | kmeans
     vocab_size: int = 8192             # V, the tokenizer's codebook size
     tokenizer_images: int = 512        # training images whose patches fit random_patches / kmeans
     beit_mask_ratio: float = 0.4       # BEiT: share of patches hidden by block-wise masking
     split: str = "block"               # SplitMask: block (50/50 halves) | uniform (75% masking, a quarter each)
-    decoder_depth: int = 2             # SplitMask: transformer blocks of the shallow decoder
+    decoder_depth: int = 2             # SplitMask and MAE: transformer blocks of the shallow decoder
     infonce_temp: float = 0.2          # SplitMask: temperature of the InfoNCE between the two halves
     data_fraction: float = 1.0         # pre-train on this seeded share of the training images (smalldata)
     # machinery

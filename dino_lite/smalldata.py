@@ -38,6 +38,7 @@ from .config import TOKENIZERS, make_config
 from .data import build_dataset
 from .evaluate import knn_and_linear_accuracy, random_init_backbone
 from .finetune import PRETRAINED_LAYER_DECAY, convergence_rule, curve_figure, finetune
+from .methods import get_method
 from .precision import for_config
 
 # iNaturalist-2019 fine-tuning top-1 (%) after pre-training on 1% / 10% / 100% of ImageNet
@@ -187,7 +188,8 @@ def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, se
                                   list(sets) + (list(mim_sets) if method != "dino" else []), bf16)
                 cells.append((f"{method}-{fraction:g}-s{seed}", cfg,
                               {"method": method, "fraction": fraction, "seed": seed,
-                               "tokenizer": cfg.tokenizer if method != "dino" else None}))
+                               "tokenizer": cfg.tokenizer if get_method(method).needs_tokenizer
+                               else None}))
         fraction = fractions[-1] if tokenizer_fraction is None else tokenizer_fraction
         for tokenizer in tokenizers:
             beit_sets = list(sets) + list(mim_sets)

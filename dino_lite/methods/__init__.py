@@ -5,7 +5,9 @@ Each implements :class:`~dino_lite.methods.base.Method` in a module of its own:
 - ``dino`` (:mod:`.dino`): a student and its EMA teacher over multi-crop views, the paper's
   Algorithm 1 (:func:`~dino_lite.methods.dino.dino_step`), with iBOT's and KoLeo's terms;
 - ``beit`` (:mod:`.beit`) and ``splitmask`` (:mod:`.splitmask`): masked image models, one
-  network each around a patch tokenizer (their shared step: :mod:`.masked`).
+  network each around a patch tokenizer (their shared step: :mod:`.masked`);
+- ``mae`` (:mod:`.mae`): a masked autoencoder, the encoder on the visible patches only and a
+  light decoder reconstructing the hidden patches' pixels (the masked models' step, no tokenizer).
 
 The loop (:mod:`dino_lite.train`) owns all that does not depend on the method: data, optimiser,
 schedules, precision, the time budget, logging, checkpoints, exact resume, torchrun.
@@ -20,10 +22,11 @@ from ..tokenizers import build_tokenizer
 from .base import Method
 from .beit import BEiTMethod
 from .dino import DINOMethod
+from .mae import MAEMethod
 from .splitmask import SplitMaskMethod
 
 REGISTRY: dict[str, type[Method]] = {"dino": DINOMethod, "beit": BEiTMethod,
-                                     "splitmask": SplitMaskMethod}
+                                     "splitmask": SplitMaskMethod, "mae": MAEMethod}
 
 
 def get_method(name: str) -> type[Method]:
