@@ -47,7 +47,7 @@ def _capture_attention(vit):
 def all_attentions(vit, images: torch.Tensor) -> list[torch.Tensor]:
     """Attention matrices of every block: a list of ``[B, heads, tokens, tokens]`` tensors."""
     if not hasattr(vit, "blocks"):
-        raise TypeError("attention maps need a ViT backbone (this one has no transformer blocks)")
+        raise ValueError("attention maps need a ViT backbone (this one has no transformer blocks)")
     vit.eval()
     with _capture_attention(vit) as records:
         vit(images)

@@ -243,3 +243,11 @@ def test_ctrl_c_saves_and_exits_130_with_one_line(tiny_folder, tmp_path, sig, co
     step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
     assert f"{word} at step {step};" in lines[0]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == step
+
+
+def test_attention_on_a_resnet_is_a_one_line_error(capsys, tmp_path):
+    from conftest import cli_error
+    err = cli_error(capsys, ["attention", "--preset", "cpu-demo", "--random-init", "--set",
+                             "arch=resnet18", "--images", "shapes", "--limit", "2", "--out",
+                             str(tmp_path)])
+    assert "attention maps need a ViT backbone" in err
