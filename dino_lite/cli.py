@@ -470,10 +470,10 @@ def build_parser():
     p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train DINO, BEiT or SplitMask")
+    t = sub.add_parser("train", help="train DINO, BEiT, SplitMask or MAE")
     t.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
     t.add_argument("--method", choices=METHODS,
-                   help="dino (default), or a masked image model: beit, splitmask (the preset gives "
+                   help="dino (default), or a masked image model: beit, splitmask, mae (the preset gives "
                         "data, backbone, crop size and budget; the method its objective and optimiser)")
     t.add_argument("--data", help="shapes, a folder with train/ and val/, or cifar10/stl10/imagenette")
     budget = t.add_mutually_exclusive_group()
