@@ -122,3 +122,32 @@ def cli_error(capsys, argv):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+def train_resume_and_knn(method, data, out, capsys, *sets):
+    """A tiny ``train --method METHOD`` run of 4 steps into ``out/a``, the same run interrupted
+    after 2 steps and resumed into ``out/b`` (asserted to log the same losses), and ``knn`` on
+    the first run's checkpoint (asserted to be a score over the 12 test images). Returns the
+    first run's checkpoint path and its log."""
+    import json
+    import math
+    import dino_lite.train as tr
+    from dino_lite.cli import main
+    from dino_lite.config import make_config
+    main(mim_train_args(method, data, out / "a", 4, *sets))
+    log = tr.read_log(out / "a")
+    assert [r["step"] for r in log] == [0, 1, 2, 3] and all(math.isfinite(r["loss"]) for r in log)
+    cfg = make_config("cpu-demo", {"method": method, "data": str(data), "max_steps": 4,
+                                    "minutes": None}, [*TINY_MIM, *sets])
+
+    def stop(rec):
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, out / "b", progress=False, on_step=stop)
+    tr.train(cfg, out / "b", resume=True, progress=False)
+    assert [r["loss"] for r in tr.read_log(out / "b")] == [r["loss"] for r in log]
+    capsys.readouterr()
+    main(["knn", "--checkpoint", str(out / "a" / tr.CHECKPOINT), "--json"])
+    assert is_share_of(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_top1"], 12)
+    return out / "a" / tr.CHECKPOINT, log

@@ -2,21 +2,17 @@
 loss against hand computations; the encoder sees only visible patches; it trains through the one
 loop, resumes exactly, and the evaluation commands read its checkpoint."""
 
-import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MIM, is_share_of, mim_train_args
+from conftest import TINY_MIM, train_resume_and_knn
 from dino_lite.checkpoint import backbone_from_checkpoint, load_checkpoint
-from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.methods import build_networks, get_method
 from dino_lite.methods.mae import MAE, normalised_pixels, patchify, random_masks
 from dino_lite.models import build_backbone
-from dino_lite.train import CHECKPOINT, read_log
 
 
 def tiny_mae(seed=0):
@@ -94,28 +90,12 @@ def test_mae_is_registered_and_needs_no_tokenizer(tiny_folder):
 
 
 def test_mae_trains_through_the_loop_resumes_exactly_and_evaluates(tiny_folder, tmp_path, capsys):
-    main(mim_train_args("mae", tiny_folder, tmp_path / "a", 4))
-    log = read_log(tmp_path / "a")
-    assert [r["step"] for r in log] == [0, 1, 2, 3] and all(math.isfinite(r["loss"]) for r in log)
+    path, log = train_resume_and_knn("mae", tiny_folder, tmp_path, capsys)
     assert all(r["masked_share"] == 0.75 for r in log)
-    import dino_lite.train as tr
-    cfg = make_config("cpu-demo", {"method": "mae", "data": str(tiny_folder), "max_steps": 4,
-                                    "minutes": None}, TINY_MIM)
-
-    def stop(rec):
-        if rec["step"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, tmp_path / "b", progress=False, on_step=stop)
-    tr.train(cfg, tmp_path / "b", resume=True, progress=False)
-    assert [r["loss"] for r in read_log(tmp_path / "b")] == [r["loss"] for r in log]
-    ckpt = load_checkpoint(tmp_path / "a" / CHECKPOINT)
-    backbone, loaded = backbone_from_checkpoint(tmp_path / "a" / CHECKPOINT)
+    ckpt = load_checkpoint(path)
+    backbone, loaded = backbone_from_checkpoint(path)
     assert loaded.method == "mae"
     assert torch.equal(backbone.state_dict()["pos_embed"], ckpt["teacher"]["backbone.pos_embed"])
-    capsys.readouterr()
-    main(["knn", "--checkpoint", str(tmp_path / "a" / CHECKPOINT), "--json"])
-    assert is_share_of(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_top1"], 12)
 
 
 def test_mae_accumulates_micro_batches_to_the_whole_batch_update(tiny_folder, tmp_path):

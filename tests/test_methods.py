@@ -1,42 +1,23 @@
 """methods.py: a masked method trains through the one loop, resumes exactly, round-trips its
 checkpoint (tokenizer included), and fits a data-driven tokenizer on the run's own images."""
 
-import json
-import math
 
 import pytest
 import torch
 
-from conftest import TINY_MIM, is_share_of, mim_train_args, tiny_config
+from conftest import tiny_config, train_resume_and_knn
 from dino_lite.checkpoint import backbone_from_checkpoint, load_checkpoint
-from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.methods import build_method
-from dino_lite.train import CHECKPOINT, read_log
 
 
 @pytest.mark.parametrize("method,tokenizer", [("beit", "random_projection"), ("splitmask", "kmeans")])
 def test_masked_method_trains_resumes_exactly_and_its_checkpoint_round_trips(
         method, tokenizer, tiny_folder, tmp_path, capsys):
     extra = (f"tokenizer={tokenizer}", "tokenizer_images=8")
-    main(mim_train_args(method, tiny_folder, tmp_path / "a", 4, *extra))
-    log = read_log(tmp_path / "a")
-    assert [r["step"] for r in log] == [0, 1, 2, 3] and all(math.isfinite(r["loss"]) for r in log)
-    # interrupted after 2 steps, then resumed: the same losses as the straight run
-    import dino_lite.train as tr
-    cfg = make_config("cpu-demo", {"method": method, "data": str(tiny_folder), "max_steps": 4,
-                                    "minutes": None},
-                      [*TINY_MIM, *extra])
-
-    def stop(rec):
-        if rec["step"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, tmp_path / "b", progress=False, on_step=stop)
-    tr.train(cfg, tmp_path / "b", resume=True, progress=False)
-    assert [r["loss"] for r in read_log(tmp_path / "b")] == [r["loss"] for r in log]
+    path, _ = train_resume_and_knn(method, tiny_folder, tmp_path, capsys, *extra)
     # the checkpoint is plain data, holds the tokenizer, and rebuilds the model exactly
-    ckpt = load_checkpoint(tmp_path / "a" / CHECKPOINT)
+    ckpt = load_checkpoint(path)
     assert "tokenizer.codebook" in ckpt["student"] and ckpt["config"]["method"] == method
     rebuilt = build_method(make_config("cpu-demo", {**ckpt["config"], "seed": 7}))
     assert not torch.equal(rebuilt.tokenizer.codebook, ckpt["student"]["tokenizer.codebook"])
@@ -44,12 +25,9 @@ def test_masked_method_trains_resumes_exactly_and_its_checkpoint_round_trips(
     for key, value in rebuilt.state_dict().items():
         assert torch.equal(value, ckpt["student"][key]), key
     # evaluation commands find the encoder
-    backbone, loaded = backbone_from_checkpoint(tmp_path / "a" / CHECKPOINT)
+    backbone, loaded = backbone_from_checkpoint(path)
     assert loaded.method == method
     assert torch.equal(backbone.state_dict()["pos_embed"], ckpt["teacher"]["backbone.pos_embed"])
-    capsys.readouterr()
-    main(["knn", "--checkpoint", str(tmp_path / "a" / CHECKPOINT), "--json"])
-    assert is_share_of(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_top1"], 12)
 
 
 def test_data_driven_tokenizers_are_fitted_on_the_cells_subset(tiny_folder, monkeypatch):
