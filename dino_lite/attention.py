@@ -110,6 +110,17 @@ def centre_prior(grid: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
     return torch.exp(-(ys ** 2 + xs ** 2) / (2 * sigma ** 2))
 
 
+def centre_mask_like(masks: torch.Tensor) -> torch.Tensor:
+    """For each ``[..., h, w]`` boolean mask, a mask of as many patches, the ones nearest the
+    image centre: the 'objects are in the middle' baseline at the area the map chose."""
+    h, w = masks.shape[-2:]
+    order = centre_prior((h, w)).flatten().argsort(descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(h * w)               # 0 for the most central patch
+    counts = masks.flatten(-2).sum(-1, keepdim=True)
+    return (rank < counts).view(masks.shape)
+
+
 def object_mass(maps: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """The share of each ``[B, h, w]`` map's attention that lands on the object ``gt`` ([B, H, W]).
 
@@ -129,18 +140,23 @@ def score_maps(maps: torch.Tensor, gt: torch.Tensor, valid=None, mass: float = 0
     image; ``object_mass``: the head-averaged map's share of attention on the object, against
     ``object_area``, the object's share of the image (what a uniform map scores). All are means
     over images, 0 to 1; ``per_image`` and ``per_image_best_head`` hold the two Jaccards of each
-    image (for standard errors and paired differences).
+    image (for standard errors and paired differences). ``jaccard_centre_prior`` (and
+    ``per_image_centre_prior``) scores, per image, the patches nearest the centre, as many as the
+    head-averaged mask holds: what the map's area alone would score on centred objects.
     """
     size = gt.shape[-2:]
-    mean_mask = upsample(mass_mask(maps.mean(1), mass), size).bool()
+    patches = mass_mask(maps.mean(1), mass)
+    mean_mask = upsample(patches, size).bool()
     head_masks = upsample(mass_mask(maps, mass), size).bool()
     j_mean = jaccard(mean_mask, gt, valid)
+    j_prior = jaccard(upsample(centre_mask_like(patches), size).bool(), gt, valid)
     j_heads = jaccard(head_masks, gt[:, None], None if valid is None else valid[:, None])
     area = object_mass(torch.ones_like(maps[:, 0]), gt, valid)
     return {"jaccard": float(j_mean.mean()), "jaccard_best_head": float(j_heads.max(1).values.mean()),
             "object_mass": float(object_mass(maps.mean(1), gt, valid).mean()),
             "object_area": float(area.mean()), "per_image": j_mean.tolist(),
-            "per_image_best_head": j_heads.max(1).values.tolist()}
+            "per_image_best_head": j_heads.max(1).values.tolist(),
+            "jaccard_centre_prior": float(j_prior.mean()), "per_image_centre_prior": j_prior.tolist()}
 
 
 def load_mask(path, size: int, trimap: bool = False):

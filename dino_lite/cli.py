@@ -272,9 +272,13 @@ def cmd_attention(args):
     result = {"images": len(x), "figure": str(out / "attention.png")}
     if masks is not None:
         scores = score_maps(maps, masks, valid)
-        result.update({k: scores[k] for k in ("jaccard", "jaccard_best_head", "object_mass", "object_area")})
+        result.update({k: scores[k] for k in ("jaccard", "jaccard_best_head", "object_mass",
+                                              "object_area", "jaccard_centre_prior")})
+        for key in ("per_image", "per_image_best_head", "per_image_centre_prior"):
+            result[key] = [round(v, 4) for v in scores[key]]     # for standard errors, pairs
         print(f"attention Jaccard (head mean): {scores['jaccard']:.3f}, "
-              f"best head: {scores['jaccard_best_head']:.3f} over {len(x)} images")
+              f"best head: {scores['jaccard_best_head']:.3f} over {len(x)} images; the centre "
+              f"prior of the same area: {scores['jaccard_centre_prior']:.3f}")
         print(f"attention on the object: {scores['object_mass']:.0%} of the head-mean map's mass "
               f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")

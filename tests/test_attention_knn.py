@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dino_lite.attention import (all_attentions, attention_maps, jaccard, mass_mask, object_mass,
-                                 score_maps)
+from dino_lite.attention import (all_attentions, attention_maps, centre_mask_like, jaccard,
+                                 mass_mask, object_mass, score_maps)
 from dino_lite.evaluate import knn_classify
 from dino_lite.models import build_backbone
 
@@ -65,6 +65,27 @@ def test_score_maps_perfect_and_best_head():
     s = score_maps(maps, gt)
     assert s["jaccard_best_head"] == pytest.approx(1.0)
     assert s["jaccard"] < 1.0
+
+
+def test_the_centre_prior_takes_as_many_patches_as_the_map_nearest_the_centre():
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, 0, :4] = True                         # 4 patches along the top edge
+    masks[1, :, :3] = True                         # 12 patches
+    prior = centre_mask_like(masks)
+    assert prior.flatten(1).sum(1).tolist() == [4, 12]
+    centre = torch.zeros(4, 4, dtype=torch.bool)
+    centre[1:3, 1:3] = True                        # the 4 central patches of a 4x4 grid
+    assert torch.equal(prior[0], centre)
+    assert not prior[1][[0, 0, 3, 3], [0, 3, 0, 3]].any()   # the corners are the farthest
+    # score_maps: a map whose mask is the top edge's 4 patches (all its mass), on an object of
+    # the 4 central patches, scores 0 while the centre prior of the same area scores 1
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, 2:6, 2:6] = True
+    edge = torch.zeros(1, 1, 4, 4)
+    edge[0, 0, 0, :] = 1.0
+    s = score_maps(edge, gt, mass=1.0)
+    assert s["jaccard"] == 0 and s["jaccard_centre_prior"] == pytest.approx(1.0)
+    assert s["per_image_centre_prior"] == [pytest.approx(1.0)]
 
 
 def test_object_mass_counts_attention_on_the_object_and_uniform_scores_the_area():
