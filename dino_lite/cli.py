@@ -330,6 +330,8 @@ def cmd_smalldata(args):
               "seeds": parse_list(args.finetune_seeds, int, "finetune-seeds")}
     if args.finetune_steps:
         recipe["max_steps"] = args.finetune_steps
+    if args.finetune_layer_decay is not None:
+        recipe["layer_decay"] = args.finetune_layer_decay
     summary = run_smalldata(args.preset, methods, parse_list(args.fractions, float, "fractions"),
                             args.out, args.steps, recipe, data=args.data,
                             seeds=parse_list(args.seeds, int, "seeds"), sets=args.set,
@@ -337,7 +339,10 @@ def cmd_smalldata(args):
                             tokenizers=parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else [],
                             tokenizer_fraction=args.tokenizer_fraction,
                             baseline=not args.no_baseline, mim_sets=args.mim_set,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, dry_run=args.dry_run)
+    if args.dry_run:
+        _emit_json(args, summary)
+        return
     print(Path(args.out, "smalldata.md").read_text())
     print(f"result: {Path(args.out, 'smalldata.json')}, {Path(args.out, 'smalldata.md')}; "
           f"fine-tuning curves: {Path(args.out, 'finetune_curves.png')}")
@@ -603,6 +608,9 @@ def build_parser():
     sd.add_argument("--finetune-steps", type=positive_int, help="cut each fine-tuning at this many steps")
     sd.add_argument("--finetune-lr", type=positive_float, default=1e-3,
                     help="fine-tuning peak lr per 256 images (warm-up, then cosine)")
+    sd.add_argument("--finetune-layer-decay", type=unit_interval,
+                    help="layer-wise lr decay when fine-tuning pre-trained encoders (default 0.75; "
+                    "1: none; random init never decays)")
     sd.add_argument("--finetune-seeds", default="0",
                     help="comma-separated seeds: each encoder is fine-tuned once per seed (mean reported)")
     sd.add_argument("--tokenizers", help="comma-separated tokenizers for the BEiT tokenizer comparison "
@@ -615,6 +623,8 @@ def build_parser():
                     help="skip the random-init baseline (to run the cells one at a time)")
     sd.add_argument("--overwrite", action="store_true",
                     help="replace cells whose folder holds a pre-training of other settings")
+    sd.add_argument("--dry-run", action="store_true",
+                    help="print the cells and the compute they need on this machine (timed), then stop")
     sd.add_argument("--out", default="runs/smalldata")
     sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -39,7 +40,7 @@ from .data import build_dataset
 from .evaluate import knn_and_linear_accuracy, random_init_backbone
 from .finetune import PRETRAINED_LAYER_DECAY, convergence_rule, curve_figure, finetune
 from .methods import get_method
-from .precision import for_config
+from .precision import for_config, machine_id, seconds_per_image
 
 # iNaturalist-2019 fine-tuning top-1 (%) after pre-training on 1% / 10% / 100% of ImageNet
 PAPER_INAT19 = {"dino": {0.01: 70.1, 0.1: 73.1, 1.0: 78.4},
@@ -122,6 +123,7 @@ def _pretraining(cfg, cell_dir: Path, overwrite: bool) -> str:
 def _scores(backbone, cfg, recipe: dict, progress) -> dict:
     """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed (each from a
     copy of the encoder): ``finetune_top1`` is their mean."""
+    wall, cpu = time.perf_counter(), time.process_time()
     scores = knn_and_linear_accuracy(backbone, cfg)
     keywords = {k: v for k, v in recipe.items() if k != "seeds"}
     runs = [finetune(copy.deepcopy(backbone), cfg, progress=progress, seed=s, **keywords)
@@ -131,7 +133,8 @@ def _scores(backbone, cfg, recipe: dict, progress) -> dict:
                   curves=[[c["top1"] for c in r["curve"]] for r in runs],
                   converged=_all_converged(r["converged"] for r in runs),
                   test_images=len(build_dataset(cfg.data, train=False, image_size=cfg.image_size)),
-                  precision=runs[0]["precision"])
+                  precision=runs[0]["precision"], score_wall_s=time.perf_counter() - wall,
+                  score_cpu_s=time.process_time() - cpu)
     return scores
 
 
@@ -149,14 +152,16 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
     result = cell_dir / f"result-{recipe_id(recipe)}.json"
 
     def pretrain_and_score():
+        wall, cpu = time.perf_counter(), time.process_time()
         if state == "done":
             print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
         else:
             print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images"
                   + (" (resuming the interrupted run)" if state == "partial" else ""))
             train(cfg, cell_dir, progress=progress, resume=state == "partial", overwrite=True)
+        spent = {"pretrain_wall_s": time.perf_counter() - wall, "pretrain_cpu_s": time.process_time() - cpu}
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
-        return _scores(backbone, cfg, recipe, progress)
+        return {**_scores(backbone, cfg, recipe, progress), **spent}
     key = {"config": cfg.to_dict(), "finetune": recipe}
     if state != "done":                 # scores of a pre-training that is being replaced
         for old in cell_dir.glob("result-*.json"):
@@ -203,22 +208,139 @@ def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, se
     return cells
 
 
+def _timed(fn, warmup: int = 2, timed: int = 3) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls (allocation, caches)."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(timed):
+        fn()
+    return (time.perf_counter() - t0) / timed
+
+
+def pretraining_step_seconds(cfg) -> float:
+    """Seconds per pre-training step of ``cfg``'s method on this machine: a few throw-away steps
+    of a trainer built in a temporary folder (its networks, loader and precision are the run's)."""
+    import tempfile
+
+    from .budget import PROBE_STEPS, probe
+    from .train import Trainer
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(cfg, tmp, progress=False)
+        sched, loss_fn = t.lay_out(sum(PROBE_STEPS))     # the probe's own schedules and loss
+
+        def batches():                  # epoch after epoch: a small subset has few batches
+            for epoch in itertools.count():
+                t.sampler.set_epoch(epoch)
+                yield from t.loader
+        return probe(lambda i, views: t.train_step(views, i, t.student, t.teacher, loss_fn,
+                                                   t.optimizer, sched), batches())
+
+
+def finetune_step_seconds(cfg, batch_size: int) -> tuple[float, float]:
+    """Seconds per fine-tuning step (forward, backward, AdamW on a batch of ``batch_size``
+    images at ``cfg.image_size``) and forward seconds per image, on this machine, in the
+    precision fine-tuning uses."""
+    from .evaluate import evaluation_precision
+    from .finetune import classifier
+    backbone = random_init_backbone(cfg)
+    precision = evaluation_precision(backbone, cfg)
+    per_image = seconds_per_image(copy.deepcopy(backbone), cfg.image_size, precision)
+    model = classifier(backbone, 20, drop_path=0.1).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 3, cfg.image_size, cfg.image_size)
+    y = torch.randint(0, 20, (batch_size,))
+
+    def step():
+        with precision.autocast("cpu"):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return _timed(step), per_image
+
+
+def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> dict:
+    """The compute the study still needs on this machine, in seconds, from steps timed now:
+    pre-training (the steps each cell has not taken yet), then each unscored encoder's k-NN and
+    linear-probe features and its fine-tunings (steps, plus one pass over the held-out images
+    per epoch); finished cells and finished scores cost nothing. Returns the parts and the
+    per-step timings behind them."""
+    from .train import read_log
+    first = cells[0][1]
+    train_images = len(build_dataset(first.data, train=True, image_size=first.image_size))
+    test_images = len(build_dataset(first.data, train=False, image_size=first.image_size))
+    todo_pre, todo_scores = {}, 0
+    for name, cfg in dict((name, cfg) for name, cfg, _ in cells).items():   # a folder once
+        cell = out_dir / name
+        if not (cell / f"result-{recipe_id(recipe)}.json").exists():
+            todo_scores += 1
+            done = len(read_log(cell)) if (cell / "log.jsonl").exists() else 0
+            if cfg.method not in todo_pre:
+                todo_pre[cfg.method] = [cfg, 0]
+            todo_pre[cfg.method][1] += max(0, steps - done)
+    base_recipe = {**recipe, "layer_decay": 1.0}
+    if baseline and not (out_dir / f"random_init-{recipe_id(base_recipe)}.json").exists():
+        todo_scores += 1
+    timings = {"pretrain_step_s": {m: pretraining_step_seconds(c) for m, (c, n) in todo_pre.items() if n}}
+    pretrain = sum(timings["pretrain_step_s"][m] * n for m, (_, n) in todo_pre.items() if n)
+    scoring = 0.0
+    if todo_scores:
+        ft_step, per_image = finetune_step_seconds(first, recipe["batch_size"])
+        per_epoch = train_images // recipe["batch_size"]
+        ft_steps = recipe["epochs"] * per_epoch
+        if recipe.get("max_steps"):
+            ft_steps = min(ft_steps, recipe["max_steps"])
+        evaluations = math.ceil(ft_steps / per_epoch)      # one held-out pass per epoch begun
+        one = ((train_images + test_images) * per_image
+               + len(recipe["seeds"]) * (ft_steps * ft_step + evaluations * test_images * per_image))
+        scoring = todo_scores * one
+        timings.update(finetune_step_s=ft_step, forward_image_s=per_image)
+    return {"pretrain_s": pretrain, "scoring_s": scoring, "total_s": pretrain + scoring,
+            "encoders_to_score": todo_scores, **timings}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def describe_estimate(est: dict, threads: int) -> str:
+    per = ", ".join(f"{m} {s:.2f} s" for m, s in est["pretrain_step_s"].items())
+    line = (f"compute still needed on this machine ({threads} threads), from steps timed now: "
+            f"about {_duration(est['total_s'])} (pre-training {_duration(est['pretrain_s'])}"
+            + (f" at {per} per step" if per else "")
+            + f"; scoring {est['encoders_to_score']} encoders {_duration(est['scoring_s'])}")
+    if "finetune_step_s" in est:
+        line += f", {est['finetune_step_s']:.2f} s per fine-tuning step"
+    return line + ")"
+
+
 def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: dict | None = None,
                   data=None, seeds=(0,), sets=(), progress=True, tokenizers=(),
-                  tokenizer_fraction=None, baseline=True, mim_sets=(), overwrite=False) -> dict:
+                  tokenizer_fraction=None, baseline=True, mim_sets=(), overwrite=False,
+                  dry_run=False) -> dict:
     """Every cell and the random-init baseline; returns the summary (also in
     ``OUT/smalldata.json`` and ``OUT/smalldata.md``). ``finetune_recipe`` updates
     :data:`FINETUNE`; ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only
-    (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small."""
+    (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small.
+    The compute still needed is timed and printed first; ``dry_run`` stops there and returns
+    the estimate (:func:`estimate`)."""
     recipe = {**FINETUNE, **(finetune_recipe or {})}
     out_dir = Path(out_dir)
     cells = plan(preset, methods, fractions, steps, recipe, data, seeds, sets, tokenizers,
                  tokenizer_fraction, mim_sets)
-    out_dir.mkdir(parents=True, exist_ok=True)
     precision = "bf16" if cells[0][1].bf16 else "fp32"
     print(f"small-data study: {len(cells)} cells of {steps} pre-training steps, fine-tuned "
           f"{recipe['epochs']} epochs x {len(recipe['seeds'])} seeds, in {precision} "
           f"(this machine's precision); {convergence_rule()}")
+    for name, cfg, _ in cells:          # a folder of other settings is refused before any timing
+        if (out_dir / name).exists():
+            _pretraining(cfg, out_dir / name, overwrite)
+    cost = estimate(cells, out_dir, recipe, baseline, steps)
+    print(describe_estimate(cost, torch.get_num_threads()))
+    if dry_run:
+        return {"estimate": cost, "cells": [name for name, _, _ in cells], "finetune": recipe}
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows, tokenizer_rows, started = [], [], time.perf_counter()
     for i, (name, cfg, fields) in enumerate(cells):
         result = _run_cell(cfg, out_dir / name, recipe, progress, overwrite)
@@ -248,6 +370,13 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
         for c in summary["cells"]:      # what pre-training adds over the supervised baseline
             c["over_random_init"] = 100 * (c["finetune_top1"] - random_init["finetune_top1"])
             c["over_random_init_se"] = 100 * math.hypot(c["finetune_se"], random_init["finetune_se"])
+    # each pre-training once (a tokenizer row may be a table cell itself), then the baseline
+    every = list({(r["method"], r["fraction"], r["seed"], r.get("tokenizer")): r
+                  for r in rows + tokenizer_rows}.values())
+    every += [random_init] if random_init is not None else []
+    summary["compute"] = {k: sum(r.get(k, 0.0) for r in every) for k in      # as each was computed
+                          ("pretrain_cpu_s", "pretrain_wall_s", "score_cpu_s", "score_wall_s")}
+    summary["machine"], summary["commit"] = machine_id(), _commit()
     summary["drops"] = drops(summary["cells"])
     summary["verdict"] = verdict(summary["drops"])
     write_json(out_dir / "smalldata.json", summary)
@@ -259,6 +388,16 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
     fig.savefig(out_dir / "finetune_curves.png", dpi=110)
     plt.close(fig)
     return summary
+
+
+def _commit() -> str | None:
+    """The git commit of the package's checkout (None outside one): which code made a result."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -334,6 +473,14 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask") -> str | None:
             f"{na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).")
 
 
+def _provenance(summary: dict) -> str:
+    c = summary.get("compute") or {}
+    return (f"Code: commit {summary.get('commit') or 'unknown'}; machine: {summary.get('machine', 'unknown')}; "
+            f"compute recorded with the cells as they ran: pre-training "
+            f"{c.get('pretrain_cpu_s', 0) / 60:.0f} CPU-min ({c.get('pretrain_wall_s', 0) / 60:.0f} min), "
+            f"scoring {c.get('score_cpu_s', 0) / 60:.0f} CPU-min ({c.get('score_wall_s', 0) / 60:.0f} min).")
+
+
 def markdown_table(summary: dict) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
@@ -352,6 +499,7 @@ def markdown_table(summary: dict) -> str:
              f"pre-training seeds {summary['seeds']}; fine-tuning on all of it: {recipe}, seeds "
              f"{summary['finetune']['seeds']}. Fine-tune: mean +- standard error (seed spread and "
              f"the test set's binomial error), then each run; {summary['convergence_rule']}.", "",
+             _provenance(summary), "",
              "| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:

@@ -30,7 +30,8 @@ def _last_json(capsys):
     return json.loads(out.strip().splitlines()[-1]), out
 
 
-def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_folder, tmp_path, capsys):
+def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_folder, tmp_path, capsys,
+                                                                        monkeypatch):
     args = _study(tiny_folder, tmp_path, "--tokenizers", "random_projection,random_patches",
                   "--tokenizer-fraction", "0.5")
     main(args)
@@ -68,15 +69,53 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     assert (tmp_path / "finetune_curves.png").stat().st_size > 0
     saved = json.loads((tmp_path / "smalldata.json").read_text())
     assert saved["precision"] == out["precision"] and saved["verdict"] is None
+    # provenance: the machine, the code, and the compute each cell took as it ran
+    assert saved["machine"] == precision.machine_id() and "commit" in saved
+    assert saved["compute"]["pretrain_cpu_s"] > 0 and saved["compute"]["score_cpu_s"] > 0
+    cells = [r for r in saved["runs"] if not r.get("tokenizer_row")] + \
+        [r for r in saved["runs"] if r.get("tokenizer_row") and r["tokenizer"] == "random_patches"]
+    assert len(cells) == 5                                    # beit-0.5 counted once
+    assert saved["compute"]["pretrain_cpu_s"] == pytest.approx(sum(r["pretrain_cpu_s"] for r in cells))
+    assert "CPU-min" in table and saved["machine"] in table
 
     main(args)                                                # again: every cell is reused
     assert capsys.readouterr().out.count(": reusing") == 7    # 4 cells, 2 tokenizer rows, random init
+    again = json.loads((tmp_path / "smalldata.json").read_text())
+    assert again["compute"] == saved["compute"]               # the cells' own compute, not 0
+    from dino_lite import smalldata                           # and nothing is left to time or pay
+    monkeypatch.setattr(smalldata, "pretraining_step_seconds", None)
+    monkeypatch.setattr(smalldata, "finetune_step_seconds", None)
+    main(args + ["--dry-run"])
+    est, _ = _last_json(capsys)
+    assert est["estimate"]["total_s"] == 0 and est["estimate"]["encoders_to_score"] == 0
+    monkeypatch.undo()
     stamp = (tmp_path / "beit-1-s0" / "checkpoint.pt").stat().st_mtime_ns
     main(args + ["--finetune-lr", "0.002"])                   # a new recipe: scored again,
     out = capsys.readouterr().out                             # the pre-training kept,
     assert out.count("reusing the finished pre-training") == 5
     assert (tmp_path / "beit-1-s0" / "checkpoint.pt").stat().st_mtime_ns == stamp
     assert len(list((tmp_path / "beit-1-s0").glob("result-*.json"))) == 2   # and the old scores too
+
+
+def test_the_estimate_adds_the_timed_steps_of_what_is_left(tiny_folder, tmp_path, capsys, monkeypatch):
+    from dino_lite import smalldata
+    monkeypatch.setattr(smalldata, "pretraining_step_seconds",
+                        lambda cfg: {"dino": 3.0, "beit": 5.0}[cfg.method])
+    monkeypatch.setattr(smalldata, "finetune_step_seconds", lambda cfg, batch: (7.0, 0.01))
+    main(_study(tiny_folder, tmp_path / "study", "--dry-run", "--finetune-layer-decay", "1"))
+    est, out = _last_json(capsys)
+    assert est["finetune"]["layer_decay"] == 1.0 and est["finetune"]["lr"] == 1e-3
+    # by hand: 2 steps in each of 2 DINO and 2 BEiT cells; 5 encoders to score (4 and random
+    # init), each: features of the 96 + 12 images, then per fine-tuning seed (2) its 2 steps
+    # (batch 64 of 96 images: one step per epoch, so 2 epochs) and a pass over the 12 held-out
+    # images after each epoch
+    assert est["estimate"]["pretrain_s"] == pytest.approx(2 * 2 * 3.0 + 2 * 2 * 5.0)
+    one = 108 * 0.01 + 2 * (2 * 7.0 + 2 * 12 * 0.01)
+    assert est["estimate"]["scoring_s"] == pytest.approx(5 * one)
+    total = est["estimate"]["total_s"]
+    assert "compute still needed on this machine" in out and f"about {total / 60:.1f} min" in out
+    assert est["cells"] == ["dino-0.5-s0", "dino-1-s0", "beit-0.5-s0", "beit-1-s0"]
+    assert not (tmp_path / "study").exists()                  # a dry run trains nothing
 
 
 def test_a_changed_pre_training_option_is_refused_not_overwritten(tiny_folder, tmp_path, capsys):
