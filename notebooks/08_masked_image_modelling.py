@@ -23,13 +23,14 @@
 # ImageNet, where DINO loses several points. Here we take the pieces apart: the masks (BEiT's
 # blocks, MAE-style uniform masking, SplitMask's two halves), the targets (a *tokenizer* turning
 # every patch into one of V codewords), both losses computed by hand beside the package's, a
-# short run of each method, and the study's table from a longer run on real photos.
+# short run of each method, and the small-data study's result file from a longer run on real
+# photos (read, not re-run: it took hours of CPU).
 #
-# **Run time:** about 30 s on 2 CPU cores (three short runs are cached in `../runs`).
+# **Run time:** about 90 s on a 2-core AVX2 CPU in fp32 the first time (three 20-step runs,
+# then cached in `../runs`), 25 s after that; the study itself is read from `docs/results/`.
 # **Knobs:** `STEPS` (steps of each short run), `VOCAB` (codebook size of the tokenizer figures).
 
 # %%
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -190,7 +191,15 @@ print("distinct tokens among the 8 x 64 patches of 8 images:", usage)
 #
 # **BEiT:** tokens of all patches; the hidden patches' embeddings replaced by the mask token
 # *before* the position embedding; the encoder; a linear head over V at the hidden patches;
-# cross-entropy averaged over the hidden patches.
+# cross-entropy averaged over the hidden patches. With $z_i \in \{1..V\}$ the token of patch
+# $i$, $\mathcal{M}$ the hidden patches and $x^{\mathcal{M}}$ the image with those patches
+# replaced by the mask token:
+#
+# $$\mathcal{L}_{\text{BEiT}} = -\frac{1}{|\mathcal{M}|} \sum_{i \in \mathcal{M}}
+#   \log \operatorname{softmax}\big(W h_i(x^{\mathcal{M}}) + b\big)_{z_i}$$
+#
+# where $h_i$ is the encoder's output at patch $i$ and $W, b$ the linear head over V
+# (`beit_by_hand` below, line by line).
 
 # %%
 torch.manual_seed(0)
@@ -236,7 +245,16 @@ print(f"BEiT loss: package {beit_package.item():.6f}, by hand {beit_hand.item():
 # their positions and a mask token at B's 32 positions, adds its own position embedding, and
 # predicts B's tokens. Then the same from B to A. The two branches' decoder outputs, averaged
 # over positions, are matched by InfoNCE: image i's A-vector must pick image i's B-vector among
-# the batch's B-vectors (cosine / 0.2), and vice versa. Loss = CE(A→B) + CE(B→A) + InfoNCE.
+# the batch's B-vectors (cosine / 0.2), and vice versa. Loss = CE(A→B) + CE(B→A) + InfoNCE:
+#
+# $$\mathcal{L}_{\text{SplitMask}} = \underbrace{-\frac{1}{|B|}\sum_{i \in B} \log p_i(z_i \mid x_A)}_{\text{CE}(A \to B)}
+#   \;\underbrace{-\frac{1}{|A|}\sum_{i \in A} \log p_i(z_i \mid x_B)}_{\text{CE}(B \to A)}
+#   \;+\; \frac{1}{2n}\sum_{k=1}^{n} \Big[\ell(a_k, b) + \ell(b_k, a)\Big],
+#   \qquad \ell(a_k, b) = -\log \frac{e^{\cos(a_k, b_k)/\tau}}{\sum_{j=1}^{n} e^{\cos(a_k, b_j)/\tau}}$$
+#
+# with $x_A$ the image's A half, $p_i$ the decoder's distribution over the V tokens at patch $i$,
+# $a_k, b_k$ image $k$'s position-averaged decoder outputs of the two branches, $n$ the batch
+# and $\tau = 0.2$ (`splitmask_by_hand` below).
 
 # %%
 def branch_by_hand(model, x, visible, targets):
@@ -326,42 +344,177 @@ print(f"DINO: teacher entropy {runs['dino'][0]['teacher_entropy']:.3f} -> "
 # stays near ln K = 8.3. Falling losses say each objective is being optimised, not how good the
 # features are; that is what the study measures.
 #
-# ## 6 · The small-data study (from `docs/masked-image-modelling.md`, not re-run here)
-# Each method pre-trained on 10% and on 100% of `tinyimagenet-dev20` (20 classes of Tiny-ImageNet,
-# 64 px photos) for the *same number of steps*, then every encoder fine-tuned on all the labelled
-# training images with one recipe, top-1 on the 1000 validation images. The table, its exact
-# command, commit and CPU are in `docs/masked-image-modelling.md`; this cell reads it from there.
+# ## 6 · The small-data study (read from its result file, not re-run here)
+# `python -m dino_lite smalldata` pre-trains each method on fractions of `tinyimagenet-dev20`
+# (20 classes of Tiny-ImageNet, 64 px photos) for the *same number of steps*, fine-tunes every
+# encoder on all the labelled training images with one recipe (random resized crops, label
+# smoothing, AdamW with warm-up and cosine decay, drop path, layer-wise lr decay for pre-trained
+# encoders), fine-tunes a randomly initialised encoder the same way as the baseline, and writes
+# everything to `smalldata.json`. The study below is the longest run so far, copied to
+# `docs/results/` with its command, commit and CPU in `docs/masked-image-modelling.md`.
 
 # %%
-doc = (Path("..") / "docs" / "masked-image-modelling.md").read_text()
-table = doc[doc.index("<!-- study-table -->") + 20:doc.index("<!-- /study-table -->")].strip()
-print(table)
-row = r"^\| (dino|beit|splitmask|random init) \| ([\d.]+|-) \| ([\d.]+)[^|]*\| ([\d.]+) \| ([\d.]+) \|"
-study, knn, linear = {}, {}, {}
-for m in re.finditer(row, table, re.M):
-    key = (m.group(1), m.group(2))
-    study[key], knn[key], linear[key] = (float(m.group(i)) for i in (3, 4, 5))
-paper = {"dino": {"0.1": 73.1, "1": 78.4}, "beit": {"0.1": 74.5, "1": 75.2},
-         "splitmask": {"0.1": 75.4, "1": 75.4}}
-fig, ax = plt.subplots(figsize=(10, 3.4))
-x = np.arange(3)
-for i, (frac, colour) in enumerate([("0.1", "tab:orange"), ("1", "tab:blue")]):
-    ax.bar(x + (i - 0.5) * 0.38, [study[(m, frac)] for m in paper], 0.36, color=colour,
-           label=f"here: pre-trained on {float(frac):.0%} of the images")
-    ax.scatter(x + (i - 0.5) * 0.38, [paper[m][frac] for m in paper], color=colour, marker="D",
-               edgecolor="k", zorder=3,
-               label="paper: iNat-19 after ImageNet %s" % ("10%" if frac == "0.1" else "100%"))
-ax.axhline(study[("random init", "-")], color="gray", ls="--", label="here: random init")
-ax.set_xticks(x, list(paper))
-ax.set_ylabel("fine-tune top-1 (%)")
-ax.set_ylim(0, 100)
-ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+import json
+
+STUDY = Path("..") / "docs" / "results" / "smalldata-dino2000-avx2.json"
+study = json.loads(STUDY.read_text())
+cells = {(c["method"], c["fraction"]): c for c in study["cells"]}
+base = study["random_init"]
+recipe = study["finetune"]
+# the same DINO encoder fine-tuned once more with every layer at the full lr (no layer decay):
+# `python -m dino_lite finetune --checkpoint ... --epochs 6 --layer-decay 1.0 --json`
+no_decay = json.loads((STUDY.parent / "finetune-dino2000-layerdecay1-avx2.json").read_text())
+print(f"{study['steps']} pre-training steps per cell, {study['precision']}; fine-tuning "
+      f"{recipe['epochs']} epochs of batch {recipe['batch_size']}, lr {recipe['lr']:g} per 256, "
+      f"seeds {recipe['seeds']}; {study['convergence_rule']}")
+for (method, fraction), c in cells.items():
+    print(f"{method:9s} on {fraction:4.0%}: fine-tune {100 * c['finetune_top1']:.1f} +- "
+          f"{100 * c['finetune_se']:.1f}, {c['over_random_init']:+.1f} +- {c['over_random_init_se']:.1f} "
+          f"over random init; frozen: k-NN {100 * c['knn_top1']:.1f}, linear {100 * c['linear_top1']:.1f}; "
+          f"converged: {c['converged']}")
+print(f"random init: fine-tune {100 * base['finetune_top1']:.1f} +- {100 * base['finetune_se']:.1f}; "
+      f"frozen: k-NN {100 * base['knn_top1']:.1f}, linear {100 * base['linear_top1']:.1f}; "
+      f"converged: {base['converged']}")
+print("drops from 100% to 10%:", study["drops"] or "none measured (every method needs both fractions)")
+print("verdict:", study["verdict"] or "none yet (it compares DINO's drop with SplitMask's)")
+print(f"DINO on 100% fine-tuned without layer decay: {100 * no_decay['finetune_top1']:.1f} "
+      f"({100 * (no_decay['finetune_top1'] - base['finetune_top1']):+.1f} over random init)")
+
+curves = {f"{r['method']} on {r['fraction']:.0%}, seed {r['seed']}": r["curves"] for r in study["runs"]}
+curves["random init"] = base["curves"]
+curves["dino on 100%, no layer decay"] = [[c["top1"] for c in no_decay["curve"]]]
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+for i, (label, runs_) in enumerate(curves.items()):
+    for run in runs_:
+        ax.plot(range(1, len(run) + 1), [100 * v for v in run], marker="o", ms=3, color=f"C{i}",
+                label=label)
+for i, c in enumerate(list(cells.values()) + [base]):
+    ax.axhline(100 * c["linear_top1"], color=f"C{i}", ls=":", lw=1)
+ax.plot([], [], color="gray", ls=":", label="frozen linear probe (same colour: same encoder)")
+ax.set_xlabel("fine-tuning epoch")
+ax.set_ylabel("held-out top-1 (%)")
+ax.set_title("fine-tuning curves", fontsize=9)
+ax.grid(alpha=0.3)
+ax.legend(fontsize=7)
+names = [f"{m}\n{f:.0%}" for m, f in cells]
+gain = [c["over_random_init"] for c in cells.values()]
+err = [1.96 * c["over_random_init_se"] for c in cells.values()]
+bx.bar(range(len(gain)), gain, yerr=err, capsize=4, color="tab:blue")
+bx.axhline(0, color="k", lw=0.8)
+bx.set_xticks(range(len(gain)), names)
+bx.set_ylabel("fine-tune top-1 over random init\n(points, bars: 95% interval)")
+bx.set_title("what pre-training adds after fine-tuning", fontsize=9)
 fig.tight_layout()
 plt.show()
-drop = {m: study[(m, "1")] - study[(m, "0.1")] for m in paper}
-print("loss from pre-training on 10% instead of 100% (points):",
-      {m: round(d, 1) for m, d in drop.items()}, "| paper:",
-      {m: round(paper[m]["1"] - paper[m]["0.1"], 1) for m in paper})
+
+# %% [markdown]
+# **What the study shows so far.** Read the printout and the two panels. DINO pre-trained for
+# 2,000 steps learned something the labels can use: frozen, its features beat random init's by a
+# wide margin in k-NN and in the linear probe, and after the first fine-tuning epoch it is
+# clearly ahead (the left panel's first points). But its lead shrinks with every epoch, and
+# after the last one the two are level: the right panel's 95% interval contains zero. Neither
+# curve has flattened (both marked not converged), and DINO's ends below its own frozen linear
+# probe (the dotted line of its colour): on this CPU budget fine-tuning, not pre-training, is
+# what runs out. So this run does **not** show pre-training beating random init after
+# fine-tuning, the premise of both papers; and with no 10% cells it cannot answer the small-data
+# question yet (no drops, no verdict).
+#
+# **How it is fine-tuned matters as much.** The study's recipe gives a pre-trained encoder's
+# lower blocks a smaller learning rate (layer-wise decay 0.75, BEiT's choice for 12-block ViTs
+# fine-tuned for 100 epochs); random init learns every layer alike. Fine-tuned once more with no
+# decay (the green curve), the same DINO encoder stays ahead of random init at every epoch and
+# ends a few points above it, but one run of each on 1,000 images leaves that final gap inside
+# two standard errors: a lead to confirm with seeds and longer fine-tuning, not yet a result.
+# The check at the end asserts each of these statements against the stored results, so new
+# result files that contradict them fail it.
+#
+# The paper's small-data effect, for reference, on its own axis (its absolute numbers are
+# iNaturalist-2019 fine-tuning after ImageNet pre-training, not comparable with ours):
+
+# %%
+paper = {"dino": {"0.1": 73.1, "1": 78.4}, "beit": {"0.1": 74.5, "1": 75.2},
+         "splitmask": {"0.1": 75.4, "1": 75.4}}
+paper_drop = {m: paper[m]["1"] - paper[m]["0.1"] for m in paper}
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3), sharey=False)
+ax.bar(range(3), list(paper_drop.values()), color="tab:gray")
+ax.set_xticks(range(3), list(paper_drop))
+ax.set_ylabel("top-1 lost from 100% to 10%\n(points, iNat-19, paper)")
+ax.set_title("paper (pre-trained on ImageNet, fine-tuned on iNat-19)", fontsize=9)
+ours = study["drops"]
+bx.bar(range(len(ours)), [d["drop"] for d in ours.values()],
+       yerr=[1.96 * d["se"] for d in ours.values()], capsize=4, color="tab:blue")
+bx.set_xticks(range(len(ours)), list(ours))
+bx.set_ylabel("top-1 lost from 100% to 10%\n(points, here, bars: 95% interval)")
+bx.set_title("here" if ours else "here: not measured yet (no 10% cells)", fontsize=9)
+bx.axhline(0, color="k", lw=0.8)
+if not ours:
+    bx.text(0.5, 0.6, "no 10% cells in this study yet:\nsmalldata --fractions 0.1,1 adds them",
+            ha="center", transform=bx.transAxes, fontsize=9)
+fig.tight_layout()
+plt.show()
+print("paper's drops (points):", {m: round(d, 1) for m, d in paper_drop.items()})
+
+# %% [markdown]
+# ## 7 · Where the study's DINO encoder looks on real photos
+# The same 2,000-step DINO encoder and a random init, their last block's CLS attention on the
+# 600 `pets-mini` photos (64 px, the pet covers ~41% of an image), scored like notebook 06: the
+# Jaccard of the patches holding 60% of the attention against the pet's trimap, for the
+# head-mean map and for the best head per image; and beside it a **centre prior of the same
+# area**, the patches nearest the image centre, as many as the head-mean mask holds (what "look
+# at the middle" scores with the map's own area). Scored by
+# `python -m dino_lite attention --checkpoint ... --images pets-mini/images --masks pets-mini/trimaps --mask-format trimap --json`;
+# the results are in `docs/results/`. Error bars: one standard error of the paired per-image
+# differences, the honest noise for comparing two maps on the same images.
+
+# %%
+pets = {name: json.loads((STUDY.parent / f"pets-attention-{name}-avx2.json").read_text())
+        for name in ("dino2000", "random-init")}
+
+
+def paired(a, b):
+    """Mean and standard error of the per-image difference between two lists of Jaccards."""
+    d = np.subtract(a, b)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+dino_pets, rand_pets = pets["dino2000"], pets["random-init"]
+pairs = {"DINO - random init\n(head mean)": paired(dino_pets["per_image"], rand_pets["per_image"]),
+         "DINO - centre prior\n(head mean)": paired(dino_pets["per_image"], dino_pets["per_image_centre_prior"]),
+         "DINO best head\n- centre prior": paired(dino_pets["per_image_best_head"],
+                                                  dino_pets["per_image_centre_prior"]),
+         "random init - centre prior\n(head mean)": paired(rand_pets["per_image"],
+                                                           rand_pets["per_image_centre_prior"])}
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [2, 3]})
+labels = ["head mean", "best head", "centre prior\n(same area)"]
+for i, (name, p) in enumerate([("DINO 2,000 steps", dino_pets), ("random init", rand_pets)]):
+    values = [p["jaccard"], p["jaccard_best_head"], p["jaccard_centre_prior"]]
+    ax.bar(np.arange(3) + (i - 0.5) * 0.38, values, 0.36, label=name)
+ax.set_xticks(range(3), labels)
+ax.set_ylabel("Jaccard with the pet (0-1)")
+ax.set_title(f"pets-mini, {dino_pets['images']} photos", fontsize=9)
+ax.legend(fontsize=8)
+diffs = list(pairs.values())
+bx.barh(range(len(pairs)), [d for d, _ in diffs], xerr=[2 * e for _, e in diffs], capsize=4,
+        color=["tab:blue" if d > 0 else "tab:red" for d, _ in diffs])
+bx.axvline(0, color="k", lw=0.8)
+bx.set_yticks(range(len(pairs)), list(pairs))
+bx.set_xlabel("paired Jaccard difference (bars: 2 standard errors)")
+fig.tight_layout()
+plt.show()
+for name, (d, e) in pairs.items():
+    print(f"{name.replace(chr(10), ' '):42s} {d:+.3f} +- {e:.3f}")
+print(f"attention on the pet: DINO {dino_pets['object_mass']:.0%}, random init "
+      f"{rand_pets['object_mass']:.0%}, the pet's area {dino_pets['object_area']:.0%}")
+
+# %% [markdown]
+# DINO's attention is far closer to the pet than random init's (the top bar), so pre-training
+# did teach the network where objects are. But its head-mean mask scores *below* simply taking
+# the central patches of the same area (the second bar, red): on these photos, where the pet is
+# usually in the middle, the centre prior is a strong baseline that this short run does not
+# beat. Its best head per image does edge past the prior (third bar), a comparison that flatters
+# the network, since it picks the best of several heads after seeing the answer. Random init's
+# maps are far below the prior. Longer pre-training, or the published weights (notebook 06), is
+# what beats it.
 
 # %% [markdown]
 # ## Summary
@@ -371,13 +524,16 @@ print("loss from pre-training on 10% instead of 100% (points):",
 #   half (a sequence half as long), and the halves predict each other's tokens.
 # - The targets are codeword indices of a fixed codebook; random vectors work as codewords.
 # - The hand-written losses match the package's, so the code does what the papers describe.
-# - In miniature (250 pre-training steps per cell on tinyimagenet-dev20, the table above),
-#   **DINO does not degrade more than BEiT and SplitMask**: going from 100% to 10% of the images
-#   changes no method's fine-tune top-1 by more than 0.3 points, inside the noise (1.4 points).
-#   The paper's effect (DINO -5.3 points, BEiT -0.7, SplitMask 0) is *not* reproduced, and this
-#   budget cannot test it: pre-training moved the encoders little (only DINO's linear probe is
-#   clearly above random init's) and 120 fine-tuning steps leave every encoder, random init
-#   included, below the frozen linear probe. The docs say what was tried.
+# - The small-data study's longest run so far (one DINO cell of 2,000 steps on 100% of
+#   tinyimagenet-dev20, and random init, both fine-tuned 6 epochs on a 2-core AVX2 CPU):
+#   pre-training gives far better frozen features and a head start in fine-tuning, but random
+#   init catches up within 6 epochs, and neither fine-tuning has converged. The paper's
+#   question (does DINO lose more than SplitMask at 10%?) needs the 10% cells and longer
+#   fine-tuning; `smalldata --dry-run` prints what that costs on your machine. Without layer
+#   decay the same encoder stays ahead of random init through fine-tuning: how a pre-trained
+#   encoder is fine-tuned is part of the question.
+# - On real photos the study's DINO encoder attends to the pet far more than random init does,
+#   but its head-mean map does not beat a centre prior of the same area.
 #
 # **Exercises.**
 # 1. Set `uniform_masks(..., 0.75)` and re-draw the neighbour histogram: why does MAE need to hide
@@ -386,6 +542,9 @@ print("loss from pre-training on 10% instead of 100% (points):",
 #    still keep the shapes recognisable?
 # 3. Re-run the study's cells for SplitMask with `--set split=uniform` (the paper's small-data
 #    variant, each branch seeing 25%): does it help at 10%?
+# 4. Run `python -m dino_lite smalldata --preset tinyimagenet --steps 2000 --finetune-epochs 30
+#    --dry-run` and read how long the full study would take on your machine; which part costs
+#    most, pre-training or fine-tuning?
 
 # %% [markdown]
 # ## Check: the claims above hold
@@ -394,13 +553,15 @@ print("loss from pre-training on 10% instead of 100% (points):",
 # than float rounding (the package's objective is not what the text says); the encoder of a
 # SplitMask branch seeing more than its 32 patches (mask tokens leaking in); SplitMask's loss
 # changing when the halves swap (asymmetry); a short run whose loss (for DINO: its KL term) did
-# not fall; and the study
-# statements, checked against the table read from the docs: a method whose 10% and 100% fine-tune
-# numbers differ by more than two standard errors (then some method *does* degrade in miniature),
-# DINO's loss from 10% exceeding the masked models' by more than that (then DINO degrades more,
-# as in the paper), DINO's linear probe not beating random init's by two SEs (then pre-training
-# did nothing measurable), or a pre-trained encoder fine-tuning better than random init by more
-# than the noise (then the fine-tune column does rank pre-training here, and the text is wrong).
+# not fall; and the study's statements, read from its result file: DINO's frozen k-NN and
+# linear probe, and its top-1 after the first fine-tuning epoch, not above random init's by two
+# standard errors; its lead not shrinking epoch after epoch; a fine-tuned gap over random init
+# outside two standard errors (then the text's "level" is wrong); a curve marked converged; DINO
+# fine-tuning above its own linear probe; drops and a verdict present (then the text's "no
+# 10% cells" is stale); the no-decay fine-tuning behind random init at some epoch, or its final
+# lead negative or beyond two standard errors; and on pets, DINO's attention not above random
+# init's, not below the centre prior (head mean), its best head not above the prior, or random
+# init not below it, each by two standard errors of the paired differences.
 
 # %%
 assert int(block.sum(1).max()) <= target and block.sum(1).float().mean() > 0.8 * target
@@ -415,11 +576,32 @@ for method, log in runs.items():          # the student's part of each objective
     key = "kl" if method == "dino" else "loss"
     first, last = np.mean([r[key] for r in log[:5]]), np.mean([r[key] for r in log[-5:]])
     assert last < first, (method, key, first, last)
-se = 100 * np.sqrt(0.25 * 0.75 / 1000)       # binomial SE of a ~25% top-1 on 1000 images: 1.4
-assert len(study) == 7, study                  # 3 methods x 2 fractions + random init
-assert all(abs(d) < 2 * se for d in drop.values()), drop                 # no method degrades here
-assert drop["dino"] < min(drop["beit"], drop["splitmask"]) + 2 * se, drop  # DINO not worse
-assert linear[("dino", "1")] > linear[("random init", "-")] + 2 * se, linear
-assert max(v for k, v in study.items() if k[0] != "random init") < study[("random init", "-")] + se
-# what does NOT hold in miniature: the paper's DINO degradation (5.3 points against <= 0.7)
-assert paper["dino"]["1"] - paper["dino"]["0.1"] > 2 * se and not drop["dino"] > 2 * se
+dino = cells[("dino", 1.0)]
+
+
+def gap_and_se(a, b, n=base["test_images"]):
+    """a - b in points, and its standard error from the two top-1s' binomial errors."""
+    return 100 * (a - b), 100 * np.hypot(np.sqrt(a * (1 - a) / n), np.sqrt(b * (1 - b) / n))
+
+
+for key in ("knn_top1", "linear_top1"):                  # frozen: clearly better features
+    d, e = gap_and_se(dino[key], base[key])
+    assert d > 2 * e, (key, d, e)
+dino_curve, base_curve = study["runs"][0]["curves"][0], base["curves"][0]
+d, e = gap_and_se(dino_curve[0], base_curve[0])
+assert d > 2 * e, (d, e)                                   # ahead after the first epoch
+gaps = np.subtract(dino_curve, base_curve)
+assert (np.diff(gaps) < 0).all(), gaps                     # the lead shrinks every epoch
+assert abs(dino["over_random_init"]) < 2 * dino["over_random_init_se"], dino   # level at the end
+assert dino["converged"] is False and base["converged"] is False
+assert dino["finetune_top1"] < dino["linear_top1"]
+assert not study["drops"] and study["verdict"] is None     # no 10% cells: no answer yet
+nd_curve = [c["top1"] for c in no_decay["curve"]]          # without layer decay:
+assert all(a > b for a, b in zip(nd_curve, base_curve))    # ahead at every epoch,
+d, e = gap_and_se(no_decay["finetune_top1"], base["finetune_top1"])
+assert 0 < d < 2 * e, (d, e)                               # a final lead inside 2 SEs
+(g_rand, e_rand), (g_prior, e_prior), (g_best, e_best), (g_rp, e_rp) = pairs.values()
+assert g_rand > 2 * e_rand                                 # attention: DINO beats random init,
+assert g_prior < -2 * e_prior                              # not the centre prior (head mean),
+assert g_best > 2 * e_best                                 # its best head edges past it,
+assert g_rp < -2 * e_rp                                    # random init is far below it
