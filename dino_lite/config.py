@@ -1,27 +1,20 @@
 """Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides.
 
-Presets hold no machine paths. A preset that trains on one of the shared data sets names it
-``shared:NAME``; :func:`make_config` resolves that with :func:`find_data`: ``NAME`` under
-:func:`shared_data_root` (``$DINO_LITE_SHARED_DATA``, else ``../shared/data`` beside the
-repository), else ``NAME`` under :func:`download_root`, where ``python -m dino_lite data download``
-puts it (``$DINO_LITE_DATA``, else ``data/`` in the repository).
+Presets hold no machine paths: a preset that trains on one of the shared data sets names it
+``shared:NAME``, which :func:`make_config` resolves (:func:`dino_lite.data.resolve_data`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
+from .data import (DOWNLOAD_ENV, SHARED, SHARED_DATA_ENV, download_root,  # noqa: F401 (importers)
+                   find_data, resolve_data, shared_data_root)
 from .methods import REGISTRY
 from .models import ARCHS, STEMS, VIT_SIZES  # noqa: F401 (VIT_SIZES: for importers)
 from .tokenizers import KINDS as TOKENIZERS  # noqa: F401 (for importers)
-
-SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
-DOWNLOAD_ENV = "DINO_LITE_DATA"     # the same variable dino_lite.data reads for its own files
-SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
 OPTIMIZERS = ("adamw", "sgd")
 METHODS = tuple(REGISTRY)
@@ -302,40 +295,6 @@ def _parse_value(name: str, text: str):
                 "an integer" if "float" not in typ else "a number")
         raise ValueError(f"{name} expects {kind}, got {text!r}") from None
     return text
-
-
-def shared_data_root() -> Path:
-    """The folder holding the shared data sets: ``$DINO_LITE_SHARED_DATA`` if set, else
-    ``../shared/data`` next to the repository (found from this file, not the working directory)."""
-    root = os.environ.get(SHARED_DATA_ENV)
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def download_root() -> Path:
-    """Where ``python -m dino_lite data download`` puts data sets by default: ``$DINO_LITE_DATA``
-    if set, else the repository's ``data/`` folder (git-ignored)."""
-    root = os.environ.get(DOWNLOAD_ENV)
-    return Path(root) if root else Path(__file__).resolve().parents[1] / "data"
-
-
-def data_search_path(name: str) -> list[Path]:
-    """The places a data set ``name`` is looked for, in order: the shared root, the download root."""
-    return [shared_data_root() / name, download_root() / name]
-
-
-def find_data(name: str) -> Path | None:
-    """The first folder of :func:`data_search_path` that exists and is not empty, or None."""
-    return next((p for p in data_search_path(name) if p.is_dir() and any(p.iterdir())), None)
-
-
-def resolve_data(spec: str) -> str:
-    """``shared:NAME`` -> the folder :func:`find_data` finds for ``NAME``; when neither place has
-    it, the path under :func:`shared_data_root` (whose absence the caller reports, e.g. with
-    :func:`dino_lite.download.how_to_get`). Other specs are returned unchanged."""
-    if isinstance(spec, str) and spec.startswith(SHARED):
-        name = spec[len(SHARED):]
-        return str(find_data(name) or shared_data_root() / name)
-    return spec
 
 
 def parse_sets(sets, preset: str = "cpu-demo") -> dict:
