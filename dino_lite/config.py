@@ -314,24 +314,6 @@ def parse_sets(sets, preset: str = "cpu-demo") -> dict:
     return parsed
 
 
-# what may change when a trained network is evaluated: how it computes and at which size it
-# sees the images; everything else was fixed when it was trained
-EVALUATION_KEYS = ("bf16", "fused_attention", "image_size", "threads", "num_workers")
-
-
-def for_evaluation(cfg: Config, sets=()) -> Config:
-    """The config to evaluate a trained network with: its training config, with the machine's
-    own precision (``auto``, not the training run's) and the evaluation keys given in ``sets``
-    applied. Any other key is refused: it would be silently ignored otherwise."""
-    given = parse_sets(sets, cfg.name if cfg.name in PRESETS else "cpu-demo")
-    fixed = sorted(set(given) - set(EVALUATION_KEYS))
-    if fixed:
-        raise ValueError(f"--set {', '.join(fixed)}: fixed when the checkpoint was trained; with "
-                         f"--checkpoint only {', '.join(EVALUATION_KEYS)} can be set")
-    values = {"bf16": "auto", "fused_attention": "auto", **given}
-    return dataclasses.replace(cfg, **values).validate()
-
-
 def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
                 sets: list[str] | None = None) -> Config:
     """Resolve a preset, then the method's defaults (:data:`METHOD_DEFAULTS`; the method is the
