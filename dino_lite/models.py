@@ -13,6 +13,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from .baselines import predictor_mlp
+
 # the backbones: each ViT's (width, depth, heads), then the torchvision ResNets
 VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
              "vit_base": (768, 12, 12)}
@@ -118,13 +120,6 @@ class DINOHead(nn.Module):
         # 8-bit mantissa would add +-0.2 noise to the teacher's softmax, so this part stays fp32.
         with torch.autocast(x.device.type, enabled=False):
             return self.last_layer(F.normalize(x.float(), dim=-1))
-
-
-def predictor_mlp(dim, hidden_dim):
-    """BYOL's predictor: a 2-layer MLP with BatchNorm, from the output space back to itself.
-    Only the student has one, so the student must *predict* the teacher rather than copy it."""
-    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-                         nn.Linear(hidden_dim, dim))
 
 
 def vit_tokens(vit, images, mask=None, mask_token=None):
