@@ -134,18 +134,13 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 class DINOLoss(nn.Module):
     """Holds what the loss needs across steps: the teacher center and the temperature schedule.
+    ``forward`` is :meth:`objective`, then the center's update (:meth:`update_center`).
 
-    ``forward`` returns the loss for one step and updates the center afterwards with
-    ``C <- m C + (1 - m) mean(teacher logits)``, averaged over all processes when distributed.
-
-    The ablation switches: ``centering`` is ``"center"`` (DINO), ``"sinkhorn_knopp"`` (SwAV's
-    equipartition, 3 iterations, instead of the center) or ``"none"``; ``sharpening=False`` gives
-    the teacher the student's temperature; ``loss`` is ``"ce"`` (DINO), ``"mse"`` (BYOL) or
-    ``"infonce"`` (MoCo v2). MSE and InfoNCE compare the outputs directly, so centering and
-    temperatures do not enter them (the center is still tracked for the diagnostics).
-
-    ``patch=True`` adds iBOT's masked patch prediction: ``.patch``, a :class:`PatchLoss` with
-    its own center, which the training step calls on the hidden patches.
+    The ablation switches (:data:`CENTERINGS`, :data:`LOSSES`): SwAV's equipartition instead of
+    the center, or none; ``sharpening=False`` gives the teacher the student's temperature; BYOL's
+    MSE and MoCo v2's InfoNCE compare the outputs directly, without centering or temperatures
+    (the center is still tracked for the diagnostics). ``patch=True`` adds iBOT's masked patch
+    prediction: ``.patch``, a :class:`PatchLoss` with its own center.
     """
 
     def __init__(self, out_dim, total_steps, *, warmup_teacher_temp=0.04, teacher_temp=0.04,
@@ -208,9 +203,8 @@ class DINOLoss(nn.Module):
         thing for every image, so the two entropies meet: both at ln K (uniform collapse) or
         both near 0 (one prototype wins); a healthy one is sharp per image, spread over the batch.
 
-        Call it *before* ``forward`` so that it sees the center the loss used. For the MSE and
-        InfoNCE losses the teacher's distribution is the centred, sharpened softmax DINO would
-        use: a probe of how much the teacher's outputs still tell images apart.
+        Call it *before* ``forward`` so that it sees the center the loss used. For MSE and
+        InfoNCE, P_t is a probe (:meth:`teacher_distributions`).
         """
         p_t = self.teacher_distributions(teacher_logits, step)
         stats = self.teacher_diagnostics(p_t)
