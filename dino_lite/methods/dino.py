@@ -93,10 +93,9 @@ def loss_terms(s, t, targets, t_out, loss_fn, step, cfg, n, predict):
 def log_record(logged, p_t, step, sched, loss_fn, proc) -> dict:
     """The step's log record; the loss and the teacher's statistics averaged over the processes
     (a non-finite loss stops the run here, before the optimiser step)."""
-    stats = loss_fn.teacher_diagnostics(p_t)
+    stats = {**loss_fn.teacher_diagnostics(p_t), "kl": logged["kl"]}
     keys = ("teacher_entropy", "teacher_batch_entropy", "kl")
-    loss, *means = global_mean([logged["loss"], stats["teacher_entropy"],
-                                stats["teacher_batch_entropy"], logged["kl"]], step, proc)
+    loss, *means = global_mean([logged["loss"], *(stats[k] for k in keys)], step, proc)
     return {"step": step, "loss": loss, "precision": proc.precision.name,
             "lr": float(sched["lr"][step]), "wd": float(sched["wd"][step]),
             "momentum": float(sched["momentum"][step]), "teacher_temp": loss_fn.teacher_temp(step),
