@@ -94,8 +94,7 @@ def _backbone(args):
     """The backbone to evaluate, on this process's device (sharded evaluation under torchrun),
     and the precision it is evaluated in (printed, and in ``--json`` as ``precision``)."""
     from .checkpoint import backbone_from_checkpoint
-    from .config import for_evaluation
-    from .evaluate import evaluation_precision, random_init_backbone, set_fused_attention
+    from .evaluate import evaluation_precision, for_evaluation, random_init_backbone, set_fused_attention
     from .train import distributed_setup
     rank, _, device = distributed_setup()
     args.rank = rank

@@ -1,27 +1,20 @@
 """Training configuration: one dataclass, a few named presets, and ``KEY=VALUE`` overrides.
 
-Presets hold no machine paths. A preset that trains on one of the shared data sets names it
-``shared:NAME``; :func:`make_config` resolves that with :func:`find_data`: ``NAME`` under
-:func:`shared_data_root` (``$DINO_LITE_SHARED_DATA``, else ``../shared/data`` beside the
-repository), else ``NAME`` under :func:`download_root`, where ``python -m dino_lite data download``
-puts it (``$DINO_LITE_DATA``, else ``data/`` in the repository).
+Presets hold no machine paths: a preset that trains on one of the shared data sets names it
+``shared:NAME``, which :func:`make_config` resolves (:func:`dino_lite.data.resolve_data`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
-from .methods import REGISTRY
+from .data import (DOWNLOAD_ENV, SHARED, SHARED_DATA_ENV, download_root,  # noqa: F401 (importers)
+                   find_data, resolve_data, shared_data_root)
+from .methods import REGISTRY, get_method
 from .models import ARCHS, STEMS, VIT_SIZES  # noqa: F401 (VIT_SIZES: for importers)
 from .tokenizers import KINDS as TOKENIZERS  # noqa: F401 (for importers)
-
-SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
-DOWNLOAD_ENV = "DINO_LITE_DATA"     # the same variable dino_lite.data reads for its own files
-SHARED = "shared:"          # data spec prefix: a data set under the shared data root
 
 OPTIMIZERS = ("adamw", "sgd")
 METHODS = tuple(REGISTRY)
@@ -128,8 +121,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -145,16 +137,13 @@ class Config:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         if self.depth is not None and self.depth < 1:
             raise ValueError(f"depth must be >= 1 (or none for the architecture's own), got {self.depth}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.threads != "auto" and not (type(self.threads) is int and self.threads >= 1):
             raise ValueError(f"threads must be auto or a number of threads >= 1, got {self.threads!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for k in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "warmup_epochs",
-                  "warmup_teacher_temp_epochs", "freeze_last_layer", "drop_path"):
+        for k in ("seed", "num_workers", "n_local", "min_lr", "weight_decay", "weight_decay_end",
+                  "clip_grad", "warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
+                  "drop_path"):
             if not getattr(self, k) >= 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("global_scale", "local_scale"):
@@ -181,14 +170,10 @@ class Config:
             raise ValueError(f"invert is a probability in [0, 1], got {self.invert}")
         if not 0 <= self.rotation <= 180:
             raise ValueError(f"rotation is a largest angle in degrees in [0, 180], got {self.rotation}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas is (beta1, beta2), each in [0, 1), got {self.adam_betas}")
         if not 0 < self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if self.layer_scale is not None and not self.layer_scale > 0:
             raise ValueError(f"layer_scale is LayerScale's initial value, > 0 (or none), got {self.layer_scale}")
         if not (type(self.reg_tokens) is int and self.reg_tokens >= 0):
@@ -206,11 +191,10 @@ class Config:
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} does not split into accumulate="
                              f"{self.accumulate} equal micro-batches")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        REGISTRY[self.method].validate(self)
+        for k in ("minutes", "max_steps"):      # None: no time budget, no step cap
+            if getattr(self, k) is not None and not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        get_method(self.method).validate(self)
         return self
 
 
@@ -271,8 +255,7 @@ PRESETS: dict[str, dict] = {
 
 
 def _parse_value(name: str, text: str):
-    typ = {f.name: f.type for f in fields(Config)}[name]
-    typ = str(typ)
+    typ = str({f.name: f.type for f in fields(Config)}[name])
     if text.lower() in ("none", "null") and "None" in typ:
         return None
     if "bool" in typ:
@@ -304,40 +287,6 @@ def _parse_value(name: str, text: str):
     return text
 
 
-def shared_data_root() -> Path:
-    """The folder holding the shared data sets: ``$DINO_LITE_SHARED_DATA`` if set, else
-    ``../shared/data`` next to the repository (found from this file, not the working directory)."""
-    root = os.environ.get(SHARED_DATA_ENV)
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def download_root() -> Path:
-    """Where ``python -m dino_lite data download`` puts data sets by default: ``$DINO_LITE_DATA``
-    if set, else the repository's ``data/`` folder (git-ignored)."""
-    root = os.environ.get(DOWNLOAD_ENV)
-    return Path(root) if root else Path(__file__).resolve().parents[1] / "data"
-
-
-def data_search_path(name: str) -> list[Path]:
-    """The places a data set ``name`` is looked for, in order: the shared root, the download root."""
-    return [shared_data_root() / name, download_root() / name]
-
-
-def find_data(name: str) -> Path | None:
-    """The first folder of :func:`data_search_path` that exists and is not empty, or None."""
-    return next((p for p in data_search_path(name) if p.is_dir() and any(p.iterdir())), None)
-
-
-def resolve_data(spec: str) -> str:
-    """``shared:NAME`` -> the folder :func:`find_data` finds for ``NAME``; when neither place has
-    it, the path under :func:`shared_data_root` (whose absence the caller reports, e.g. with
-    :func:`dino_lite.download.how_to_get`). Other specs are returned unchanged."""
-    if isinstance(spec, str) and spec.startswith(SHARED):
-        name = spec[len(SHARED):]
-        return str(find_data(name) or shared_data_root() / name)
-    return spec
-
-
 def parse_sets(sets, preset: str = "cpu-demo") -> dict:
     """``["key=value", ...]`` -> ``{key: value}``, each value parsed by its field's type."""
     names, parsed = {f.name for f in fields(Config)}, {}
@@ -355,24 +304,6 @@ def parse_sets(sets, preset: str = "cpu-demo") -> dict:
     return parsed
 
 
-# what may change when a trained network is evaluated: how it computes and at which size it
-# sees the images; everything else was fixed when it was trained
-EVALUATION_KEYS = ("bf16", "fused_attention", "image_size", "threads", "num_workers")
-
-
-def for_evaluation(cfg: Config, sets=()) -> Config:
-    """The config to evaluate a trained network with: its training config, with the machine's
-    own precision (``auto``, not the training run's) and the evaluation keys given in ``sets``
-    applied. Any other key is refused: it would be silently ignored otherwise."""
-    given = parse_sets(sets, cfg.name if cfg.name in PRESETS else "cpu-demo")
-    fixed = sorted(set(given) - set(EVALUATION_KEYS))
-    if fixed:
-        raise ValueError(f"--set {', '.join(fixed)}: fixed when the checkpoint was trained; with "
-                         f"--checkpoint only {', '.join(EVALUATION_KEYS)} can be set")
-    values = {"bf16": "auto", "fused_attention": "auto", **given}
-    return dataclasses.replace(cfg, **values).validate()
-
-
 def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
                 sets: list[str] | None = None) -> Config:
     """Resolve a preset, then the method's defaults (:data:`METHOD_DEFAULTS`; the method is the
@@ -382,10 +313,8 @@ def make_config(preset: str = "cpu-demo", overrides: dict | None = None,
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = {**PRESETS[preset], "name": preset}
     explicit = {**(overrides or {}), **parse_sets(sets, preset)}
-    method = explicit.get("method", values.get("method", "dino"))
-    if method not in REGISTRY:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    values.update(REGISTRY[method].defaults)
+    method = get_method(explicit.get("method", values.get("method", "dino")))
+    values.update(method.defaults)
     values.update(explicit)
     # what the caller asked for explicitly wins over the preset's fp32 variant
     values["fp32_variant"] = {k: v for k, v in values.get("fp32_variant", {}).items()

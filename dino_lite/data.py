@@ -5,6 +5,10 @@ A data *spec* is ``shapes`` (the embedded dataset), a folder, a torchvision data
 size, for measuring throughput). A folder is *labelled* when it holds ``train/`` and ``val/``
 (or ``test/``) with one subfolder per class; any other folder of images (flat or nested, with or
 without ``train/``) is read without labels: enough to train on, not to score k-NN or a probe.
+
+``shared:NAME`` names one of the shared data sets: :func:`resolve_data` finds ``NAME`` under
+:func:`shared_data_root`, else under :func:`download_root`, where ``python -m dino_lite data
+download`` puts it (docs/data.md).
 """
 
 from __future__ import annotations
@@ -29,7 +33,46 @@ TORCHVISION_DATASETS = ("cifar10", "stl10", "imagenette")
 # the image files read from folders (torchvision's list; the case of the suffix does not matter)
 IMAGE_EXTENSIONS = torchvision.datasets.folder.IMG_EXTENSIONS
 FAKE_SIZES = {True: 20000, False: 1000}   # the `fake` spec: random-noise images, for throughput runs
-DATA_ROOT = Path(os.environ.get("DINO_LITE_DATA", Path(__file__).resolve().parent.parent / "data"))
+SHARED_DATA_ENV = "DINO_LITE_SHARED_DATA"
+DOWNLOAD_ENV = "DINO_LITE_DATA"
+SHARED = "shared:"          # data spec prefix: a data set under the shared data root
+
+
+def shared_data_root() -> Path:
+    """The folder holding the shared data sets: ``$DINO_LITE_SHARED_DATA`` if set, else
+    ``../shared/data`` next to the repository (found from this file, not the working directory)."""
+    root = os.environ.get(SHARED_DATA_ENV)
+    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def download_root() -> Path:
+    """Where ``python -m dino_lite data download`` puts data sets, and torchvision's data sets
+    and caches go: ``$DINO_LITE_DATA`` if set, else the repository's ``data/`` (git-ignored)."""
+    root = os.environ.get(DOWNLOAD_ENV)
+    return Path(root) if root else Path(__file__).resolve().parents[1] / "data"
+
+
+DATA_ROOT = download_root()
+
+
+def data_search_path(name: str) -> list[Path]:
+    """The places a data set ``name`` is looked for, in order: the shared root, the download root."""
+    return [shared_data_root() / name, download_root() / name]
+
+
+def find_data(name: str) -> Path | None:
+    """The first folder of :func:`data_search_path` that exists and is not empty, or None."""
+    return next((p for p in data_search_path(name) if p.is_dir() and any(p.iterdir())), None)
+
+
+def resolve_data(spec: str) -> str:
+    """``shared:NAME`` -> the folder :func:`find_data` finds for ``NAME``; when neither place has
+    it, the path under :func:`shared_data_root` (whose absence the caller reports, e.g. with
+    :func:`dino_lite.download.how_to_get`). Other specs are returned unchanged."""
+    if isinstance(spec, str) and spec.startswith(SHARED):
+        name = spec[len(SHARED):]
+        return str(find_data(name) or shared_data_root() / name)
+    return spec
 
 
 class DatasetError(RuntimeError):

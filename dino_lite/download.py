@@ -1,7 +1,7 @@
 """Fetch the real photo data sets the notebooks and presets use, from their original sources.
 
 ``python -m dino_lite data download NAME`` builds, under the download root
-(:func:`dino_lite.config.download_root`), the same small layouts as the shared data folder:
+(:func:`dino_lite.data.download_root`), the same small layouts as the shared data folder:
 
 - ``tinyimagenet-dev20``: 20 classes of Tiny-ImageNet-200 (cs231n's zip), ImageFolder layout;
 - ``pets-mini``: Oxford-IIIT Pet, 3 breeds x 200 images with trimaps, longest side <= 320 px
@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .config import data_search_path, download_root, find_data
+from .data import data_search_path, download_root, find_data
 
 CHUNK = 1 << 20
 

@@ -6,12 +6,14 @@ the features are gathered back in dataset order, so every rank holds the same fu
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import PRESETS, Config, parse_sets
 from .data import build_dataset, eval_transform
 from .models import backbone_for
 from .precision import Precision, choose, for_config
@@ -166,6 +168,24 @@ def knn_and_linear_accuracy(backbone, cfg: Config, data=None, epochs=100, lr=0.1
     preds = knn_classify(F.normalize(ftr[:, :dim], dim=-1), ltr, F.normalize(fte[:, :dim], dim=-1))
     return {"knn_top1": float((preds == lte).float().mean()),
             "linear_top1": linear_probe(ftr, ltr, fte, lte, epochs=epochs, lr=lr)}
+
+
+# what may change when a trained network is evaluated: how it computes and at which size it
+# sees the images; everything else was fixed when it was trained
+EVALUATION_KEYS = ("bf16", "fused_attention", "image_size", "threads", "num_workers")
+
+
+def for_evaluation(cfg: Config, sets=()) -> Config:
+    """The config to evaluate a trained network with: its training config, with the machine's
+    own precision (``auto``, not the training run's) and the evaluation keys given in ``sets``
+    applied. Any other key is refused: it would be silently ignored otherwise."""
+    given = parse_sets(sets, cfg.name if cfg.name in PRESETS else "cpu-demo")
+    fixed = sorted(set(given) - set(EVALUATION_KEYS))
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)}: fixed when the checkpoint was trained; with "
+                         f"--checkpoint only {', '.join(EVALUATION_KEYS)} can be set")
+    values = {"bf16": "auto", "fused_attention": "auto", **given}
+    return dataclasses.replace(cfg, **values).validate()
 
 
 def use_fused_attention(cfg) -> bool:

@@ -6,8 +6,8 @@ teacher is *centred* (a running mean C is subtracted) and *sharpened* (a low ``t
 Centering alone pushes P_t towards uniform, sharpening alone towards one-hot; together they
 balance, which is what keeps DINO from collapsing.
 
-The ablation table swaps parts of this: SwAV's Sinkhorn-Knopp equipartition for the center, and
-BYOL's MSE or MoCo v2's InfoNCE for the cross-entropy (``DINOLoss(centering=..., loss=...)``).
+The ablation table swaps parts of this for the other methods' (``DINOLoss(centering=...,
+loss=...)``; their objectives are in :mod:`dino_lite.baselines`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import info_nce_loss, mse_loss, sinkhorn_knopp
 from .schedules import teacher_temperature_schedule
 
 CENTERINGS = ("center", "sinkhorn_knopp", "none")    # DINO's center, SwAV's equipartition, none
@@ -126,65 +127,6 @@ class PatchLoss(nn.Module):
         ema_center_(self.center, [teacher_logits], self.center_momentum)
 
 
-def mse_loss(student_out, teacher_out):
-    """BYOL's loss: squared distance of L2-normalised outputs (= 2 - 2 cos), over view pairs."""
-    pairs = _pairs(len(teacher_out), len(student_out))
-    s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
-    t_n = [F.normalize(t.detach().float(), dim=-1) for t in teacher_out]
-    return sum(((s_n[s] - t_n[t]) ** 2).sum(-1).mean() for t, s in pairs) / len(pairs)
-
-
-def _all_gather(x):
-    """Concatenate ``x`` from every process (no gradient); this process's rows come at
-    ``rank * len(x)``."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return x, 0
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts), dist.get_rank() * len(x)
-
-
-def info_nce_loss(student_out, teacher_out, temperature=0.2):
-    """MoCo v2's contrastive loss: the student view must pick its own image's teacher view out
-    of the teacher's whole (global) batch; the other images are the negatives."""
-    pairs = _pairs(len(teacher_out), len(student_out))
-    s_n = [F.normalize(s.float(), dim=-1) for s in student_out]
-    gathered = [_all_gather(F.normalize(t.detach().float(), dim=-1)) for t in teacher_out]
-    total = 0.0
-    for t, s in pairs:
-        keys, offset = gathered[t]
-        labels = torch.arange(len(s_n[s]), device=keys.device) + offset
-        total = total + F.cross_entropy(s_n[s] @ keys.T / temperature, labels)
-    return total / len(pairs)
-
-
-@torch.no_grad()
-def sinkhorn_knopp(teacher_logits, temp=0.04, iterations=3):
-    """SwAV's targets: ``exp(logits / temp)`` rescaled so that every prototype receives an equal
-    share of the (global) batch and every image's row sums to one. This equipartition replaces
-    centering as the force against collapse."""
-    logits = teacher_logits.float() / temp
-    peak = logits.max()
-    distributed = dist.is_available() and dist.is_initialized()
-    if distributed:
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    q = torch.exp(logits - peak).T                      # [K, batch]
-    batch = torch.tensor(float(q.shape[1]), device=q.device)
-    total = q.sum()
-    if distributed:
-        dist.all_reduce(batch)
-        dist.all_reduce(total)
-    q /= total
-    k = q.shape[0]
-    for _ in range(iterations):
-        rows = q.sum(1, keepdim=True)                   # mass per prototype
-        if distributed:
-            dist.all_reduce(rows)
-        q /= rows * k
-        q /= q.sum(0, keepdim=True) * batch             # mass per image
-    return (q * batch).T
-
-
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Mean Shannon entropy (nats) of the rows of ``probs``."""
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
@@ -192,18 +134,13 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 class DINOLoss(nn.Module):
     """Holds what the loss needs across steps: the teacher center and the temperature schedule.
+    ``forward`` is :meth:`objective`, then the center's update (:meth:`update_center`).
 
-    ``forward`` returns the loss for one step and updates the center afterwards with
-    ``C <- m C + (1 - m) mean(teacher logits)``, averaged over all processes when distributed.
-
-    The ablation switches: ``centering`` is ``"center"`` (DINO), ``"sinkhorn_knopp"`` (SwAV's
-    equipartition, 3 iterations, instead of the center) or ``"none"``; ``sharpening=False`` gives
-    the teacher the student's temperature; ``loss`` is ``"ce"`` (DINO), ``"mse"`` (BYOL) or
-    ``"infonce"`` (MoCo v2). MSE and InfoNCE compare the outputs directly, so centering and
-    temperatures do not enter them (the center is still tracked for the diagnostics).
-
-    ``patch=True`` adds iBOT's masked patch prediction: ``.patch``, a :class:`PatchLoss` with
-    its own center, which the training step calls on the hidden patches.
+    The ablation switches (:data:`CENTERINGS`, :data:`LOSSES`): SwAV's equipartition instead of
+    the center, or none; ``sharpening=False`` gives the teacher the student's temperature; BYOL's
+    MSE and MoCo v2's InfoNCE compare the outputs directly, without centering or temperatures
+    (the center is still tracked for the diagnostics). ``patch=True`` adds iBOT's masked patch
+    prediction: ``.patch``, a :class:`PatchLoss` with its own center.
     """
 
     def __init__(self, out_dim, total_steps, *, warmup_teacher_temp=0.04, teacher_temp=0.04,
@@ -266,9 +203,8 @@ class DINOLoss(nn.Module):
         thing for every image, so the two entropies meet: both at ln K (uniform collapse) or
         both near 0 (one prototype wins); a healthy one is sharp per image, spread over the batch.
 
-        Call it *before* ``forward`` so that it sees the center the loss used. For the MSE and
-        InfoNCE losses the teacher's distribution is the centred, sharpened softmax DINO would
-        use: a probe of how much the teacher's outputs still tell images apart.
+        Call it *before* ``forward`` so that it sees the center the loss used. For MSE and
+        InfoNCE, P_t is a probe (:meth:`teacher_distributions`).
         """
         p_t = self.teacher_distributions(teacher_logits, step)
         stats = self.teacher_diagnostics(p_t)

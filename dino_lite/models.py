@@ -13,6 +13,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from .baselines import predictor_mlp
+
 # the backbones: each ViT's (width, depth, heads), then the torchvision ResNets
 VIT_SIZES = {"vit_mini": (128, 6, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
              "vit_base": (768, 12, 12)}
@@ -120,13 +122,6 @@ class DINOHead(nn.Module):
             return self.last_layer(F.normalize(x.float(), dim=-1))
 
 
-def predictor_mlp(dim, hidden_dim):
-    """BYOL's predictor: a 2-layer MLP with BatchNorm, from the output space back to itself.
-    Only the student has one, so the student must *predict* the teacher rather than copy it."""
-    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-                         nn.Linear(hidden_dim, dim))
-
-
 def vit_tokens(vit, images, mask=None, mask_token=None):
     """A timm ViT's final-normed tokens, ``[batch, 1 + patches, D]`` (CLS first): its
     ``forward_features``, with one addition for masked image modelling (BEiT, iBOT): where
@@ -210,8 +205,7 @@ def build_student_teacher(cfg, fused_attention: bool = True):
     predictor = predictor_mlp(cfg.out_dim, cfg.head_hidden) if cfg.predictor else None
     student = MultiCropWrapper(backbone, head, predictor, mask_token=bool(cfg.ibot))
     teacher = MultiCropWrapper(copy.deepcopy(backbone), copy.deepcopy(head), mask_token=bool(cfg.ibot))
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher.requires_grad_(False)
     for m in teacher.modules():           # the teacher averages the student; it does not drop paths
         if isinstance(m, DropPath):
             m.drop_prob = 0.0
@@ -223,12 +217,10 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float):
     """EMA step: theta_t <- m * theta_t + (1 - m) * theta_s, for every teacher parameter
     (matched by name; the student's predictor has no teacher counterpart). m = 0 copies."""
     student_params = dict(student.named_parameters())
-    t_params, s_params = [], []
-    for name, p in teacher.named_parameters():
-        t_params.append(p)
-        s_params.append(student_params[name].detach())
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    t_params = dict(teacher.named_parameters())
+    s_params = [student_params[name].detach() for name in t_params]
+    torch._foreach_mul_(list(t_params.values()), momentum)
+    torch._foreach_add_(list(t_params.values()), s_params, alpha=1.0 - momentum)
 
 
 def backbone_for(cfg, fused_attention: bool, drop_path: float | None = None):

@@ -32,7 +32,6 @@ from .data import EpochSampler, SeededViews, build_dataset, collate_views, descr
 from .data import subset_indices  # noqa: F401 (importers)
 from .methods import build_networks, get_method
 from .methods.dino import dino_step  # noqa: F401 (importers: notebook 02 shows DINO's step)
-from .methods.masked import masked_step  # noqa: F401 (importers)
 from .precision import Precision, for_config
 from .rundir import RunLock, open_log, read_records, sync
 from .schedules import cosine_schedule
@@ -71,10 +70,9 @@ def distributed_setup():
 
 def resume_config(saved: Config, given: Config | None) -> Config:
     """The config a resumed run continues with: the checkpoint's, where ``given`` (the command
-    line's) may change only :data:`SAFE_ON_RESUME` and the length (:data:`LENGTH_KEYS`; a time
-    budget, ``minutes``, cannot be changed, only replaced by a length). Any other difference is
-    refused with a ValueError naming the keys: a run resumed with other settings is neither the
-    old run nor a new one. ``given=None`` continues with the checkpoint's config unchanged."""
+    line's; None: unchanged) may change only :data:`SAFE_ON_RESUME` and the length
+    (:data:`LENGTH_KEYS`; ``minutes`` can only be replaced by a length). Any other difference is
+    refused: a run resumed with other settings is neither the old run nor a new one."""
     if given is None:
         return saved
     old, new = saved.to_dict(), Config.from_dict(given.to_dict()).to_dict()
@@ -93,11 +91,12 @@ def resume_config(saved: Config, given: Config | None) -> Config:
 def resolve_run(cfg: Config, out: Path, resume, overwrite: bool, device: torch.device,
                 say=print):
     """``(cfg, precision, checkpoint)``: the config the run trains with, complete, and the
-    checkpoint it continues (None for a new run). A resumed run takes its checkpoint's config
-    (:func:`resume_config`) and precision, so it continues identically; a new run measures its
+    checkpoint it continues (None for a new run). ``resume=True`` continues the folder's
+    checkpoint (an error without one) with its config (:func:`resume_config`) and precision, so
+    it continues identically; ``resume="auto"`` resumes when one exists. A new run measures its
     precision on this machine (:mod:`dino_lite.precision`) and, computing in fp32 on a CPU,
-    takes the preset's cheaper ``fp32_variant``. ``resume="auto"`` resumes when a checkpoint
-    exists; a new run into a folder holding one is refused unless ``overwrite``."""
+    takes the preset's cheaper ``fp32_variant``; into a folder holding a checkpoint it is
+    refused unless ``overwrite``."""
     ckpt, path = None, out / CHECKPOINT
     if resume == "auto":            # notebooks: continue a run that exists, else start one
         resume = path.exists()
@@ -205,8 +204,8 @@ class Trainer:
         multi-crop views, the sampler and the loader; returns the images."""
         cfg = self.cfg
         images = build_dataset(cfg.data, train=True, image_size=cfg.image_size)
-        if self.progress and describe_folder(cfg.data, images):
-            print(describe_folder(cfg.data, images))    # a folder: what was found, labelled or not
+        if self.progress:               # a folder: what was found, labelled or not
+            self._say(describe_folder(cfg.data, images))
         if cfg.data_fraction < 1:       # a seeded subset of the images (the small-data study)
             images = torch.utils.data.Subset(
                 images, subset_indices(len(images), cfg.data_fraction, cfg.seed))
@@ -234,6 +233,11 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":   # BatchNorm over the global batch
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        elif self.world > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                    for m in student.modules()):
+            self._say("note: on CPU each process's BatchNorm normalises over its own share of the "
+                      "batch (torch's SyncBatchNorm needs a GPU), so this run follows a 1-process run "
+                      "closely but not exactly; see docs/robustness.md", sys.stderr)
         for net in (student, teacher):
             net.to(self.device)
             if self.device.type == "cuda" and cfg.arch.startswith("resnet"):   # faster convolutions
@@ -260,7 +264,7 @@ class Trainer:
             raise ValueError(f"--resume: the run is at step {ckpt['step']}, past the "
                              f"{self.step_cap} steps of the new length")
         self._say(f"resuming at step {ckpt['step']}: the schedules are laid out again "
-                    f"over {self.step_cap} steps (were {ckpt['total_steps']})")
+                  f"over {self.step_cap} steps (were {ckpt['total_steps']})")
         return self.step_cap
 
     def _restore(self, ckpt):
@@ -297,9 +301,7 @@ class Trainer:
         networks (their own optimiser, schedules and loss; the run's state is not touched)."""
         student, teacher = copy.deepcopy(self.student), copy.deepcopy(self.teacher)
         optimizer = build_optimizer(self.cfg, student)
-        n = sum(budget.PROBE_STEPS)
-        sched = make_schedules(self.cfg, n, self.cfg.batch_size, self.steps_per_epoch)
-        loss_fn = self.method.loss_state(self.cfg, n, sched).to(self.device)
+        sched, loss_fn = self.lay_out(sum(budget.PROBE_STEPS))
         self.sampler.set_epoch(0)
         per_step = budget.probe(
             lambda i, views: self.train_step(views, i, student, teacher, loss_fn, optimizer, sched),
@@ -311,8 +313,7 @@ class Trainer:
         (counted from the trainer's creation), the same on every rank."""
         steps = budget.agree(budget.steps_that_fit(self.cfg.minutes, self.clock() - self.started,
                                                    per_step, done, self.step_cap), self.device)
-        if self.rank == 0:
-            print(f"time budget {self.cfg.minutes:g} min: {how} -> {steps} steps")
+        self._say(f"time budget {self.cfg.minutes:g} min: {how} -> {steps} steps")
         return steps
 
     def _refit_budget(self, run_start: float):
@@ -352,10 +353,8 @@ class Trainer:
         if self._stop:
             raise Terminated if self._stop == signal.SIGTERM else KeyboardInterrupt
         self._stop = signum
-        if self.rank == 0:
-            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-            print(f"\n{name}: stopping after this step (again to stop now, without saving)",
-                  file=sys.stderr)
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        self._say(f"\n{name}: stopping after this step (again to stop now, without saving)", sys.stderr)
 
     def _stop_requested(self):
         """The stop signal any process got (SIGTERM before SIGINT), else None; all processes
@@ -367,27 +366,38 @@ class Trainer:
             stop = int(flag.item())
         return stop or None
 
+    def _stopped(self, stop: KeyboardInterrupt, mid_step: bool):
+        """Save the checkpoint of the step boundary the run stopped at and say so; a second
+        Ctrl-C inside a step keeps the last checkpoint instead (its half-made state is not saved)."""
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        if mid_step:
+            self._say(f"{how} during step {self.step}; the last checkpoint {self.out / CHECKPOINT} "
+                      f"is kept, continue with --resume", sys.stderr)
+        else:
+            self.save()
+            self._say(f"{how} at step {self.step}; checkpoint saved, continue with --resume", sys.stderr)
+
     def run(self, until: int | None = None) -> list[dict]:
         """Train to ``total_steps``, or pause after step ``until`` of the same schedule (the
         checkpoint is saved there, and a resumed run continues as if never paused); returns the
-        per-step records (also in ``log.jsonl``).
-
-        The run folder is locked while the run writes to it (:class:`~dino_lite.rundir.RunLock`).
-        Ctrl-C (SIGINT) lets the step under way finish, saves the checkpoint and raises
-        KeyboardInterrupt: the saved state is that of a step boundary, so a resumed run continues
-        exactly as an uninterrupted one would. SIGTERM does the same and raises
-        :class:`Terminated` (a KeyboardInterrupt)."""
+        per-step records (also in ``log.jsonl``). The run folder is locked meanwhile
+        (:class:`~dino_lite.rundir.RunLock`). Ctrl-C or SIGTERM (:meth:`_on_signal`) saves the
+        step boundary reached, so a resumed run continues as an uninterrupted one would, and
+        raises KeyboardInterrupt (:class:`Terminated` for SIGTERM)."""
         self.out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.out) if self.rank == 0 else None
         if lock is not None:
-            note = lock.acquire()
-            if note:
-                print(note, file=sys.stderr)
+            self._say(lock.acquire(), sys.stderr)
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._stop = None
         try:
+            if lock is not None:
+                clean_temp_files(self.out / CHECKPOINT)   # left by writes that were killed
+                # the config as run (bf16 "auto" included) and what "auto" resolved to here
+                (self.out / "config.json").write_text(json.dumps(
+                    {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
             return self._run(until)
         finally:
             self.threads.close()
@@ -397,17 +407,6 @@ class Trainer:
                 lock.release()
 
     def _run(self, until: int | None) -> list[dict]:
-        if self.rank == 0:
-            clean_temp_files(self.out / CHECKPOINT)   # left by writes that were killed
-        if self.rank == 0 and self.world > 1 and self.device.type == "cpu" and any(
-                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.student.modules()):
-            print("note: on CPU each process's BatchNorm normalises over its own share of the "
-                  "batch (torch's SyncBatchNorm needs a GPU), so this run follows a 1-process run "
-                  "closely but not exactly; see docs/robustness.md", file=sys.stderr)
-        if self.rank == 0:
-            # the config as run (bf16 "auto" included) and what "auto" resolved to on this machine
-            (self.out / "config.json").write_text(json.dumps(
-                {**self.cfg.to_dict(), "resolved_precision": self.precision.to_dict()}, indent=2))
         # the log holds exactly the records of the steps before self.step (all the checkpoint's
         # on resume; none on a fresh run), open for appending line by line
         log = self._log = open_log(self.out / LOG, self.step) if self.rank == 0 else None
@@ -424,9 +423,9 @@ class Trainer:
         start = self.clock()
         mid_step = False      # True while the state is between two steps' (not to be saved)
         try:
-            if self.rank == 0 and self.step >= self.total_steps:
-                print(f"the run in {self.out} is complete ({self.step} steps); to extend it, "
-                      f"resume with a larger --max-steps or --epochs")
+            if self.step >= self.total_steps:
+                self._say(f"the run in {self.out} is complete ({self.step} steps); to extend it, "
+                          f"resume with a larger --max-steps or --epochs")
             while self.step < end:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
@@ -470,15 +469,7 @@ class Trainer:
                                      f"lr.") from None
         except KeyboardInterrupt as stop:
             bar.close()
-            how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-            if mid_step:      # a second Ctrl-C inside a step: its half-made state is not saved
-                msg = (f"{how} during step {self.step}; the last checkpoint "
-                       f"{self.out / CHECKPOINT} is kept, continue with --resume")
-            else:
-                self.save()
-                msg = f"{how} at step {self.step}; checkpoint saved, continue with --resume"
-            if self.rank == 0:
-                print(msg, file=sys.stderr)
+            self._stopped(stop, mid_step)
             raise
         finally:
             bar.close()
@@ -494,12 +485,10 @@ DINOTrainer = Trainer     # the same class, by the name older code imports
 def train(cfg: Config, out_dir, resume=False, progress=True, on_step=None, overwrite=False,
           until=None):
     """Train with ``cfg`` into ``out_dir``; returns the trainer (its history is in the log).
-    ``until`` pauses the run after that step of its schedule (see :meth:`Trainer.run`).
-    ``resume=True`` continues the run's checkpoint (an error without one); ``resume="auto"``
-    continues it when it exists and starts the run otherwise. A new run (``resume=False``) into
-    a folder that holds a checkpoint is refused, unless ``overwrite=True`` replaces that run."""
+    ``until`` pauses the run after that step of its schedule (see :meth:`Trainer.run`);
+    ``resume`` and ``overwrite`` as in :func:`resolve_run`."""
     trainer = Trainer(cfg, out_dir, resume=resume, progress=progress, on_step=on_step,
-                          overwrite=overwrite)
+                      overwrite=overwrite)
     trainer.history = trainer.run(until)
     return trainer
 

@@ -76,43 +76,31 @@ def loss_terms(s, t, targets, t_out, loss_fn, step, cfg, n, predict):
     logged = {"kl": loss_fn.kl(targets, s.output) / n}
     loss = loss_fn.objective(s.output, t_out, step, targets) / n
     if t.patches is not None:
-        patch = ibot_loss(s, t, loss_fn, step, predict)
+        # iBOT: at the patches the student saw hidden, it predicts the teacher's patch outputs
+        # (a mean over the step's predicted patches, of which this micro-batch holds some)
+        patch = loss_fn.patch.objective(s.patches, t.patches, loss_fn.teacher_temp(step),
+                                        step_count=int(predict.sum()))
         loss = loss + cfg.ibot * patch
         logged["patch_loss"] = patch.item()
     if cfg.koleo:
-        koleo = koleo_term(s)
+        # DINOv2's KoLeo on the student's features of each global crop (this process's batch)
+        koleo = sum(koleo_loss(f) for f in s.features[:2])
         loss = loss + cfg.koleo * koleo / n
         logged["koleo"] = koleo.item() / n
     return loss, logged
 
 
-def ibot_loss(s, t, loss_fn, step, predict):
-    """iBOT: at the patches the student saw hidden, it predicts the teacher's patch outputs (a
-    mean over the step's ``predict``-ed patches)."""
-    return loss_fn.patch.objective(s.patches, t.patches, loss_fn.teacher_temp(step),
-                                   step_count=int(predict.sum()))
-
-
-def koleo_term(s):
-    """DINOv2's KoLeo on the student's features of each global crop (this process's batch)."""
-    return sum(koleo_loss(f) for f in s.features[:2])
-
-
 def log_record(logged, p_t, step, sched, loss_fn, proc) -> dict:
     """The step's log record; the loss and the teacher's statistics averaged over the processes
     (a non-finite loss stops the run here, before the optimiser step)."""
-    stats = loss_fn.teacher_diagnostics(p_t)
-    stats = {"teacher_entropy": stats["teacher_entropy"],
-             "teacher_batch_entropy": stats["teacher_batch_entropy"], "kl": logged["kl"],
-             "max_entropy": stats["max_entropy"],
-             **{k: logged[k] for k in ("patch_loss", "koleo") if k in logged}}
+    stats = {**loss_fn.teacher_diagnostics(p_t), "kl": logged["kl"]}
     keys = ("teacher_entropy", "teacher_batch_entropy", "kl")
     loss, *means = global_mean([logged["loss"], *(stats[k] for k in keys)], step, proc)
-    stats.update(zip(keys, means))
     return {"step": step, "loss": loss, "precision": proc.precision.name,
             "lr": float(sched["lr"][step]), "wd": float(sched["wd"][step]),
             "momentum": float(sched["momentum"][step]), "teacher_temp": loss_fn.teacher_temp(step),
-            **stats}
+            **dict(zip(keys, means)), "max_entropy": stats["max_entropy"],
+            **{k: logged[k] for k in ("patch_loss", "koleo") if k in logged}}
 
 
 def ibot_masks(step: int, rows: slice, cfg, proc):
