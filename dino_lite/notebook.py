@@ -38,20 +38,31 @@ def demo_dir(steps: int = DEMO_STEPS, repo_root="..") -> Path:
     return Path(repo_root) / "runs" / "notebooks" / f"shapes-{steps}steps"
 
 
-def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..", until=None) -> dict:
+def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..", until=None,
+              progress: bool = False) -> dict:
     """Train (or reuse) ``rows`` of :data:`dino_lite.ablate.ROWS` with :func:`demo_config` and
     score each by k-NN and linear probe; the k-NN curve is measured twice per run (on 1000
     training images). With ``until`` (e.g. ``steps // 2``) the rows stop after that step of
-    the ``steps``-step schedule, where the full runs' curves have a point too. Returns
+    the ``steps``-step schedule, where the full runs' curves have a point too. ``progress``
+    shows a progress bar (with its expected wait) for each row trained. Returns
     :func:`dino_lite.ablate.run_ablation`'s table."""
     return run_ablation(demo_config(steps), list(rows), demo_dir(steps, repo_root),
-                        eval_every=steps // 2, knn_max_train=1000, progress=False, until=until)
+                        eval_every=steps // 2, knn_max_train=1000, progress=progress, until=until)
 
 
 def demo_run(steps: int = DEMO_STEPS, repo_root="..") -> Path:
-    """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``."""
-    demo_rows(("dino",), steps, repo_root)
-    return demo_dir(steps, repo_root) / "dino"
+    """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``.
+
+    A notebook that finds no run (notebook 00 not run yet) says so in one line and trains it
+    with a progress bar whose time estimate is the expected wait."""
+    run = demo_dir(steps, repo_root) / "dino"
+    missing = not (run / "result.json").exists()
+    if missing:
+        print(f"notebook 00's run is not in {run} yet: training it here first ({steps} steps, "
+              f"about {steps * 0.6 / 60:.0f}-{steps * 1.0 / 60:.0f} minutes on 2 CPU cores; the bar "
+              f"below shows the expected wait), then scoring it (about half a minute more)")
+    demo_rows(("dino",), steps, repo_root, progress=missing)
+    return run
 
 
 def at_step(row: dict, step: int) -> dict:
