@@ -187,7 +187,7 @@ gaps = {"trained - random (head mean)": paired("DINO (trained)", "random init"),
                - torch.tensor(scores["centre prior"]["per_image"])))}
 for name, (d, e) in gaps.items():
     verdict = "higher" if d > 2 * e else "lower" if d < -2 * e else "level (within 2 standard errors)"
-    print(f"{name:30s} {d:+.3f} +- {e:.3f} ({d / e:+.1f} standard errors): {verdict}")
+    print(f"{name:30s} {d:+.3f} +- {e:.3f} ({d / max(e, 1e-12):+.1f} standard errors): {verdict}")
 fig, ax = plt.subplots(figsize=(6, 3))
 x = torch.arange(len(scores))
 ax.bar(x - 0.2, [s["jaccard"] for s in scores.values()], 0.4, label="head mean",
@@ -207,13 +207,13 @@ word = lambda d, e: ("above" if d > 2 * e else "below" if d < -2 * e else "level
 display(Markdown(
     f"**Reading the numbers.** The trained head-mean masks are **{word(d_r, e_r)}** random "
     f"initialisation's: {J['DINO (trained)']:.3f} against {J['random init']:.3f} Jaccard "
-    f"({d_r:+.3f}, {d_r / e_r:.0f} standard errors of the paired per-image difference); the random "
+    f"({d_r:+.3f}, {d_r / max(e_r, 1e-12):.0f} standard errors of the paired per-image difference); the random "
     f"network puts {scores['random init']['object_mass']:.0%} of its attention on the object, which "
     f"covers {area:.0%} of the image (what a uniform map scores). Against the centre prior the "
     f"trained head mean is **{word(d_p, e_p)}** it ({J['DINO (trained)']:.3f} against "
-    f"{J['centre prior']:.3f}, {d_p / e_p:+.1f} standard errors), and the best single head per "
+    f"{J['centre prior']:.3f}, {d_p / max(e_p, 1e-12):+.1f} standard errors), and the best single head per "
     f"image, the score the paper reports, is **{word(d_b, e_b)}** it "
-    f"({scores['DINO (trained)']['jaccard_best_head']:.3f}, {d_b / e_b:+.1f} standard errors)."))
+    f"({scores['DINO (trained)']['jaccard_best_head']:.3f}, {d_b / max(e_b, 1e-12):+.1f} standard errors)."))
 
 # %% [markdown]
 # The prior is strong on this dataset: the shapes are large and near the centre, and the 60%
@@ -272,7 +272,7 @@ display(Markdown(
     f"{split_j['trained'].mean():.2f} for the trained network against "
     f"{split_j['random init'].mean():.2f} at random initialisation: "
     + ("**above** it" if d_pca.mean() > 2 * se(d_pca) else "not clearly above it")
-    + f" ({d_pca.mean() / se(d_pca):+.1f} standard errors of the paired difference)."))
+    + f" ({d_pca.mean() / max(se(d_pca), 1e-12):+.1f} standard errors of the paired difference)."))
 
 # %% [markdown]
 # Where the random network's split is about as good as the trained one's, the split follows
