@@ -16,8 +16,9 @@ from .ablate import collapse_verdict, run_ablation, teacher_information
 from .config import Config, make_config
 
 # 160 steps of 64 images at 48 px global / 24 px local crops: about 1.5 minutes on a 2-core
-# CPU with native bf16, 2.5 in fp32. The run is as short as the notebooks' checks allow: at 120
-# steps the teacher's information fell below the collapse line (0.16 nats), at 160 it was 0.36.
+# CPU with native bf16, about 8 (3.1 s a step) in fp32 on a 2-core AVX2 EPYC (Zen 1). The run
+# is as short as the notebooks' checks allow: at 120 steps the teacher's information fell
+# below the collapse line (0.16 nats), at 160 it was 0.36.
 # The smaller crops cost 0.6x the preset's 64/32 per step and learn nearly as much per step,
 # and they are the crops the preset takes anyway on a CPU without native bf16 (its
 # ``fp32_variant``), so the notebooks train the same recipe on every machine (docs/RESULTS.md,
@@ -38,20 +39,31 @@ def demo_dir(steps: int = DEMO_STEPS, repo_root="..") -> Path:
     return Path(repo_root) / "runs" / "notebooks" / f"shapes-{steps}steps"
 
 
-def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..", until=None) -> dict:
+def demo_rows(rows=("dino",), steps: int = DEMO_STEPS, repo_root="..", until=None,
+              progress: bool = False) -> dict:
     """Train (or reuse) ``rows`` of :data:`dino_lite.ablate.ROWS` with :func:`demo_config` and
     score each by k-NN and linear probe; the k-NN curve is measured twice per run (on 1000
     training images). With ``until`` (e.g. ``steps // 2``) the rows stop after that step of
-    the ``steps``-step schedule, where the full runs' curves have a point too. Returns
+    the ``steps``-step schedule, where the full runs' curves have a point too. ``progress``
+    shows a progress bar (with its expected wait) for each row trained. Returns
     :func:`dino_lite.ablate.run_ablation`'s table."""
     return run_ablation(demo_config(steps), list(rows), demo_dir(steps, repo_root),
-                        eval_every=steps // 2, knn_max_train=1000, progress=False, until=until)
+                        eval_every=steps // 2, knn_max_train=1000, progress=progress, until=until)
 
 
 def demo_run(steps: int = DEMO_STEPS, repo_root="..") -> Path:
-    """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``."""
-    demo_rows(("dino",), steps, repo_root)
-    return demo_dir(steps, repo_root) / "dino"
+    """The DINO row's run folder (trained on first use): ``checkpoint.pt``, ``log.jsonl``.
+
+    A notebook that finds no run (notebook 00 not run yet) says so in one line and trains it
+    with a progress bar whose time estimate is the expected wait."""
+    run = demo_dir(steps, repo_root) / "dino"
+    missing = not (run / "result.json").exists()
+    if missing:
+        print(f"notebook 00's run is not in {run} yet: training it here first ({steps} steps; on 2 "
+              f"CPU cores about {steps * 0.6 / 60:.1f} minutes with native bf16, {steps * 3.1 / 60:.0f} "
+              f"in fp32 on AVX2; the bar below shows the expected wait), then scoring it")
+    demo_rows(("dino",), steps, repo_root, progress=missing)
+    return run
 
 
 def at_step(row: dict, step: int) -> dict:

@@ -93,6 +93,30 @@ def score_rankings(order: torch.Tensor, positive: torch.Tensor, junk: torch.Tens
     return out
 
 
+def chance_map(positive: torch.Tensor, junk: torch.Tensor | None = None) -> float:
+    """The mAP a uniformly random ranking scores in expectation: the baseline for :func:`score_rankings`.
+
+    For one query with ``m`` relevant items among ``n`` (junk removed), the item at rank ``k`` is
+    relevant with probability m/n and then has, on average, 1 + (k-1)(m-1)/(n-1) relevant items
+    at or above it, so E[AP] = (H_n + (m-1)/(n-1) (n - H_n)) / n with H_n = 1 + 1/2 + ... + 1/n:
+    H_n / n for a single relevant item (far below 1/n times ten), m/n plus a little for many.
+    Queries without a relevant item are skipped, as :func:`score_rankings` skips them.
+    """
+    junk = torch.zeros_like(positive) if junk is None else junk
+    keep = ~junk.bool()
+    ns = keep.sum(1).double()
+    ms = (positive.bool() & keep).sum(1).double()
+    aps = []
+    for n, m in zip(ns.tolist(), ms.tolist()):
+        if m == 0:
+            continue
+        h = float(sum(1.0 / k for k in range(1, int(n) + 1)))
+        aps.append((h + (m - 1) / max(n - 1, 1) * (n - h)) / n)
+    if not aps:
+        raise ValueError("no query has a relevant database image: check the ground truth")
+    return float(np.mean(aps))
+
+
 # --- relevance ----------------------------------------------------------------------------------
 
 def _is_image(path) -> bool:

@@ -40,8 +40,21 @@ def test_demo_rows_and_demo_run_share_one_table(monkeypatch):
     (base_a, rows_a, out_a, every_a, max_a, progress_a, until_a), (base_b, rows_b, out_b, *_, until_b) = calls
     assert rows_a == ["dino"] and rows_b == ["mse"]
     assert out_a == out_b and base_a.to_dict() == base_b.to_dict()   # same folder, same base: rows are reused
-    assert every_a == 20 and max_a == 1000 and progress_a is False
+    assert every_a == 20 and max_a == 1000
     assert until_a is None and until_b == 20       # a paused row stops at a point of the curve
+
+
+def test_demo_run_says_when_it_trains_notebook_00s_run_and_shows_a_bar(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(nb, "run_ablation", lambda *a, progress=True, **k: calls.append(progress))
+    run = nb.demo_run(steps=40, repo_root=tmp_path)          # no run yet: one line, and a bar
+    line = capsys.readouterr().out
+    assert "notebook 00's run is not in" in line and "training it here first (40 steps" in line
+    assert line.count("\n") == 1 and calls == [True]
+    run.mkdir(parents=True)
+    (run / "result.json").write_text("{}")                    # the run exists: silent, no bar
+    nb.demo_run(steps=40, repo_root=tmp_path)
+    assert capsys.readouterr().out == "" and calls == [True, False]
 
 
 def test_at_step_reads_a_full_run_and_a_paused_row_at_the_same_step():

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from dino_lite.retrieval import (average_precision, rank_database, read_ground_truth,
+from dino_lite.retrieval import (average_precision, chance_map, rank_database, read_ground_truth,
                                  relevance_from_classes, score_rankings)
 
 
@@ -46,6 +46,27 @@ def test_ap_matches_brute_force_on_random_rankings():
                               rng.randint(0, n - len(positives))))
         assert average_precision(order, positives, junk) == pytest.approx(
             _brute_force_ap(order, positives, junk), abs=1e-12)
+
+
+def test_chance_map_is_the_mean_ap_over_every_ranking():
+    # every ordering of a small database, AP averaged: the exact expectation of a random ranking
+    import itertools
+    positive = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0], [0, 0, 1, 0, 1, 0],
+                             [0, 0, 0, 0, 0, 0]], dtype=torch.bool)     # the last query: skipped
+    junk = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1], [1, 0, 0, 0, 0, 0],
+                         [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    exact = []
+    for q in range(3):
+        pos, jk = set(positive[q].nonzero().flatten().tolist()), set(junk[q].nonzero().flatten().tolist())
+        orders = list(itertools.permutations(range(6)))
+        exact.append(sum(average_precision(o, pos, jk) for o in orders) / len(orders))
+    assert chance_map(positive, junk) == pytest.approx(sum(exact) / 3, abs=1e-12)
+    # one relevant item among n: H_n / n, not 1/n (the copy-detection benchmark's case)
+    n = 130
+    one = torch.zeros(1, n, dtype=torch.bool)
+    one[0, 7] = True
+    assert chance_map(one) == pytest.approx(sum(1 / k for k in range(1, n + 1)) / n)
+    assert chance_map(torch.ones(2, 5, dtype=torch.bool)) == pytest.approx(1.0)
 
 
 def test_score_rankings_precision_recall_and_junk():
