@@ -77,7 +77,7 @@ axes[3].plot(epochs, temps_preset, label=f"preset: {cfg.teacher_temp} throughout
 axes[3].plot(epochs, temps, ls="--", label=f"warm-up {warm_cfg.warmup_teacher_temp} -> {warm_cfg.teacher_temp} "
              f"over {warm_cfg.warmup_teacher_temp_epochs:g} epochs")
 axes[3].set(title="teacher temperature", xlabel="epoch", ylabel="temperature tau_t")
-axes[3].legend(fontsize=8, loc="lower right")
+axes[3].legend(fontsize=8, loc="center right")
 fig.suptitle(f"the ViT-S/16 recipe (imagenet-vits16), {cfg.epochs} epochs x {steps_per_epoch} steps, "
              f"batch {cfg.batch_size}")
 plt.show()
@@ -142,6 +142,7 @@ import math
 from IPython.display import Markdown, display
 
 from dino_lite.ablate import PAPER
+from dino_lite.collapse import COLLAPSE_NATS
 from dino_lite.notebook import DEMO_STEPS, at_step, demo_config, demo_rows
 from dino_lite.shapes import SPLIT_SIZES
 
@@ -201,6 +202,14 @@ mom, cop = ours["teacher_momentum"]["knn"], ours["teacher_student_copy"]["knn"]
 rec = {k: v / 100 for k, v in RECORDED_500_STEPS.items()}
 gap_epoch = rec["teacher_previous_epoch"] - rec["teacher_momentum"]
 se_epoch = se_diff(rec["teacher_previous_epoch"], rec["teacher_momentum"])
+below = [r["step"] for r in copy_row["history"]
+         if r["teacher_batch_entropy"] - r["teacher_entropy"] < COLLAPSE_NATS]
+copy_dip = (f"On the way the student copy's teacher information fell below the {COLLAPSE_NATS}-nat "
+            f"collapse line (first at step {below[0]}, last at step {below[-1]}; training's collapse "
+            f"warning, printed above on a first run, is this dip); over the last 10% of its {HALF} steps "
+            f"it is {ours['teacher_student_copy']['information']:.2f} nats, "
+            f"{'collapsed' if ours['teacher_student_copy']['collapsed'] else 'not collapsed'} by the rule."
+            if below else "")
 display(Markdown(
     f"* **Student copy against momentum.** On the shapes after {HALF} steps the student copy scores "
     f"{100 * cop:.1f}% against {100 * mom:.1f}% for the momentum teacher "
@@ -209,7 +218,7 @@ display(Markdown(
     f"{100 * random_init:.1f}%. The recorded photo run has the student copy at "
     f"{RECORDED_500_STEPS['teacher_student_copy']}% and the previous iteration at "
     f"{RECORDED_500_STEPS['teacher_previous_iteration']}% (almost the same network), both below its "
-    f"random init ({RECORDED_500_STEPS['random init']}%); the paper has both at 0.1%.\n"
+    f"random init ({RECORDED_500_STEPS['random init']}%); the paper has both at 0.1%. {copy_dip}\n"
     f"* **Previous epoch against momentum.** The recorded 500-step run (3 epochs, one seed) has the "
     f"previous-epoch teacher at {RECORDED_500_STEPS['teacher_previous_epoch']}% against "
     f"{RECORDED_500_STEPS['teacher_momentum']}% for the momentum teacher: "
