@@ -54,8 +54,8 @@ from dino_lite.train import CHECKPOINT, read_log
 
 torch.set_num_threads(2)
 STEPS = DEMO_STEPS   # knob: 160 steps of 64 images. Longer runs raise k-NN but sharpen the heads,
-                     # which can lower the Jaccard score below (docs/RESULTS.md, "Attention
-                     # against training length")
+                     # which can lower the Jaccard score below (docs/RESULTS.md, "DINO learns
+                     # the shapes")
 N_IMAGES = 200       # knob: test images scored for attention
 
 # %% [markdown]
