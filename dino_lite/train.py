@@ -31,7 +31,6 @@ from .config import Config
 from .data import EpochSampler, SeededViews, build_dataset, collate_views, describe_folder
 from .data import subset_indices  # noqa: F401 (importers)
 from .methods import build_networks, get_method
-from .methods.dino import dino_step  # noqa: F401 (importers: notebook 02 shows DINO's step)
 from .precision import Precision, for_config
 from .rundir import RunLock, open_log, read_records, sync
 from .schedules import cosine_schedule
