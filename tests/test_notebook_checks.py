@@ -14,7 +14,9 @@ SHARED_RUN = NOTEBOOKS.parent / "runs" / "notebooks" / "shapes-160steps"
 # (notebook, the sentence the check guards, code as written, the breakage)
 BREAKAGES = [
     ("01_vit_patching", "sixteen times the attention: a linear-cost attention core",
-     "F.scaled_dot_product_attention(q, k, v)", "(q + k + v)"),
+     # linear attention (Katharopoulos et al. 2020 without the feature map): the same matmuls
+     # reassociated, K^T V first, so its cost grows with n, not n^2
+     "F.scaled_dot_product_attention(q, k, v)", "q @ (k.transpose(-2, -1) @ v)"),
     ("02_teacher_student_loss", "the hand-written step is the package's: same-view pairs kept",
      "for j in range(len(x)) if j != i]", "for j in range(len(x))]"),
     ("02_teacher_student_loss", "the hand-written step is the package's: the EMA's weights swapped",
