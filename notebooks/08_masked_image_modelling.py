@@ -498,6 +498,7 @@ bx.barh(range(len(pairs)), [d for d, _ in diffs], xerr=[2 * e for _, e in diffs]
         color=["tab:blue" if d > 0 else "tab:red" for d, _ in diffs])
 bx.axvline(0, color="k", lw=0.8)
 bx.set_yticks(range(len(pairs)), list(pairs))
+bx.invert_yaxis()                       # the first comparison on top, as the text reads them
 bx.set_xlabel("paired Jaccard difference (bars: 2 standard errors)")
 fig.tight_layout()
 plt.show()
