@@ -208,16 +208,6 @@ def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, se
     return cells
 
 
-def _timed(fn, warmup: int = 2, timed: int = 3) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` untimed calls (allocation, caches)."""
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(timed):
-        fn()
-    return (time.perf_counter() - t0) / timed
-
-
 def pretraining_step_seconds(cfg) -> float:
     """Seconds per pre-training step of ``cfg``'s method on this machine: a few throw-away steps
     of a trainer built in a temporary folder (its networks, loader and precision are the run's)."""
@@ -241,6 +231,7 @@ def finetune_step_seconds(cfg, batch_size: int) -> tuple[float, float]:
     """Seconds per fine-tuning step (forward, backward, AdamW on a batch of ``batch_size``
     images at ``cfg.image_size``) and forward seconds per image, on this machine, in the
     precision fine-tuning uses."""
+    from .budget import probe
     from .evaluate import evaluation_precision
     from .finetune import classifier
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where the study runs
@@ -259,7 +250,14 @@ def finetune_step_seconds(cfg, batch_size: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
         loss.item()                     # waits for a GPU's queued work, so the time is real
-    return _timed(step), per_image
+    return probe(lambda i, batch: step(), itertools.repeat((None, None))), per_image
+
+
+def _baseline(out_dir: Path, recipe: dict) -> tuple[dict, Path]:
+    """The random-init baseline's fine-tuning recipe (from scratch every layer learns alike: no
+    layer decay) and the file its scores are kept in."""
+    base_recipe = {**recipe, "layer_decay": 1.0}
+    return base_recipe, out_dir / f"random_init-{recipe_id(base_recipe)}.json"
 
 
 def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> dict:
@@ -281,8 +279,7 @@ def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> 
             if cfg.method not in todo_pre:
                 todo_pre[cfg.method] = [cfg, 0]
             todo_pre[cfg.method][1] += max(0, steps - done)
-    base_recipe = {**recipe, "layer_decay": 1.0}
-    if baseline and not (out_dir / f"random_init-{recipe_id(base_recipe)}.json").exists():
+    if baseline and not _baseline(out_dir, recipe)[1].exists():
         todo_scores += 1
     timings = {"pretrain_step_s": {m: pretraining_step_seconds(c) for m, (c, n) in todo_pre.items() if n}}
     pretrain = sum(timings["pretrain_step_s"][m] * n for m, (_, n) in todo_pre.items() if n)
@@ -357,8 +354,8 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
     base_cfg = cell_config(preset, "dino", 1.0, steps, data, seeds[0], sets, cells[0][1].bf16)
     random_init = None
     if baseline:
-        base_recipe = {**recipe, "layer_decay": 1.0}      # from scratch: every layer learns alike
-        random_init = cached_result(out_dir / f"random_init-{recipe_id(base_recipe)}.json",
+        base_recipe, base_file = _baseline(out_dir, recipe)
+        random_init = cached_result(base_file,
                                     {"config": base_cfg.to_dict(), "finetune": base_recipe},
                                     lambda: _scores(random_init_backbone(base_cfg), base_cfg,
                                                     base_recipe, progress), name="random init")
