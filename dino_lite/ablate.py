@@ -6,6 +6,11 @@ backbone, and judged *collapsed* when the teacher's output no longer depends on 
 :func:`dino_lite.collapse.collapse_verdict`, the rule training also warns by). Finished rows are
 kept in ``OUT/<row>/result.json`` and reused, so an interrupted table continues where it
 stopped; rows with the same configuration are run once.
+
+The other registered methods (BEiT, SplitMask, MAE) can sit beside DINO as rows of their own
+(``--rows dino,mae``): each trains with its own published optimisation (the method's
+``defaults``) on the base's data, network, budget and seed, and has no teacher to judge, so it
+goes into a second table with its final loss instead of the switches and the collapse verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from .collapse import COLLAPSE_NATS, collapse_verdict, teacher_information  # noqa: F401 (the rule)
 from .config import Config
 from .evaluate import knn_accuracy, knn_and_linear_accuracy, random_init_backbone
+from .methods import REGISTRY, get_method
 
 # name -> config overrides. The first nine are the paper's ablation rows (Mom. / SK / MC / Loss /
 # Pred.), the last four its teacher variants (the momentum row is DINO itself).
@@ -48,18 +54,32 @@ PAPER: dict[str, tuple] = {
     "teacher_previous_epoch": (66.6, None), "teacher_momentum": (72.8, None),
 }
 
+# rows that are another method rather than a switch of DINO's
+METHOD_ROWS: tuple[str, ...] = tuple(name for name in REGISTRY if name != "dino")
+
+
 def parse_rows(text: str) -> list[str]:
-    """``"all"`` or a comma-separated list of row names."""
+    """``"all"`` (the paper's rows, :data:`ROWS`) or a comma-separated list of row names, which
+    may include the other methods (:data:`METHOD_ROWS`)."""
     names = list(ROWS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in ROWS]
+    unknown = [n for n in names if n not in ROWS and n not in METHOD_ROWS]
     if unknown or not names:
-        raise ValueError(f"unknown ablation rows {unknown or text!r}; choose 'all' or from {list(ROWS)}")
+        raise ValueError(f"unknown ablation rows {unknown or text!r}; choose 'all' or from "
+                         f"{list(ROWS) + list(METHOD_ROWS)}")
     return names
 
 
 def row_config(base: Config, name: str) -> Config:
-    """``base`` with the row's switches applied (and validated)."""
-    return Config.from_dict({**base.to_dict(), **ROWS[name], "name": f"{base.name}-{name}"}).validate()
+    """``base`` with the row's switches applied (and validated); for a method row, ``base``
+    with that method's own optimisation (its ``defaults``) instead."""
+    row = {**get_method(name).defaults, "method": name} if name in METHOD_ROWS else ROWS[name]
+    return Config.from_dict({**base.to_dict(), **row, "name": f"{base.name}-{name}"}).validate()
+
+
+def judged(history: list[dict]) -> bool:
+    """Whether a run logged the teacher entropies the collapse rule reads (DINO's rows do; a
+    masked image model has no teacher)."""
+    return all("teacher_entropy" in r for r in history)
 
 
 def write_json(path: Path, obj) -> None:
@@ -123,15 +143,16 @@ def run_row(cfg: Config, out_dir, eval_every=None, knn_max_train=None, progress=
     train_minutes = (time.perf_counter() - start) / 60
     scores = knn_and_linear_accuracy(trainer.encoder(), cfg)
     keep = ("step", "loss", "teacher_entropy", "teacher_batch_entropy", "kl")
-    return {**scores, "collapsed": collapse_verdict(history), "steps": trainer.step,
-            "train_minutes": round(train_minutes, 2),
-            "max_entropy": history[-1]["max_entropy"], "knn_curve": curve,
-            "history": [{k: r[k] for k in keep} for r in history], "config": cfg.to_dict()}
+    return {**scores, "collapsed": collapse_verdict(history) if judged(history) else None,
+            "steps": trainer.step, "train_minutes": round(train_minutes, 2),
+            "max_entropy": history[-1].get("max_entropy"), "knn_curve": curve,
+            "history": [{k: r[k] for k in keep if k in r} for r in history], "config": cfg.to_dict()}
 
 
 def _switches(cfg: Config) -> dict:
-    return {"teacher": cfg.teacher, "centering": cfg.centering, "multi_crop": cfg.n_local > 0,
-            "loss": cfg.loss, "predictor": cfg.predictor}
+    return {"method": cfg.method, "teacher": cfg.teacher, "centering": cfg.centering,
+            "multi_crop": cfg.n_local > 0, "loss": cfg.loss, "predictor": cfg.predictor,
+            "lr": cfg.lr}
 
 
 def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=None,
@@ -139,8 +160,13 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
     """Train and score every row of ``rows`` with ``base``'s seed and budget (with ``until``:
     up to that step of the budget's schedule); returns the table (also written to
     ``OUT/ablation.json`` and ``OUT/ablation.md``)."""
+    if base.method in METHOD_ROWS:
+        raise ValueError(f"ablate's base recipe is DINO's (its rows switch DINO's parts), got "
+                         f"method={base.method!r}; name the other methods as rows instead "
+                         f"(--rows dino,{base.method})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+
     def key(config: dict) -> str:       # a run is identified by its configuration (not its name)
         return json.dumps({**config, "name": None, "eval_every": eval_every, "until": until},
                           sort_keys=True)
@@ -159,15 +185,20 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
             print(f"[{i + 1}/{len(rows)}] {name}: reusing {saved[k][0]}")
             done[k] = saved[k][1]
         if k not in done:
-            print(f"[{i + 1}/{len(rows)}] {name}: {ROWS[name] or 'the DINO recipe'}")
+            what = (f"{name} with its own recipe" if name in METHOD_ROWS
+                    else ROWS[name] or "the DINO recipe")
+            print(f"[{i + 1}/{len(rows)}] {name}: {what}")
             done[k] = {**run_row(cfg, out_dir / name, eval_every, knn_max_train, progress, until),
                        "eval_every": eval_every, "until": until}
             write_json(out_dir / name / "result.json", done[k])
         result = done[k]
-        paper_knn, paper_linear = PAPER[name]
+        paper_knn, paper_linear = PAPER.get(name, (None, None))
+        history = result["history"]
         table.append({"name": name, "knn_top1": result["knn_top1"],       # judged by today's rule
-                      "linear_top1": result["linear_top1"], "collapsed": collapse_verdict(result["history"]),
-                      "information": teacher_information(result["history"]), "steps": result["steps"],
+                      "linear_top1": result["linear_top1"],
+                      "collapsed": collapse_verdict(history) if judged(history) else None,
+                      "information": teacher_information(history) if judged(history) else None,
+                      "final_loss": history[-1]["loss"], "steps": result["steps"],
                       "train_minutes": result["train_minutes"],
                       **_switches(cfg), "paper_knn": paper_knn, "paper_linear": paper_linear,
                       "knn_curve": result["knn_curve"], "history": result["history"],
@@ -183,16 +214,19 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
 
 
 def markdown_table(summary: dict) -> str:
-    """Our numbers beside the paper's, one line per row, plus the random-init baseline."""
+    """Our numbers beside the paper's, one line per row, plus the random-init baseline; the
+    method rows (if any) in a second table."""
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
     def paper(x):
         return "-" if x is None else f"{x:.1f}"
+    switch_rows = [r for r in summary["rows"] if r["collapsed"] is not None]
+    method_rows = [r for r in summary["rows"] if r["collapsed"] is None]
     lines = ["| Row | Teacher | SK | MC | Loss | Pred. | steps | k-NN | Linear | teacher info (nats) "
              "| collapsed | paper k-NN | paper Linear |",
              "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for r in summary["rows"]:
+    for r in switch_rows:
         lines.append(
             f"| {r['name']} | {r['teacher']} | {'yes' if r['centering'] == 'sinkhorn_knopp' else 'no'} "
             f"| {'yes' if r['multi_crop'] else 'no'} | {r['loss']} | {'yes' if r['predictor'] else 'no'} "
@@ -201,4 +235,11 @@ def markdown_table(summary: dict) -> str:
     ri = summary["random_init"]
     lines.append(f"| random init | - | - | - | - | - | 0 | {pct(ri['knn_top1'])} "
                  f"| {pct(ri['linear_top1'])} | - | - | - | - |")
+    if method_rows:
+        lines += ["", "Other methods, each with its own optimisation, same data, network, budget "
+                  "and seed:", "",
+                  "| Method | lr (per 256) | steps | k-NN | Linear | final loss |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['name']} | {r['lr']:.2e} | {r['steps']} | {pct(r['knn_top1'])} "
+                  f"| {pct(r['linear_top1'])} | {r['final_loss']:.3f} |" for r in method_rows]
     return "\n".join(lines) + "\n"

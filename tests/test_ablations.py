@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import is_share_of, tiny_config
-from dino_lite.ablate import ROWS, collapse_verdict, parse_rows, row_config, teacher_information
+from dino_lite.ablate import (METHOD_ROWS, ROWS, collapse_verdict, parse_rows, row_config,
+                             run_ablation, teacher_information)
 from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.loss import DINOLoss, info_nce_loss, mse_loss, sinkhorn_knopp
@@ -174,6 +175,47 @@ def test_rows_cover_the_paper_table_and_teacher_variants():
     assert (byol.n_local, byol.loss, byol.predictor, byol.teacher) == (0, "mse", True, "momentum")
     swav = row_config(base, "swav")
     assert (swav.teacher, swav.centering, swav.n_local) == ("student_copy", "sinkhorn_knopp", base.n_local)
+
+
+def test_a_method_row_takes_its_own_recipe_over_the_base_s_data_network_and_budget():
+    from dino_lite.methods.mae import MAE_RECIPE
+    from dino_lite.methods.masked import BEIT_RECIPE
+    assert set(METHOD_ROWS) == {"beit", "splitmask", "mae"} and not set(METHOD_ROWS) & set(parse_rows("all"))
+    assert parse_rows("dino, mae") == ["dino", "mae"]
+    base = make_config("cpu-demo", {"seed": 3, "max_steps": 7, "depth": 2})
+    mae, beit = row_config(base, "mae"), row_config(base, "beit")
+    assert mae.method == "mae" and beit.method == "beit"
+    assert (mae.lr, tuple(mae.adam_betas), mae.n_local) == (MAE_RECIPE["lr"], MAE_RECIPE["adam_betas"], 0)
+    assert (beit.lr, tuple(beit.adam_betas)) == (BEIT_RECIPE["lr"], BEIT_RECIPE["adam_betas"])
+    assert base.lr not in (mae.lr, beit.lr)           # not DINO's optimiser with a flag
+    for cfg in (mae, beit):
+        assert (cfg.seed, cfg.max_steps, cfg.depth, cfg.data, cfg.arch) == \
+            (base.seed, base.max_steps, base.depth, base.data, base.arch)
+
+
+def test_ablate_refuses_a_base_that_is_not_dino(tmp_path):
+    with pytest.raises(ValueError, match="base recipe is DINO's.*--rows dino,mae"):
+        run_ablation(make_config("cpu-demo", {"method": "mae"}), ["dino"], tmp_path)
+
+
+def test_ablate_trains_a_mae_row_beside_dino_into_a_table_of_its_own(tiny_folder, tmp_path, capsys):
+    small = {k: v for k, v in tiny_config(tiny_folder).to_dict().items()
+             if k in ("image_size", "global_size", "local_size", "n_local", "depth", "out_dim",
+                      "head_hidden", "head_bottleneck", "batch_size", "warmup_epochs")}
+    main(["ablate", "--rows", "dino,mae", "--max-steps", "2", "--data", str(tiny_folder),
+          "--out", str(tmp_path), "--json"] + [a for k, v in small.items() for a in ("--set", f"{k}={v}")])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    dino, mae = result["rows"]
+    assert isinstance(dino["collapsed"], bool) and isinstance(dino["information"], float)
+    assert mae["name"] == "mae" and mae["collapsed"] is None and mae["information"] is None
+    assert is_share_of(mae["knn_top1"], 12) and is_share_of(mae["linear_top1"], 12) and mae["steps"] == 2
+    saved = json.loads((tmp_path / "mae" / "result.json").read_text())
+    assert saved["config"]["method"] == "mae" and "teacher_entropy" not in saved["history"][0]
+    ckpt = torch.load(tmp_path / "mae" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["method"] == "mae"
+    first, second = (tmp_path / "ablation.md").read_text().split("\n\n", 1)
+    assert "| dino |" in first and "| mae |" not in first
+    assert "| mae | 1.50e-04 | 2 |" in second and "final loss" in second
 
 
 @pytest.mark.slow
