@@ -194,10 +194,11 @@ def run_ablation(base: Config, rows, out_dir, eval_every=None, knn_max_train=Non
         result = done[k]
         paper_knn, paper_linear = PAPER.get(name, (None, None))
         history = result["history"]
+        has_teacher = judged(history)
         table.append({"name": name, "knn_top1": result["knn_top1"],       # judged by today's rule
                       "linear_top1": result["linear_top1"],
-                      "collapsed": collapse_verdict(history) if judged(history) else None,
-                      "information": teacher_information(history) if judged(history) else None,
+                      "collapsed": collapse_verdict(history) if has_teacher else None,
+                      "information": teacher_information(history) if has_teacher else None,
                       "final_loss": history[-1]["loss"], "steps": result["steps"],
                       "train_minutes": result["train_minutes"],
                       **_switches(cfg), "paper_knn": paper_knn, "paper_linear": paper_linear,
