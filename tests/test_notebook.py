@@ -26,6 +26,25 @@ def test_demo_dir_is_one_folder_per_length():
     assert nb.demo_dir(200) != nb.demo_dir(400)
 
 
+def test_another_seed_of_the_shared_run_comes_from_the_environment_into_a_folder_of_its_own(
+        monkeypatch):
+    monkeypatch.delenv(nb.SEED_VARIABLE, raising=False)
+    assert nb.demo_seed() == 0 and nb.demo_config(50).seed == 0
+    seed0 = nb.demo_dir(200)
+    monkeypatch.setenv(nb.SEED_VARIABLE, "1")
+    assert nb.demo_seed() == 1 and nb.demo_config(50).seed == 1
+    assert nb.demo_dir(200) == Path("..") / "runs" / "notebooks" / "shapes-200steps-seed1" != seed0
+    # everything but the seed is the same recipe
+    cfg1 = nb.demo_config(50).to_dict()
+    monkeypatch.setenv(nb.SEED_VARIABLE, "0")
+    assert {k: v for k, v in cfg1.items() if k != "seed"} == \
+        {k: v for k, v in nb.demo_config(50).to_dict().items() if k != "seed"}
+    assert nb.demo_dir(200) == seed0
+    monkeypatch.setenv(nb.SEED_VARIABLE, "one")
+    with pytest.raises(ValueError, match="DINO_LITE_NOTEBOOK_SEED must be an integer seed, got 'one'"):
+        nb.demo_config(50)
+
+
 def test_demo_rows_and_demo_run_share_one_table(monkeypatch):
     calls = []
 
