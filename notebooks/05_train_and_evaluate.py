@@ -39,7 +39,6 @@
 
 # %%
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -48,7 +47,7 @@ from IPython.display import Markdown, display
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
 from dino_lite.data import build_dataset, eval_transform
 from dino_lite.evaluate import extract_features, knn_classify, linear_probe, random_init_backbone
-from dino_lite.notebook import demo_config, demo_run
+from dino_lite.notebook import demo_config, demo_dir, demo_run
 from dino_lite.train import CHECKPOINT, read_log, train
 
 torch.set_num_threads(2)
@@ -78,7 +77,7 @@ def live_plot(record):
         handle.update(fig)
 
 
-LIVE = Path("..") / "runs" / "notebooks" / f"live-{LIVE_STEPS}steps"
+LIVE = demo_dir(LIVE_STEPS) / "live"     # beside the shared run, one folder per seed
 train(demo_config(LIVE_STEPS), LIVE, resume="auto", on_step=live_plot, progress=False)
 live_log = read_log(LIVE)
 ax.clear()

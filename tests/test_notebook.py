@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 import dino_lite.notebook as nb
-from dino_lite.config import PRESETS
+from dino_lite.config import PRESETS, make_config
+from dino_lite.train import make_schedules
 
 
 def test_demo_config_is_the_cpu_demo_preset_with_its_fp32_crops():
@@ -18,6 +19,14 @@ def test_demo_config_is_the_cpu_demo_preset_with_its_fp32_crops():
     assert nb.DEMO_CROPS == {k: variant[k] for k in ("global_size", "local_size")}
     assert cfg.for_precision(bf16=False) == cfg.for_precision(bf16=True) == cfg
     assert cfg.image_size == 64
+    # the gentler start, and nothing else of the preset's optimisation changed
+    assert (cfg.lr, cfg.warmup_epochs) == (0.002, 4.0)
+    assert cfg.teacher_temp == cfg.warmup_teacher_temp == 0.035
+    preset = make_config("cpu-demo", dict(minutes=None, max_steps=50, fp32_variant={}, **nb.DEMO_CROPS))
+    changed = {k for k, v in cfg.to_dict().items() if preset.to_dict()[k] != v}
+    assert changed == set(nb.DEMO_CHANGES)
+    lr = make_schedules(nb.demo_config(160), 160, 64)["lr"]   # 4 of 30 epochs: a 21-step warm-up
+    assert lr.argmax() == 21 and abs(lr.max() - 0.002 * 64 / 256) < 1e-12
 
 
 def test_demo_dir_is_one_folder_per_length():
