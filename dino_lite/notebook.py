@@ -17,7 +17,7 @@ from .ablate import collapse_verdict, run_ablation, teacher_information
 from .config import Config, make_config
 
 # 160 steps of 64 images at 48 px global / 24 px local crops: about 1.5 minutes on a 2-core
-# CPU with native bf16, about 8 (3.1 s a step) in fp32 on a 2-core AVX2 EPYC (Zen 1).
+# CPU with native bf16, about 5 (1.8 s a step, idle) in fp32 on a 2-core AVX2 EPYC (Zen 1).
 # The smaller crops cost 0.6x the preset's 64/32 per step and learn nearly as much per step,
 # and they are the crops the preset takes anyway on a CPU without native bf16 (its
 # ``fp32_variant``), so the notebooks train the same recipe on every machine (docs/RESULTS.md,
@@ -82,7 +82,7 @@ def demo_run(steps: int = DEMO_STEPS, repo_root="..") -> Path:
     missing = not (run / "result.json").exists()
     if missing:
         print(f"notebook 00's run is not in {run} yet: training it here first ({steps} steps; on 2 "
-              f"CPU cores about {steps * 0.6 / 60:.1f} minutes with native bf16, {steps * 3.1 / 60:.0f} "
+              f"CPU cores about {steps * 0.6 / 60:.1f} minutes with native bf16, {steps * 1.8 / 60:.0f} "
               f"in fp32 on AVX2; the bar below shows the expected wait), then scoring it")
     demo_rows(("dino",), steps, repo_root, progress=missing)
     return run
