@@ -210,9 +210,9 @@ display(Markdown(
 #
 # **Exercises.**
 # 1. Set `STEPS` to half its value and rerun: predict first whether k-NN or the attention maps
-#    suffer more. The check cell may then fail, and that is its job: `dino_lite/notebook.py`
-#    records 0.16 nats of teacher information after 120 steps, under the collapse line. Which
-#    assertion fails, and which sentence does it guard?
+#    suffer more. The check cell may then fail, and that is its job: before the recipe's gentle
+#    start, a 120-step run ended with 0.16 nats of teacher information, under the collapse line
+#    (`docs/RESULTS.md`). Which assertion fails, and which sentence does it guard?
 # 2. Evaluate the *student* instead of the teacher (the checkpoint's `student` weights): is the
 #    teacher better, as the paper reports?
 # 3. Train the `no_multicrop` row (`demo_rows(["no_multicrop"])`) and compare the k-NN gap.
@@ -230,7 +230,7 @@ display(Markdown(
 #   (fails if the logged quantities are not the ones the loss is made of);
 # * "the teacher keeps telling images apart": its information over the last 10% of steps is above
 #   the collapse line (`dino_lite.ablate.collapse_verdict`, the rule notebook 07 uses; fails if
-#   every image got the same distribution, as in a run cut to 120 steps);
+#   every image got the same distribution, as at seeds 1 and 2 before the gentle start);
 # * "the student still has something to learn": KL above 0.05 nats over the last 10% of steps
 #   (fails if the student had caught up with a teacher that no longer changes).
 

@@ -170,15 +170,16 @@ display(Markdown("In the first " + str(HALF) + " steps of this run, the teacher 
 #   by more than ten standard errors: fails if this recipe did not learn;
 # * after the same 80 steps the cross-entropy beats the MSE on k-NN by more than five standard
 #   errors, and the MSE row's teacher information is below DINO's: fails if the loss made no
-#   difference (one full 200-step run of the MSE row gave k-NN 33.0%, random init 32.1%, and
-#   0.00 nats of teacher information: collapsed).
+#   difference (one full 200-step run of the MSE row, before the recipe's gentle start, gave
+#   k-NN 33.0%, random init 32.1%, and 0.00 nats of teacher information: collapsed).
 #
 # What this budget does **not** reproduce, said plainly:
 # * absolute numbers: 160 steps on 5000 synthetic images are not 300 ImageNet epochs;
 # * *the student copy collapses*: its teacher information is printed, not asserted. Its
 #   verdict at the end of a run (the last 10% of steps) was "not collapsed" in our runs, although
 #   single steps can dip below the line (the middle panel); whether it ends below DINO's depends
-#   on the run's length (below at 200 steps, above at 120 and 160 in full runs of both); on the
+#   on the run's length (below at 200 steps, above at 120 and 160 in full runs of both, before
+#   the recipe's gentle start); on the
 #   photos after 500 steps it ended at 0.75 nats, while its k-NN fell below random init
 #   (`docs/RESULTS.md`). What the copy loses at every length we ran is the quality of its features;
 # * the finer orderings of the paper's table. In the 500-step table on photos of
