@@ -113,7 +113,7 @@ def knn_classify(train_feats, train_labels, test_feats, k=20, temperature=0.07, 
     for start in range(0, len(test_feats), chunk):
         sim = test_feats[start:start + chunk] @ train_feats.T
         top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(sim), num_classes)
+        votes = torch.zeros(len(sim), num_classes, dtype=sim.dtype)
         votes.scatter_add_(1, train_labels[top_idx], (top_sim / temperature).exp())
         preds.append(votes.argmax(1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -121,7 +121,7 @@ display(Markdown(
     f"*off* the object" + (f" ({sum(bool(share[h] < area) for h in off_heads)} of them even less on it "
                           f"than a uniform map would)" if off_heads else "") +
     f". The head-mean map, which the Jaccard below scores, averages the two kinds: "
-    f"{len(on_heads)} of its {n_heads} heads look at the object."))
+    f"{len(on_heads)} of its {n_heads} heads {'looks' if len(on_heads) == 1 else 'look'} at the object."))
 
 # %% [markdown]
 # Other runs of this recipe show both kinds too (docs/RESULTS.md: one head in four typically

@@ -120,3 +120,16 @@ def test_knn_weighted_vote_prefers_closer_neighbours():
     assert knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), k=3).item() == 0
     # with a very high temperature the weights flatten and the majority wins
     assert knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), k=3, temperature=100).item() == 1
+
+
+def test_knn_classifies_float64_features_the_same_one_at_a_time_as_in_a_batch():
+    # float64 features keep float64 votes (notebook 05's batch check runs in float64, where the
+    # matrix kernel for one query and for many cannot swap near-equal neighbours)
+    torch.manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(500, 16, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 5, (500,))
+    test = torch.nn.functional.normalize(torch.randn(40, 16, dtype=torch.float64), dim=1)
+    batch = knn_classify(train, labels, test, k=20)
+    alone = torch.cat([knn_classify(train, labels, test[i:i + 1], k=20) for i in range(40)])
+    assert torch.equal(batch, alone)
+    assert torch.equal(batch, knn_classify(train.float(), labels, test.float(), k=20))
