@@ -179,8 +179,8 @@ display(Markdown("In the first " + str(HALF) + " steps of this run, the teacher 
 #   verdict at the end of a run (the last 10% of steps) was "not collapsed" in our runs, although
 #   single steps can dip below the line (the middle panel); whether it ends below DINO's depends
 #   on the run's length (below at 200 steps, above at 120 and 160 in full runs of both, before
-#   the recipe's gentle start); on the
-#   photos after 500 steps it ended at 0.75 nats, while its k-NN fell below random init
+#   the recipe's gentle start); on the photos after 500 steps it ended at 0.75 nats, while its
+#   k-NN fell below random init
 #   (`docs/RESULTS.md`). What the copy loses at every length we ran is the quality of its features;
 # * the finer orderings of the paper's table. In the 500-step table on photos of
 #   `docs/RESULTS.md`, Sinkhorn-Knopp is level with centering (27.2 vs 27.9) and no multi-crop
