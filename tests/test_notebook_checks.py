@@ -37,6 +37,11 @@ BREAKAGES = [
     ("09_emerging_properties", "retrieval, copy detection and VOS follow the trained features: "
      "the trained net replaced",
      'models = {"DINO (trained)": trained,', 'models = {"DINO (trained)": random_init_backbone(cfg, seed=7),'),
+    ("08_masked_image_modelling", "longer pre-training: the 4,000-step fine-tuning replaced by the 2,000-step one",
+     'finetune_top1=longer["cells"][0]["finetune_top1"]', 'finetune_top1=long_dino["finetune_top1"]'),
+    ("08_masked_image_modelling", "DINO's attention on the pets beats random init's: the encoders swapped",
+     'dino_pets, rand_pets = pets["dino4000"], pets["random-init"]',
+     'rand_pets, dino_pets = pets["dino4000"], pets["random-init"]'),
     ("10_scaling_up", "two processes train the one-process run: BatchNorm in the head",
      # the exercise the text names: per-process batch statistics make the runs differ (trained
      # into folders of their own, so the notebook's runs are left as they are)
