@@ -214,7 +214,7 @@ def cmd_finetune(args):
             curve_figure({label: [c["top1"] for c in result["curve"]]}).savefig(args.curve, dpi=110)
             print(f"figure: {args.curve}")
     _report(args, "finetune_top1", result["top1"], epochs=args.epochs, max_steps=args.max_steps,
-            converged=result["converged"], curve=result["curve"])
+            converged=result["converged"], curve=result["curve"], correct=result["correct"])
 
 
 def cmd_embed(args):

@@ -90,14 +90,16 @@ def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def top1(model, dataset, precision, device, batch_size: int = 256) -> float:
-    """Top-1 (0 to 1) of ``model``'s logits on ``dataset``."""
+def correct_predictions(model, dataset, precision, device, batch_size: int = 256) -> torch.Tensor:
+    """Whether ``model``'s top class is the label, image by image ([len(dataset)] bool). Its mean
+    is the top-1; kept per image, two models scored on the same images can be compared pair by
+    pair (:func:`dino_lite.smalldata.paired_gap`)."""
     model.eval()
-    correct = 0
+    hits = []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size):
         with precision.autocast(device.type):
-            correct += (model(x.to(device)).argmax(1).cpu() == torch.as_tensor(y)).sum().item()
-    return correct / len(dataset)
+            hits.append(model(x.to(device)).argmax(1).cpu() == torch.as_tensor(y))
+    return torch.cat(hits)
 
 
 def finetune(backbone, cfg: Config, data=None, *, epochs: int = 30, lr: float = 1e-3,
@@ -110,7 +112,8 @@ def finetune(backbone, cfg: Config, data=None, *, epochs: int = 30, lr: float = 
 
     ``lr`` is the peak learning rate per 256 images, scaled linearly with ``batch_size``.
     ``max_steps`` cuts the run short (tests, quick looks); the schedule is laid out over it.
-    Returns ``top1`` (held-out, after the last step), ``curve`` (held-out top-1 and mean training
+    Returns ``top1`` (held-out, after the last step), ``correct`` (after the last step, 1 or 0
+    per held-out image, in the data set's order), ``curve`` (held-out top-1 and mean training
     loss after each epoch), ``converged`` (:func:`converged` on that curve; None when too short
     to tell), ``steps`` and ``precision``.
     """
@@ -166,13 +169,14 @@ def finetune(backbone, cfg: Config, data=None, *, epochs: int = 30, lr: float = 
             bar.update(1)
             if step >= steps:
                 break
-        acc = top1(model, test_set, precision, device)
+        hits = correct_predictions(model, test_set, precision, device)
+        acc = hits.float().mean().item()
         curve.append({"epoch": len(curve) + 1, "step": step, "top1": acc,
                       "train_loss": float(np.mean(losses))})
         losses = []
         bar.set_postfix(top1=f"{acc:.3f}", refresh=False)
     bar.close()
-    return {"top1": curve[-1]["top1"], "curve": curve, "steps": steps,
+    return {"top1": curve[-1]["top1"], "correct": hits.int().tolist(), "curve": curve, "steps": steps,
             "converged": converged([c["top1"] for c in curve]), "precision": precision.name}
 
 

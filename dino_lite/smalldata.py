@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from .ablate import as_json, cached_result, write_json
@@ -131,6 +132,7 @@ def _scores(backbone, cfg, recipe: dict, progress) -> dict:
     scores.update(finetune_top1_seeds=[r["top1"] for r in runs],
                   finetune_top1=sum(r["top1"] for r in runs) / len(runs),
                   curves=[[c["top1"] for c in r["curve"]] for r in runs],
+                  finetune_correct=[r["correct"] for r in runs],
                   converged=_all_converged(r["converged"] for r in runs),
                   test_images=len(build_dataset(cfg.data, train=False, image_size=cfg.image_size)),
                   precision=runs[0]["precision"], score_wall_s=time.perf_counter() - wall,
@@ -367,8 +369,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
     if random_init is not None:
         random_init.update(_errors([random_init]))
         for c in summary["cells"]:      # what pre-training adds over the supervised baseline
-            c["over_random_init"] = 100 * (c["finetune_top1"] - random_init["finetune_top1"])
-            c["over_random_init_se"] = 100 * math.hypot(c["finetune_se"], random_init["finetune_se"])
+            c.update(over_random_init(c, rows, random_init))
     # each pre-training once (a tokenizer row may be a table cell itself), then the baseline
     every = list({(r["method"], r["fraction"], r["seed"], r.get("tokenizer")): r
                   for r in rows + tokenizer_rows}.values())
@@ -440,6 +441,37 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_gap(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """Top-1 of ``a`` minus top-1 of ``b`` in points, and its standard error, image by image.
+    Each is one or more fine-tunings' hits (1 or 0 per held-out image, the same images in the
+    same order), averaged per image first. Two networks tend to fail on the same hard images, so
+    the per-image differences vary less than two independent binomial errors add up to: the
+    paired error is the test set's honest noise for a difference on one test set."""
+    da, db = np.mean(a, axis=0), np.mean(b, axis=0)
+    if da.shape != db.shape:
+        raise ValueError(f"paired comparison of {da.shape[0]} and {db.shape[0]} held-out images")
+    d = da - db
+    return 100 * float(d.mean()), 100 * float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def over_random_init(cell: dict, runs: list[dict], random_init: dict) -> dict:
+    """What pre-training adds to ``cell``'s fine-tune top-1 over the random-init baseline, in
+    points, with its standard error: paired over the held-out images when every run kept its
+    per-image hits (results from before that give the unpaired error), the pre-training and
+    fine-tuning seeds' spread added in quadrature."""
+    mine = [r for r in runs if (r["method"], r["fraction"], r.get("tokenizer"))
+            == (cell["method"], cell["fraction"], cell.get("tokenizer"))]
+    hits = [h for r in mine for h in r.get("finetune_correct", [])]
+    base_hits = random_init.get("finetune_correct", [])
+    gap = 100 * (cell["finetune_top1"] - random_init["finetune_top1"])
+    if not hits or not base_hits or len(hits) != sum(len(r["finetune_top1_seeds"]) for r in mine):
+        return {"over_random_init": gap, "paired": False,
+                "over_random_init_se": 100 * math.hypot(cell["finetune_se"], random_init["finetune_se"])}
+    _, image_se = paired_gap(hits, base_hits)
+    seeds = 100 * math.hypot(cell["seed_se"] or 0, random_init["seed_se"] or 0)
+    return {"over_random_init": gap, "paired": True, "over_random_init_se": math.hypot(image_se, seeds)}
+
+
 def drops(cells: list[dict]) -> dict:
     """Each method's fine-tune top-1 at its largest fraction minus at its smallest, with the
     standard error of the difference (points, 0 to 100)."""
@@ -504,7 +536,8 @@ def markdown_table(summary: dict) -> str:
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
         over = ("-" if "over_random_init" not in c else
-                f"{c['over_random_init']:+.1f} +- {c['over_random_init_se']:.1f}")
+                f"{c['over_random_init']:+.1f} +- {c['over_random_init_se']:.1f}"
+                + (" (paired)" if c.get("paired") else ""))
         lines.append(f"| {c['method']} | {c['fraction']:g} | {finetune_cell(c)} | {over} | "
                      f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {paper} |")
     r = summary["random_init"]

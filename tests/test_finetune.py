@@ -68,6 +68,8 @@ def test_finetune_reports_a_curve_and_its_top1(tiny_folder):
     assert [c["epoch"] for c in result["curve"]] == [1, 2]
     assert all(is_share_of(c["top1"], 12) for c in result["curve"])
     assert result["top1"] == result["curve"][-1]["top1"]
+    assert len(result["correct"]) == 12 and set(result["correct"]) <= {0, 1}   # one hit per image,
+    assert sum(result["correct"]) / 12 == pytest.approx(result["top1"])         # whose mean is the top-1
     assert result["converged"] is None                     # two epochs: too short to tell
     again = finetune(random_init_backbone(cfg), cfg, epochs=2, batch_size=16, seed=0)
     assert again["curve"] == result["curve"]               # seeded: the same run twice

@@ -12,7 +12,7 @@ from dino_lite import precision
 from dino_lite.cli import main
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.finetune import finetune
-from dino_lite.smalldata import _errors, cell_config, drops, verdict
+from dino_lite.smalldata import _errors, cell_config, drops, over_random_init, paired_gap, verdict
 from dino_lite.train import read_log
 
 SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
@@ -51,6 +51,14 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
             for s in (0, 1)]
     assert out["random_init"]["finetune_top1"] == pytest.approx(sum(runs) / 2)
     assert set(out["drops"]) == {"dino", "beit"} and out["verdict"] is None   # no SplitMask here
+    # the gap over random init is paired over the held-out images, from the hits each run kept
+    saved = json.loads((tmp_path / "smalldata.json").read_text())
+    dino = next(r for r in saved["runs"] if (r["method"], r["fraction"]) == ("dino", 1.0))
+    assert [sum(h) / 12 for h in dino["finetune_correct"]] == pytest.approx(dino["finetune_top1_seeds"])
+    cell = next(c for c in saved["cells"] if (c["method"], c["fraction"]) == ("dino", 1.0))
+    _, image_se = paired_gap(dino["finetune_correct"], saved["random_init"]["finetune_correct"])
+    assert cell["paired"] is True and cell["over_random_init_se"] == pytest.approx(
+        math.hypot(image_se, 100 * cell["seed_se"], 100 * saved["random_init"]["seed_se"]))
     # the tokenizer comparison: the default tokenizer's cell is beit-0.5 itself, the other is new
     assert [(c["tokenizer"], c["fraction"]) for c in out["tokenizer_cells"]] == [
         ("random_projection", 0.5), ("random_patches", 0.5)]
@@ -180,6 +188,36 @@ def test_timings_that_flip_give_one_precision_for_every_cell(tiny_folder, tmp_pa
     main(args)                                                # a new process, the same decision
     second, printed = _last_json(capsys)
     assert second["precision"] == first["precision"] and printed.count(": reusing") == 2
+
+
+def test_the_paired_gap_against_hand_computations():
+    # per image: a right on 0, 1; b right on 0, 2: differences 0, 1, -1, 0
+    gap, se = paired_gap([[1, 1, 0, 0]], [[1, 0, 1, 0]])
+    assert gap == 0 and se == pytest.approx(100 * math.sqrt(2 / 3) / 2)
+    # two fine-tunings averaged per image first: a = 1, 0.5, 0, 0 against b = 1, 0, 0, 0
+    gap, se = paired_gap([[1, 1, 0, 0], [1, 0, 0, 0]], [[1, 0, 0, 0]])
+    d = [0, 0.5, 0, 0]
+    assert gap == pytest.approx(12.5)
+    assert se == pytest.approx(100 * math.sqrt(sum((x - 0.125) ** 2 for x in d) / 3) / 2)
+    # networks that fail on the same images: the paired error is far below the unpaired one
+    a, b = [1] * 500 + [0] * 500, [1] * 470 + [0] * 530
+    gap, se = paired_gap([a], [b])
+    unpaired = 100 * math.hypot(math.sqrt(0.5 * 0.5 / 1000), math.sqrt(0.47 * 0.53 / 1000))
+    assert gap == pytest.approx(3.0) and se < unpaired / 3
+    with pytest.raises(ValueError, match="1000 and 999"):
+        paired_gap([a], [b[:999]])
+
+
+def test_the_gap_over_random_init_is_unpaired_for_results_without_hits():
+    base = {"finetune_top1": 0.5, "finetune_se": 0.016, "seed_se": None}
+    cell = {"method": "dino", "fraction": 1.0, "finetune_top1": 0.53, "finetune_se": 0.016, "seed_se": None}
+    run = {"method": "dino", "fraction": 1.0, "finetune_top1_seeds": [0.53]}
+    old = over_random_init(cell, [run], base)                 # a result file from before the hits
+    assert old == {"over_random_init": pytest.approx(3.0), "paired": False,
+                   "over_random_init_se": pytest.approx(100 * math.hypot(0.016, 0.016))}
+    hits_a, hits_b = [1] * 530 + [0] * 470, [1] * 500 + [0] * 500
+    new = over_random_init(cell, [{**run, "finetune_correct": [hits_a]}], {**base, "finetune_correct": [hits_b]})
+    assert new["paired"] is True and new["over_random_init_se"] == pytest.approx(paired_gap([hits_a], [hits_b])[1])
 
 
 def test_the_study_statistics_against_hand_computations():
