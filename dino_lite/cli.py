@@ -199,7 +199,7 @@ def cmd_finetune(args):
                       warmup_epochs=args.warmup_epochs,
                       layer_decay=args.layer_decay or (1.0 if args.random_init else PRETRAINED_LAYER_DECAY),
                       drop_path=args.drop_path, label_smoothing=args.label_smoothing,
-                      progress=_progress(args))
+                      progress=_progress(args), seed=args.seed)
     if args.rank == 0:
         print("epoch  held-out top-1  training loss")
         for c in result["curve"]:
@@ -214,7 +214,7 @@ def cmd_finetune(args):
             curve_figure({label: [c["top1"] for c in result["curve"]]}).savefig(args.curve, dpi=110)
             print(f"figure: {args.curve}")
     _report(args, "finetune_top1", result["top1"], epochs=args.epochs, max_steps=args.max_steps,
-            converged=result["converged"], curve=result["curve"], correct=result["correct"])
+            seed=args.seed, converged=result["converged"], curve=result["curve"], correct=result["correct"])
 
 
 def cmd_embed(args):
@@ -347,10 +347,11 @@ def cmd_smalldata(args):
           f"fine-tuning curves: {Path(args.out, 'finetune_curves.png')}")
     if args.json:
         keep = ("method", "fraction", "tokenizer", "finetune_top1", "finetune_top1_seeds",
-                "finetune_se", "seed_se", "binomial_se", "converged", "knn_top1", "linear_top1")
+                "finetune_se", "seed_se", "binomial_se", "converged", "knn_top1", "linear_top1",
+                "over_random_init", "over_random_init_se", "paired")   # the last three with a baseline
         base = summary["random_init"]
-        print(json.dumps({"cells": [{k: c[k] for k in keep} for c in summary["cells"]],
-                          "tokenizer_cells": [{k: c[k] for k in keep}
+        print(json.dumps({"cells": [{k: c[k] for k in keep if k in c} for c in summary["cells"]],
+                          "tokenizer_cells": [{k: c[k] for k in keep if k in c}
                                               for c in summary["tokenizer_cells"]],
                           "drops": summary["drops"], "verdict": summary["verdict"],
                           "precision": summary["precision"],
@@ -528,6 +529,9 @@ def build_parser():
                         "1 = none for --random-init)")
     f.add_argument("--drop-path", type=non_negative_float, default=0.1)
     f.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
+    f.add_argument("--seed", type=non_negative_int, default=0,
+                   help="the fine-tuning's seed: the new head, the image order and augmentations "
+                        "(a random init's weights follow the config's seed, --set seed=N)")
     f.add_argument("--curve", help="write the held-out top-1 per epoch as a figure (PNG path)")
     f.set_defaults(func=cmd_finetune)
 

@@ -111,3 +111,14 @@ def test_the_command_prints_the_curve_and_fine_tunes_random_init_without_layer_d
     backbone, cfg = random_init("cpu-demo", sets)
     lib = finetune(backbone, cfg, data=str(tiny_folder), epochs=2, batch_size=16, layer_decay=1.0)
     assert res["curve"] == lib["curve"] and res["finetune_top1"] == lib["top1"]
+    assert res["seed"] == 0 and res["correct"] == lib["correct"]
+
+    # --seed is the fine-tuning's seed: the library's run with that seed, on the same random init
+    main(["finetune", "--preset", "cpu-demo", "--random-init", "--data", str(tiny_folder),
+          "--epochs", "2", "--batch-size", "16", "--seed", "1", "--json",
+          *[a for s in sets for a in ("--set", s)]])
+    seeded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    backbone, cfg = random_init("cpu-demo", sets)
+    lib1 = finetune(backbone, cfg, data=str(tiny_folder), epochs=2, batch_size=16, layer_decay=1.0, seed=1)
+    assert seeded["seed"] == 1 and seeded["curve"] == lib1["curve"] and seeded["correct"] == lib1["correct"]
+    assert seeded["curve"] != res["curve"]                 # another seed, another run

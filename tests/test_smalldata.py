@@ -59,6 +59,9 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     _, image_se = paired_gap(dino["finetune_correct"], saved["random_init"]["finetune_correct"])
     assert cell["paired"] is True and cell["over_random_init_se"] == pytest.approx(
         math.hypot(image_se, 100 * cell["seed_se"], 100 * saved["random_init"]["seed_se"]))
+    printed = next(c for c in out["cells"] if (c["method"], c["fraction"]) == ("dino", 1.0))
+    assert {k: printed[k] for k in ("over_random_init", "over_random_init_se", "paired")} == \
+        {k: cell[k] for k in ("over_random_init", "over_random_init_se", "paired")}   # --json's line too
     # the tokenizer comparison: the default tokenizer's cell is beit-0.5 itself, the other is new
     assert [(c["tokenizer"], c["fraction"]) for c in out["tokenizer_cells"]] == [
         ("random_projection", 0.5), ("random_patches", 0.5)]
