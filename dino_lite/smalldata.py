@@ -12,7 +12,9 @@ Every cell runs in the one precision this machine computes in (precision.py), de
 the first cell and recorded in each cell's key, the JSON and the table. A cell is
 ``OUT/<method>-<fraction>-s<seed>``: its pre-training (``checkpoint.pt``) is kept while its config
 is unchanged, and each fine-tuning recipe's scores are kept beside it in their own
-``result-<recipe>.json``, so a new recipe never discards an old result. A folder that holds a
+``result-<recipe>.json``, so a new recipe never discards an old result; the frozen scores and
+each seed's fine-tuning are kept as they finish (``frozen.json``,
+``finetune-<recipe>-s<seed>.json``), so another fine-tuning seed runs only that seed. A folder that holds a
 pre-training of other settings is refused unless ``overwrite``.
 
 The summary computes each method's drop from the largest to the smallest fraction with its
@@ -121,22 +123,48 @@ def _pretraining(cfg, cell_dir: Path, overwrite: bool) -> str:
     return "done" if len(read_log(cell_dir)) >= cfg.max_steps else "partial"
 
 
-def _scores(backbone, cfg, recipe: dict, progress) -> dict:
-    """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed (each from a
-    copy of the encoder): ``finetune_top1`` is their mean."""
+def _timed(compute):
+    """``compute()`` and the wall and CPU seconds it took, as ``(result, wall_s, cpu_s)``."""
     wall, cpu = time.perf_counter(), time.process_time()
-    scores = knn_and_linear_accuracy(backbone, cfg)
+    result = compute()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _finetune_file(store: Path, prefix: str, recipe: dict, seed: int) -> Path:
+    """Where one fine-tuning (one seed of ``recipe``) of an encoder is kept."""
     keywords = {k: v for k, v in recipe.items() if k != "seeds"}
-    runs = [finetune(copy.deepcopy(backbone), cfg, progress=progress, seed=s, **keywords)
-            for s in recipe["seeds"]]
+    return store / f"{prefix}finetune-{recipe_id(keywords)}-s{seed}.json"
+
+
+def _scores(backbone, cfg, recipe: dict, progress, store: Path, prefix: str = "") -> dict:
+    """k-NN and linear probe of the frozen encoder, then one fine-tuning per seed (each from a
+    copy of the encoder): ``finetune_top1`` is their mean. Each part is kept in ``store`` as it
+    finishes (``<prefix>frozen.json``, ``<prefix>finetune-<recipe>-s<seed>.json``) and reused,
+    so adding a fine-tuning seed runs only the new seed, and an interrupted scoring keeps the
+    fine-tunings it finished. The compute reported is each part's own, as it was computed."""
+    key = {"config": cfg.to_dict()}
+    frozen = cached_result(store / f"{prefix}frozen.json", key, lambda: dict(zip(
+        ("scores", "wall_s", "cpu_s"), _timed(lambda: knn_and_linear_accuracy(backbone, cfg)))))
+    keywords = {k: v for k, v in recipe.items() if k != "seeds"}
+    runs = []
+    for s in recipe["seeds"]:
+        def one(s=s):
+            r, wall, cpu = _timed(lambda: finetune(copy.deepcopy(backbone), cfg, progress=progress,
+                                                   seed=s, **keywords))
+            return {k: r[k] for k in ("top1", "curve", "correct", "converged", "precision")} | \
+                {"wall_s": wall, "cpu_s": cpu}
+        runs.append(cached_result(_finetune_file(store, prefix, recipe, s),
+                                  {**key, "finetune": keywords, "seed": s}, one))
+    scores = dict(frozen["scores"])
     scores.update(finetune_top1_seeds=[r["top1"] for r in runs],
                   finetune_top1=sum(r["top1"] for r in runs) / len(runs),
                   curves=[[c["top1"] for c in r["curve"]] for r in runs],
                   finetune_correct=[r["correct"] for r in runs],
                   converged=_all_converged(r["converged"] for r in runs),
                   test_images=len(build_dataset(cfg.data, train=False, image_size=cfg.image_size)),
-                  precision=runs[0]["precision"], score_wall_s=time.perf_counter() - wall,
-                  score_cpu_s=time.process_time() - cpu)
+                  precision=runs[0]["precision"],
+                  score_wall_s=frozen["wall_s"] + sum(r["wall_s"] for r in runs),
+                  score_cpu_s=frozen["cpu_s"] + sum(r["cpu_s"] for r in runs))
     return scores
 
 
@@ -163,11 +191,12 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
             train(cfg, cell_dir, progress=progress, resume=state == "partial", overwrite=True)
         spent = {"pretrain_wall_s": time.perf_counter() - wall, "pretrain_cpu_s": time.process_time() - cpu}
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
-        return {**_scores(backbone, cfg, recipe, progress), **spent}
+        return {**_scores(backbone, cfg, recipe, progress, cell_dir), **spent}
     key = {"config": cfg.to_dict(), "finetune": recipe}
     if state != "done":                 # scores of a pre-training that is being replaced
-        for old in cell_dir.glob("result-*.json"):
-            old.unlink()
+        for pattern in ("result-*.json", "frozen.json", "finetune-*.json"):
+            for old in cell_dir.glob(pattern):
+                old.unlink()
     return cached_result(result, key, pretrain_and_score, name=cell_dir.name)
 
 
@@ -266,13 +295,19 @@ def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> 
     """The compute the study still needs on this machine, in seconds, from steps timed now:
     pre-training (the steps each cell has not taken yet), then each unscored encoder's k-NN and
     linear-probe features and its fine-tunings (steps, plus one pass over the held-out images
-    per epoch); finished cells and finished scores cost nothing. Returns the parts and the
+    per epoch); finished cells and finished scores cost nothing, nor do the parts of a scoring
+    already kept (the frozen scores, each seed's fine-tuning). Returns the parts and the
     per-step timings behind them."""
     from .train import read_log
     first = cells[0][1]
     train_images = len(build_dataset(first.data, train=True, image_size=first.image_size))
     test_images = len(build_dataset(first.data, train=False, image_size=first.image_size))
-    todo_pre, todo_scores = {}, 0
+    todo_pre, todo_scores, todo_frozen, todo_finetunes = {}, 0, 0, 0
+
+    def parts_missing(store: Path, prefix: str, part_recipe: dict) -> tuple[int, int]:
+        """The frozen scoring (0 or 1) and the fine-tunings an unscored encoder still needs."""
+        return (int(not (store / f"{prefix}frozen.json").exists()),
+                sum(not _finetune_file(store, prefix, part_recipe, s).exists() for s in recipe["seeds"]))
     for name, cfg in dict((name, cfg) for name, cfg, _ in cells).items():   # a folder once
         cell = out_dir / name
         if not (cell / f"result-{recipe_id(recipe)}.json").exists():
@@ -281,24 +316,30 @@ def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> 
             if cfg.method not in todo_pre:
                 todo_pre[cfg.method] = [cfg, 0]
             todo_pre[cfg.method][1] += max(0, steps - done)
-    if baseline and not _baseline(out_dir, recipe)[1].exists():
+            # parts kept from a finished pre-training count as done (an unfinished one rescored)
+            frozen, tunes = (parts_missing(cell, "", recipe) if done >= steps
+                             else (1, len(recipe["seeds"])))
+            todo_frozen, todo_finetunes = todo_frozen + frozen, todo_finetunes + tunes
+    base_recipe, base_file = _baseline(out_dir, recipe)
+    if baseline and not base_file.exists():
         todo_scores += 1
+        frozen, tunes = parts_missing(out_dir, "random_init-", base_recipe)
+        todo_frozen, todo_finetunes = todo_frozen + frozen, todo_finetunes + tunes
     timings = {"pretrain_step_s": {m: pretraining_step_seconds(c) for m, (c, n) in todo_pre.items() if n}}
     pretrain = sum(timings["pretrain_step_s"][m] * n for m, (_, n) in todo_pre.items() if n)
     scoring = 0.0
-    if todo_scores:
+    if todo_frozen or todo_finetunes:
         ft_step, per_image = finetune_step_seconds(first, recipe["batch_size"])
         per_epoch = train_images // recipe["batch_size"]
         ft_steps = recipe["epochs"] * per_epoch
         if recipe.get("max_steps"):
             ft_steps = min(ft_steps, recipe["max_steps"])
         evaluations = math.ceil(ft_steps / per_epoch)      # one held-out pass per epoch begun
-        one = ((train_images + test_images) * per_image
-               + len(recipe["seeds"]) * (ft_steps * ft_step + evaluations * test_images * per_image))
-        scoring = todo_scores * one
+        scoring = (todo_frozen * (train_images + test_images) * per_image     # k-NN and linear features
+                   + todo_finetunes * (ft_steps * ft_step + evaluations * test_images * per_image))
         timings.update(finetune_step_s=ft_step, forward_image_s=per_image)
     return {"pretrain_s": pretrain, "scoring_s": scoring, "total_s": pretrain + scoring,
-            "encoders_to_score": todo_scores, **timings}
+            "encoders_to_score": todo_scores, "finetunings_to_run": todo_finetunes, **timings}
 
 
 def _duration(seconds: float) -> str:
@@ -310,7 +351,8 @@ def describe_estimate(est: dict, threads: int) -> str:
     line = (f"compute still needed on this machine ({threads} threads), from steps timed now: "
             f"about {_duration(est['total_s'])} (pre-training {_duration(est['pretrain_s'])}"
             + (f" at {per} per step" if per else "")
-            + f"; scoring {est['encoders_to_score']} encoders {_duration(est['scoring_s'])}")
+            + f"; scoring {est['encoders_to_score']} encoders, {est['finetunings_to_run']} "
+            f"fine-tunings to run, {_duration(est['scoring_s'])}")
     if "finetune_step_s" in est:
         line += f", {est['finetune_step_s']:.2f} s per fine-tuning step"
     return line + ")"
@@ -360,7 +402,8 @@ def run_smalldata(preset, methods, fractions, out_dir, steps, finetune_recipe: d
         random_init = cached_result(base_file,
                                     {"config": base_cfg.to_dict(), "finetune": base_recipe},
                                     lambda: _scores(random_init_backbone(base_cfg), base_cfg,
-                                                    base_recipe, progress), name="random init")
+                                                    base_recipe, progress, out_dir, "random_init-"),
+                                    name="random init")
     summary = {"preset": preset, "data": base_cfg.data, "steps": steps, "precision": precision,
                "finetune": recipe, "sets": list(sets), "mim_sets": list(mim_sets),
                "seeds": list(seeds), "convergence_rule": convergence_rule(),

@@ -129,6 +129,47 @@ def test_the_estimate_adds_the_timed_steps_of_what_is_left(tiny_folder, tmp_path
     assert not (tmp_path / "study").exists()                  # a dry run trains nothing
 
 
+def test_another_fine_tuning_seed_runs_only_that_seed(tiny_folder, tmp_path, capsys, monkeypatch):
+    from dino_lite import smalldata
+    args = _study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1"]
+    main(args + ["--finetune-seeds", "0"])
+    first, _ = _last_json(capsys)
+    calls, real = [], smalldata.finetune
+
+    def counted(*a, seed, **kw):
+        calls.append(seed)
+        return real(*a, seed=seed, **kw)
+    monkeypatch.setattr(smalldata, "finetune", counted)
+
+    def frozen_again(*a, **kw):
+        raise AssertionError("the frozen scores were kept: not computed again")
+    monkeypatch.setattr(smalldata, "knn_and_linear_accuracy", frozen_again)
+    monkeypatch.setattr(smalldata, "pretraining_step_seconds", None)   # nothing to pre-train
+    monkeypatch.setattr(smalldata, "finetune_step_seconds", lambda cfg, batch: (7.0, 0.01))
+    main(args + ["--finetune-seeds", "0,1,2", "--dry-run"])
+    est, _ = _last_json(capsys)                               # the cell and random init: 2 seeds each,
+    assert est["estimate"]["finetunings_to_run"] == 4         # no frozen scoring, no pre-training
+    assert est["estimate"]["scoring_s"] == pytest.approx(4 * (2 * 7.0 + 2 * 12 * 0.01))
+    main(args + ["--finetune-seeds", "0,1"])
+    second, _ = _last_json(capsys)
+    assert calls == [1, 1]                                    # seed 1 of the cell, then of random init
+    for before, after in ((first["cells"][0], second["cells"][0]), (first["random_init"], second["random_init"])):
+        assert after["finetune_top1_seeds"][0] == before["finetune_top1_seeds"][0]   # seed 0 kept
+        assert len(after["finetune_top1_seeds"]) == 2
+    assert second["cells"][0]["knn_top1"] == first["cells"][0]["knn_top1"]
+    saved = json.loads((tmp_path / "smalldata.json").read_text())
+    run = saved["runs"][0]                                    # the kept seed's hits, then the new one's
+    assert [sum(h) / 12 for h in run["finetune_correct"]] == pytest.approx(run["finetune_top1_seeds"])
+    # a fine-tuning of seed 1 run on its own gives the same top-1: the kept parts are the real ones
+    monkeypatch.undo()
+    from dino_lite.checkpoint import backbone_from_checkpoint
+    backbone, _ = backbone_from_checkpoint(tmp_path / "dino-1-s0" / "checkpoint.pt")
+    cfg = cell_config("cpu-demo", "dino", 1.0, 2, str(tiny_folder), seed=0, sets=SETS)
+    recipe = {k: v for k, v in smalldata.FINETUNE.items() if k != "seeds"}
+    alone = finetune(backbone, cfg, seed=1, **{**recipe, "max_steps": 2})
+    assert second["cells"][0]["finetune_top1_seeds"][1] == pytest.approx(alone["top1"])
+
+
 def test_a_changed_pre_training_option_is_refused_not_overwritten(tiny_folder, tmp_path, capsys):
     main(_study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1", "--no-baseline"])
     capsys.readouterr()
