@@ -574,8 +574,9 @@ display(Markdown(
 # ones. Comparing them image by image removes that shared part: for image $i$ let $d_i$ be
 # DINO's hit minus random init's (each a 0/1 hit, averaged over the fine-tuning seeds); the gap
 # is $\bar d$ and its standard error $\mathrm{sd}(d)/\sqrt{1000}$, and the seeds' own spread
-# (how much another fine-tuning seed moves each top-1) is added in quadrature. This is what the
-# package's `smalldata.paired_gap` computes. The 4,000-step encoder and random init were each
+# (how much another fine-tuning seed moves each top-1) is added in quadrature. The image part is
+# the package's `smalldata.paired_gap`; `smalldata` adds the seeds' spread the same way when it
+# compares a cell with random init. The 4,000-step encoder and random init were each
 # fine-tuned again with their hits kept, with fine-tuning seeds 0 and 1
 # (`python -m dino_lite finetune ... --epochs 15 --layer-decay 1.0 --seed S --json`; the file is
 # `docs/results/finetune-15ep-hits-avx2.json`).
