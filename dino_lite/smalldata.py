@@ -14,8 +14,8 @@ the first cell and recorded in each cell's key, the JSON and the table. A cell i
 is unchanged, and each fine-tuning recipe's scores are kept beside it in their own
 ``result-<recipe>.json``, so a new recipe never discards an old result; the frozen scores and
 each seed's fine-tuning are kept as they finish (``frozen.json``,
-``finetune-<recipe>-s<seed>.json``), so another fine-tuning seed runs only that seed. A folder that holds a
-pre-training of other settings is refused unless ``overwrite``.
+``finetune-<recipe>-s<seed>.json``), so another fine-tuning seed runs only that seed. A folder
+that holds a pre-training of other settings is refused unless ``overwrite``.
 
 The summary computes each method's drop from the largest to the smallest fraction with its
 standard error (the spread over seeds and the test set's binomial error) and a verdict sentence
@@ -143,8 +143,11 @@ def _scores(backbone, cfg, recipe: dict, progress, store: Path, prefix: str = ""
     so adding a fine-tuning seed runs only the new seed, and an interrupted scoring keeps the
     fine-tunings it finished. The compute reported is each part's own, as it was computed."""
     key = {"config": cfg.to_dict()}
-    frozen = cached_result(store / f"{prefix}frozen.json", key, lambda: dict(zip(
-        ("scores", "wall_s", "cpu_s"), _timed(lambda: knn_and_linear_accuracy(backbone, cfg)))))
+
+    def frozen_scores():
+        scores, wall, cpu = _timed(lambda: knn_and_linear_accuracy(backbone, cfg))
+        return {"scores": scores, "wall_s": wall, "cpu_s": cpu}
+    frozen = cached_result(store / f"{prefix}frozen.json", key, frozen_scores)
     keywords = {k: v for k, v in recipe.items() if k != "seeds"}
     runs = []
     for s in recipe["seeds"]:
