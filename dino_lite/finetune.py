@@ -102,6 +102,26 @@ def correct_predictions(model, dataset, precision, device, batch_size: int = 256
     return torch.cat(hits)
 
 
+def training_batches(cfg: Config, data=None, batch_size: int = 64, crop_scale=(0.25, 1.0), seed: int = 0):
+    """The fine-tuning's training loader (random resized crops and flips at ``cfg.image_size``,
+    shuffled by ``seed``, incomplete last batch dropped), the held-out split and the number of
+    classes. Also what `smalldata --dry-run` times, so its estimate pays for loading too."""
+    size = cfg.image_size
+    train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(size, tuple(crop_scale), antialias=True),
+                          T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
+                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train_set, test_set = eval_splits(cfg, data, train_tf)
+    num_classes = (len(getattr(train_set, "classes", None) or [])
+                   or getattr(train_set, "num_classes", 0)
+                   or int(max(int(y) for _, y in train_set)) + 1)
+    loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    if len(loader) == 0:
+        raise ValueError(f"fine-tuning batch size {batch_size} is larger than the {len(train_set)} "
+                         f"training images; pass a smaller --batch-size")
+    return loader, test_set, num_classes
+
+
 def finetune(backbone, cfg: Config, data=None, *, epochs: int = 30, lr: float = 1e-3,
              batch_size: int = 64, weight_decay: float = 0.05, warmup_epochs: float = 3,
              layer_decay: float = PRETRAINED_LAYER_DECAY, drop_path: float = 0.1, label_smoothing: float = 0.1,
@@ -125,19 +145,7 @@ def finetune(backbone, cfg: Config, data=None, *, epochs: int = 30, lr: float = 
         raise ValueError(f"label_smoothing and drop_path must be in [0, 1), got "
                          f"{label_smoothing} and {drop_path}")
     torch.manual_seed(seed)
-    size = cfg.image_size
-    train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(size, tuple(crop_scale), antialias=True),
-                          T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
-                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    train_set, test_set = eval_splits(cfg, data, train_tf)
-    num_classes = (len(getattr(train_set, "classes", None) or [])
-                   or getattr(train_set, "num_classes", 0)
-                   or int(max(int(y) for _, y in train_set)) + 1)
-    loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    if len(loader) == 0:
-        raise ValueError(f"fine-tuning batch size {batch_size} is larger than the {len(train_set)} "
-                         f"training images; pass a smaller --batch-size")
+    loader, test_set, num_classes = training_batches(cfg, data, batch_size, crop_scale, seed)
     device = next(backbone.parameters()).device
     precision = evaluation_precision(backbone, cfg)
     model = classifier(backbone, num_classes, drop_path).to(device)

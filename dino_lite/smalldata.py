@@ -262,29 +262,33 @@ def pretraining_step_seconds(cfg) -> float:
 
 
 def finetune_step_seconds(cfg, batch_size: int) -> tuple[float, float]:
-    """Seconds per fine-tuning step (forward, backward, AdamW on a batch of ``batch_size``
-    images at ``cfg.image_size``) and forward seconds per image, on this machine, in the
-    precision fine-tuning uses."""
+    """Seconds per fine-tuning step (loading and augmenting a batch of ``batch_size`` training
+    images at ``cfg.image_size``, as fine-tuning loads them, then forward, backward and AdamW)
+    and forward seconds per image, on this machine, in the precision fine-tuning uses."""
     from .budget import probe
     from .evaluate import evaluation_precision
-    from .finetune import classifier
+    from .finetune import classifier, training_batches
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where the study runs
     backbone = random_init_backbone(cfg).to(device)
     precision = evaluation_precision(backbone, cfg)
     per_image = seconds_per_image(copy.deepcopy(backbone), cfg.image_size, precision)
-    model = classifier(backbone, 20, drop_path=0.1).train()    # the head's width barely matters
+    loader, _, num_classes = training_batches(cfg, batch_size=batch_size)
+    model = classifier(backbone, num_classes, drop_path=0.1).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, device=device)
-    y = torch.randint(0, 20, (batch_size,), device=device)
 
-    def step():
+    def step(batch):
+        x, y = batch
         with precision.autocast(device.type):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(model(x.to(device)).float(), torch.as_tensor(y).to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         loss.item()                     # waits for a GPU's queued work, so the time is real
-    return probe(lambda i, batch: step(), itertools.repeat((None, None))), per_image
+
+    def batches():                      # epoch after epoch: a small split has few batches
+        while True:
+            yield from ((batch, None) for batch in loader)
+    return probe(lambda i, batch: step(batch), batches()), per_image
 
 
 def _baseline(out_dir: Path, recipe: dict) -> tuple[dict, Path]:

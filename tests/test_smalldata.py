@@ -108,6 +108,32 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     assert len(list((tmp_path / "beit-1-s0").glob("result-*.json"))) == 2   # and the old scores too
 
 
+def test_the_fine_tuning_probe_times_the_fine_tunings_own_batches(tiny_folder, monkeypatch):
+    """--dry-run times a fine-tuning step on batches loaded and augmented as fine-tuning loads
+    them (not on a synthetic tensor, which leaves the loading unpaid), epoch after epoch when the
+    training split has fewer batches than the probe takes."""
+    from dino_lite import finetune as ft
+    from dino_lite import smalldata
+    from dino_lite.budget import PROBE_STEPS
+    real, drawn = ft.training_batches, []
+
+    def counting(*args, **kwargs):
+        loader, test_set, classes = real(*args, **kwargs)
+
+        class Counted:
+            def __iter__(self):
+                for batch in loader:
+                    drawn.append(tuple(batch[0].shape))
+                    yield batch
+        return Counted(), test_set, classes
+    monkeypatch.setattr(ft, "training_batches", counting)
+    cfg = cell_config("cpu-demo", "dino", 1.0, 2, data=str(tiny_folder), sets=SETS)
+    step_s, per_image = smalldata.finetune_step_seconds(cfg, 32)
+    assert step_s > 0 and per_image > 0
+    assert len(drawn) == sum(PROBE_STEPS) > 96 // 32          # more batches than one epoch holds
+    assert set(drawn) == {(32, 3, cfg.image_size, cfg.image_size)}
+
+
 def test_the_estimate_adds_the_timed_steps_of_what_is_left(tiny_folder, tmp_path, capsys, monkeypatch):
     from dino_lite import smalldata
     monkeypatch.setattr(smalldata, "pretraining_step_seconds",
