@@ -155,6 +155,22 @@ def test_the_estimate_adds_the_timed_steps_of_what_is_left(tiny_folder, tmp_path
     assert not (tmp_path / "study").exists()                  # a dry run trains nothing
 
 
+def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, capsys, monkeypatch):
+    """Without --steps and --finetune-layer-decay the study runs what docs/masked-image-modelling.md
+    measured: 8,000 pre-training steps (the shortest length clearly above random init there) and
+    fine-tuning with every layer at the full learning rate."""
+    from dino_lite import smalldata
+    monkeypatch.setattr(smalldata, "pretraining_step_seconds", lambda cfg: 0.5)
+    monkeypatch.setattr(smalldata, "finetune_step_seconds", lambda cfg, batch: (1.0, 0.01))
+    args = _study(tiny_folder, tmp_path / "study", "--dry-run")
+    i = args.index("--steps")
+    main(args[:i] + args[i + 2:])
+    est, out = _last_json(capsys)
+    assert smalldata.STEPS == 8000 and "cells of 8000 pre-training steps" in out
+    assert est["estimate"]["pretrain_s"] == pytest.approx(4 * 8000 * 0.5)     # 4 cells
+    assert est["finetune"]["layer_decay"] == 1.0
+
+
 def test_another_fine_tuning_seed_runs_only_that_seed(tiny_folder, tmp_path, capsys, monkeypatch):
     from dino_lite import smalldata
     args = _study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1"]
