@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -29,6 +29,8 @@
 # shared the cores: 11 minutes for a first run (9 of them training; the first section prints the
 # training's minutes on your machine), 20 s for a second run, which reuses the checkpoint. The run is kept in `runs/notebooks/`:
 # notebooks 04-09 reuse it (they train it first when it is missing).
+# On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
+# `pytest --nbval-lax`): 137 s (00's run trained there first).
 #
 # **Knobs:** `STEPS` (training length; another value trains a new run beside this one) and
 # `N_IMAGES` (test images scored for attention).

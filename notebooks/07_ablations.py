@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,6 +43,8 @@
 # **Run time** (measured, `jupytext --execute`, 2-core AVX2 CPU, fp32): about 4.5 minutes after
 # notebooks 00 and 04, whose two rows it reuses; most of it trains the `mse` row. Run before
 # them, it trains their rows first too (a few minutes more; 00's with a progress bar).
+# On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
+# `pytest --nbval-lax`): 57 s (00's and 04's rows reused).
 #
 # **Knobs:** `RUN_ROWS` (any of `dino_lite.ablate.ROWS`; each new row costs about a minute on 2
 # cores: try `"byol"`, `"moco_v2"`, `"swav"`).

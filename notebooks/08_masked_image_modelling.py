@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -29,6 +29,8 @@
 # **Run time:** about 90 s on a 2-core AVX2 CPU in fp32 the first time (three 20-step runs,
 # then cached in `../runs`), 25 s after that; 56 s the first time on a 2-core AVX-512 BF16 CPU
 # in bf16 (`jupytext --execute`, idle machine); the study itself is read from `docs/results/`.
+# On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
+# `pytest --nbval-lax`): 33 s.
 # **Knobs:** `STEPS` (steps of each short run), `VOCAB` (codebook size of the tokenizer figures).
 
 # %%
