@@ -60,6 +60,7 @@ FINETUNE = dict(epochs=30, lr=1e-3, batch_size=64, warmup_epochs=3, drop_path=0.
 # tinyimagenet-dev20 fine-tunes clearly above random init, both fine-tuned 30 epochs (4,000
 # steps: +1.4 +- 1.2 points; 8,000: +5.2 +- 1.0 over two pre-training seeds)
 STEPS = 8000
+PRETRAINING_COST = "pretraining_cost.json"     # beside each cell's checkpoint
 Z95 = 1.96
 
 
@@ -183,6 +184,14 @@ def _all_converged(flags) -> bool | None:
     return None if None in flags else all(flags)
 
 
+def _pretraining_cost(cell_dir: Path) -> dict:
+    """The wall and CPU seconds a finished pre-training took, as written beside its checkpoint
+    (0 for folders from before the file; a resumed run counts its last part only)."""
+    f = cell_dir / PRETRAINING_COST
+    return (json.loads(f.read_text()) if f.exists()
+            else {"pretrain_wall_s": 0.0, "pretrain_cpu_s": 0.0})
+
+
 def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> dict:
     """Pre-train one cell (or keep its finished pre-training) and score it with ``recipe`` (or
     read the scores that recipe already has)."""
@@ -192,14 +201,16 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
     result = cell_dir / f"result-{recipe_id(recipe)}.json"
 
     def pretrain_and_score():
-        wall, cpu = time.perf_counter(), time.process_time()
-        if state == "done":
+        if state == "done":             # what the pre-training cost when it ran, not 0
             print(f"{cell_dir.name}: reusing the finished pre-training in {cell_dir}")
+            spent = _pretraining_cost(cell_dir)
         else:
             print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images"
                   + (" (resuming the interrupted run)" if state == "partial" else ""))
-            train(cfg, cell_dir, progress=progress, resume=state == "partial", overwrite=True)
-        spent = {"pretrain_wall_s": time.perf_counter() - wall, "pretrain_cpu_s": time.process_time() - cpu}
+            _, wall, cpu = _timed(lambda: train(cfg, cell_dir, progress=progress,
+                                                resume=state == "partial", overwrite=True))
+            spent = {"pretrain_wall_s": wall, "pretrain_cpu_s": cpu}
+            write_json(cell_dir / PRETRAINING_COST, spent)
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
         return {**_scores(backbone, cfg, recipe, progress, cell_dir), **spent}
     key = {"config": cfg.to_dict(), "finetune": recipe}

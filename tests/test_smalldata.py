@@ -105,6 +105,8 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     out = capsys.readouterr().out                             # the pre-training kept,
     assert out.count("reusing the finished pre-training") == 5
     assert (tmp_path / "beit-1-s0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    rescored = json.loads((tmp_path / "smalldata.json").read_text())   # what pre-training cost
+    assert rescored["compute"]["pretrain_cpu_s"] == pytest.approx(saved["compute"]["pretrain_cpu_s"])
     assert len(list((tmp_path / "beit-1-s0").glob("result-*.json"))) == 2   # and the old scores too
 
 
