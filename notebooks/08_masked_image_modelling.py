@@ -941,8 +941,9 @@ display(Markdown(
 # So the length that makes fine-tuning clearly better does not make the head-mean map better:
 # the heads do not move together. The attention command's figure of the 8,000-step encoder,
 # `docs/pets-attention-dino8000-bf16.png` (six photos, each head's map), shows how: in all six,
-# one of the four heads (head 1) puts most of its mass on the top row of patches, away from
-# the pet, and drags the mean with it, while heads 0 and 3 still light up parts of the pet.
+# one of the four heads puts most of its mass on the top row of patches, away from the pet,
+# and drags the mean with it, while others still light up parts of the pet (which head, if any,
+# differs from run to run; the figure is of the stored encoder whose scores are read above).
 # Much larger ViTs trained far longer show a related effect, attention pooled on a few
 # uninformative background patches (Darcet et al. 2023, "Vision Transformers Need Registers").
 # The best-head score, which can skip such a head, is the fairer view of what the others learned.
