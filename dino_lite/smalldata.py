@@ -18,8 +18,9 @@ each seed's fine-tuning are kept as they finish (``frozen.json``,
 that holds a pre-training of other settings is refused unless ``overwrite``.
 
 The summary computes each method's drop from the largest to the smallest fraction with its
-standard error (the spread over seeds and the test set's binomial error) and a verdict sentence
-for the decisive comparison, DINO's drop against SplitMask's.
+standard error (the spread over seeds and the test set's error, paired image by image when the
+fine-tunings kept their per-image hits) and a verdict sentence for the decisive comparison,
+DINO's drop against SplitMask's.
 """
 
 from __future__ import annotations
@@ -447,8 +448,8 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
     summary["compute"] = {k: sum(r.get(k, 0.0) for r in every) for k in      # as each was computed
                           ("pretrain_cpu_s", "pretrain_wall_s", "score_cpu_s", "score_wall_s")}
     summary["machine"], summary["commit"] = machine_id(), _commit()
-    summary["drops"] = drops(summary["cells"])
-    summary["verdict"] = verdict(summary["drops"])
+    summary["drops"] = drops(summary["cells"], rows)
+    summary["verdict"] = verdict(summary["drops"], cells=summary["cells"], runs=rows)
     write_json(out_dir / "smalldata.json", summary)
     (out_dir / "smalldata.md").write_text(markdown_table(summary))
     curves = {f"{r['method']} {r['fraction']:g} s{r['seed']}": r["curves"] for r in rows}
@@ -520,8 +521,26 @@ def paired_gap(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     da, db = np.mean(a, axis=0), np.mean(b, axis=0)
     if da.shape != db.shape:
         raise ValueError(f"paired comparison of {da.shape[0]} and {db.shape[0]} held-out images")
-    d = da - db
-    return 100 * float(d.mean()), 100 * float(d.std(ddof=1) / math.sqrt(len(d)))
+    return 100 * float((da - db).mean()), _image_se(da - db)
+
+
+def _key(row: dict) -> tuple:
+    return row["method"], row["fraction"], row.get("tokenizer")
+
+
+def image_means(runs: list[dict], cell: dict):
+    """The per-image mean hit (0 to 1) over every fine-tuning of ``cell`` in ``runs``, or None
+    when some run kept no hits (result files from before they were stored)."""
+    mine = [r for r in runs if _key(r) == _key(cell)]
+    hits = [h for r in mine for h in r.get("finetune_correct", [])]
+    if not hits or len(hits) != sum(len(r["finetune_top1_seeds"]) for r in mine):
+        return None
+    return np.mean(hits, axis=0)
+
+
+def _image_se(d) -> float:
+    """Standard error (points) of the mean of per-image differences ``d`` (0 to 1)."""
+    return 100 * float(np.std(d, ddof=1) / math.sqrt(len(d)))
 
 
 def over_random_init(cell: dict, runs: list[dict], random_init: dict) -> dict:
@@ -529,41 +548,60 @@ def over_random_init(cell: dict, runs: list[dict], random_init: dict) -> dict:
     points, with its standard error: paired over the held-out images when every run kept its
     per-image hits (results from before that give the unpaired error), the pre-training and
     fine-tuning seeds' spread added in quadrature."""
-    mine = [r for r in runs if (r["method"], r["fraction"], r.get("tokenizer"))
-            == (cell["method"], cell["fraction"], cell.get("tokenizer"))]
-    hits = [h for r in mine for h in r.get("finetune_correct", [])]
+    hits = image_means(runs, cell)
     base_hits = random_init.get("finetune_correct", [])
     gap = 100 * (cell["finetune_top1"] - random_init["finetune_top1"])
-    if not hits or not base_hits or len(hits) != sum(len(r["finetune_top1_seeds"]) for r in mine):
+    if hits is None or not base_hits:
         return {"over_random_init": gap, "paired": False,
                 "over_random_init_se": 100 * math.hypot(cell["finetune_se"], random_init["finetune_se"])}
-    _, image_se = paired_gap(hits, base_hits)
+    _, image_se = paired_gap([hits], base_hits)
     seeds = 100 * math.hypot(cell["seed_se"] or 0, random_init["seed_se"] or 0)
     return {"over_random_init": gap, "paired": True, "over_random_init_se": math.hypot(image_se, seeds)}
 
 
-def drops(cells: list[dict]) -> dict:
-    """Each method's fine-tune top-1 at its largest fraction minus at its smallest, with the
-    standard error of the difference (points, 0 to 100)."""
+def _ends(cells: list[dict], method: str):
+    mine = sorted((c for c in cells if c["method"] == method),
+                  key=lambda c: c["fraction"])
+    return (mine[-1], mine[0]) if len(mine) >= 2 else None
+
+
+def drops(cells: list[dict], runs: list[dict] = ()) -> dict:
+    """Each method's fine-tune top-1 at its largest fraction minus at its smallest (points, 0 to
+    100) with its standard error. Both ends are scored on the same held-out images, so when
+    ``runs`` hold the per-image hits the error is paired (per-image differences, plus both cells'
+    seed spread in quadrature); otherwise the two cells' errors are added in quadrature."""
     out = {}
     for method in dict.fromkeys(c["method"] for c in cells):
-        mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["fraction"])
-        if len(mine) < 2:
+        if (ends := _ends(cells, method)) is None:
             continue
-        small, large = mine[0], mine[-1]
+        large, small = ends
+        a, b = image_means(runs, large), image_means(runs, small)
+        seeds = 100 * math.hypot(large.get("seed_se") or 0, small.get("seed_se") or 0)
+        paired = a is not None and b is not None
+        se = (math.hypot(_image_se(a - b), seeds) if paired
+              else 100 * math.hypot(large["finetune_se"], small["finetune_se"]))
         out[method] = {"from": large["fraction"], "to": small["fraction"],
                        "drop": 100 * (large["finetune_top1"] - small["finetune_top1"]),
-                       "se": 100 * math.hypot(large["finetune_se"], small["finetune_se"])}
+                       "se": se, "paired": paired, "seed_se": seeds}
     return out
 
 
-def verdict(drops: dict, a: str = "dino", b: str = "splitmask") -> str | None:
+def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict] = (),
+            runs: list[dict] = ()) -> str | None:
     """The study's one-sentence answer: how many points more ``a`` loses than ``b`` when the
-    pre-training data shrink, or the largest difference the study rules out at 95%."""
+    pre-training data shrink, or the largest difference the study rules out at 95%. With the
+    four cells' per-image hits (``cells``, ``runs``) the difference of the two drops is paired
+    image by image too: (a large - a small) - (b large - b small) per held-out image."""
     if a not in drops or b not in drops:
         return None
     diff = drops[a]["drop"] - drops[b]["drop"]
     se = math.hypot(drops[a]["se"], drops[b]["se"])
+    if drops[a].get("paired") and drops[b].get("paired") and cells:
+        (al, as_), (bl, bs) = _ends(cells, a), _ends(cells, b)
+        per_image = [image_means(runs, c) for c in (al, as_, bl, bs)]
+        if all(m is not None for m in per_image):
+            d = (per_image[0] - per_image[1]) - (per_image[2] - per_image[3])
+            se = math.hypot(_image_se(d), drops[a]["seed_se"], drops[b]["seed_se"])
     names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
     na, nb = names.get(a, a), names.get(b, b)
     if abs(diff) > Z95 * se:
@@ -617,7 +655,8 @@ def markdown_table(summary: dict) -> str:
     if summary["drops"]:
         lines += ["", "| method | drop from the largest to the smallest fraction (points) |",
                   "| --- | ---: |"]
-        lines += [f"| {m} | {d['drop']:+.1f} +- {d['se']:.1f} ({d['from']:g} -> {d['to']:g}) |"
+        lines += [f"| {m} | {d['drop']:+.1f} +- {d['se']:.1f} ({d['from']:g} -> {d['to']:g})"
+                  f"{' (paired)' if d.get('paired') else ''} |"
                   for m, d in summary["drops"].items()]
     if summary.get("verdict"):
         lines += ["", f"**Verdict:** {summary['verdict']}"]

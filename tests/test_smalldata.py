@@ -12,7 +12,7 @@ from dino_lite import precision
 from dino_lite.cli import main
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.finetune import finetune
-from dino_lite.smalldata import _errors, cell_config, drops, over_random_init, paired_gap, verdict
+from dino_lite.smalldata import _errors, aggregate, cell_config, drops, over_random_init, paired_gap, verdict
 from dino_lite.train import read_log
 
 SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
@@ -76,7 +76,12 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     table = (tmp_path / "smalldata.md").read_text()
     assert table.count("| beit | 0.5 |") == table.count("| beit | 1 |") == 1
     assert "| random_patches | 0.5 |" in table
-    assert re.search(r"^\| beit \| [+-]\d+\.\d \+- \d+\.\d \(1 -> 0.5\) \|$", table, re.M)   # its drop
+    assert re.search(r"^\| beit \| [+-]\d+\.\d \+- \d+\.\d \(1 -> 0.5\) \(paired\) \|$", table, re.M)   # its drop
+    beit = [next(r for r in saved["runs"] if (r["method"], r["fraction"]) == ("beit", f)) for f in (1.0, 0.5)]
+    _, image_se = paired_gap(beit[0]["finetune_correct"], beit[1]["finetune_correct"])
+    ends = [next(c for c in saved["cells"] if (c["method"], c["fraction"]) == ("beit", f)) for f in (1.0, 0.5)]
+    assert saved["drops"]["beit"]["paired"] and saved["drops"]["beit"]["se"] == pytest.approx(   # paired too
+        math.hypot(image_se, 100 * ends[0]["seed_se"], 100 * ends[1]["seed_se"]))
     assert (tmp_path / "finetune_curves.png").stat().st_size > 0
     saved = json.loads((tmp_path / "smalldata.json").read_text())
     assert saved["precision"] == out["precision"] and saved["verdict"] is None
@@ -333,3 +338,47 @@ def test_the_study_statistics_against_hand_computations():
     se = math.hypot(2, 2)
     assert verdict(close) == (f"No difference larger than {2 + 1.96 * se:.1f} points at 95% between "
                               f"DINO's drop and SplitMask's (DINO minus SplitMask: +2.0 +- {se:.1f}).")
+
+
+def test_drops_and_the_verdict_are_paired_image_by_image_when_the_hits_are_kept():
+    n = 1000
+
+    def run(method, fraction, *rights):         # one fine-tuning per count: right on the first k images
+        hits = [[1] * k + [0] * (n - k) for k in rights]
+        tops = [k / n for k in rights]
+        return {"method": method, "fraction": fraction, "seed": 0, "test_images": n,
+                "finetune_top1": sum(tops) / len(tops), "finetune_top1_seeds": tops,
+                "finetune_correct": hits, "knn_top1": 0.0, "linear_top1": 0.0,
+                "converged": True, "paper_inat19": None}
+    # both methods lose mostly the same images when their data shrink
+    runs = [run("dino", 1.0, 610, 610), run("dino", 0.1, 500, 502),
+            run("splitmask", 1.0, 600, 600), run("splitmask", 0.1, 505, 505)]
+    cells = aggregate(runs)
+    d = drops(cells, runs)
+
+    def per_image(r):                           # brute force: each image's mean hit over the fine-tunings
+        return [sum(h[i] for h in r["finetune_correct"]) / len(r["finetune_correct"]) for i in range(n)]
+
+    def se_of(diffs):
+        m = sum(diffs) / n
+        return 100 * math.sqrt(sum((x - m) ** 2 for x in diffs) / (n - 1) / n)
+    dino = [a - b for a, b in zip(per_image(runs[0]), per_image(runs[1]))]
+    seeds = 100 * 0.001                          # dino 0.1's fine-tunings: 0.500, 0.502
+    assert d["dino"]["paired"] and d["dino"]["drop"] == pytest.approx(10.9)
+    assert d["dino"]["se"] == pytest.approx(math.hypot(se_of(dino), seeds))
+    unpaired = drops(cells)                     # without the hits: the two cells' errors
+    assert not unpaired["dino"]["paired"] and unpaired["dino"]["drop"] == pytest.approx(10.9)
+    assert unpaired["dino"]["se"] == pytest.approx(
+        100 * math.hypot(cells[0]["finetune_se"], cells[1]["finetune_se"]))
+    assert d["dino"]["se"] < unpaired["dino"]["se"] / 1.5
+    # the verdict: (dino 1 - dino 0.1) - (splitmask 1 - splitmask 0.1), image by image
+    both = [x - (a - b) for x, a, b in zip(dino, per_image(runs[2]), per_image(runs[3]))]
+    se = math.hypot(se_of(both), d["dino"]["seed_se"], d["splitmask"]["seed_se"])
+    diff = d["dino"]["drop"] - d["splitmask"]["drop"]
+    assert diff == pytest.approx(1.4)
+    assert verdict(d, cells=cells, runs=runs) == (
+        f"DINO loses {diff:.1f} +- {se:.1f} points more than SplitMask when the pre-training data "
+        f"shrink (95% interval {diff - 1.96 * se:+.1f} to {diff + 1.96 * se:+.1f}).")
+    # without the image pairing the same drops are not told apart
+    wide = math.hypot(d["dino"]["se"], d["splitmask"]["se"])
+    assert wide > 2 * se and verdict(d).startswith("No difference larger than")
