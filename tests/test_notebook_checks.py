@@ -56,6 +56,12 @@ BREAKAGES = [
     ("08_masked_image_modelling", "on the bf16 CPU 8,000 steps' head-mean map falls below 4,000's: the "
      "encoders swapped", 'd8, d4, r16 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]',
      'd4, d8, r16 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]'),
+    ("08_masked_image_modelling", "at 10% of the images DINO fine-tunes level with 100%: the 10% cell's "
+     "fine-tunings replaced by random init's", 'for f in (1.0, 0.1)}',
+     'for f in (1.0, 0.1)} | {0.1: fair_base["finetune_correct"]}'),
+    ("08_masked_image_modelling", "the 10% encoder's attention is above the 100% one's: the 100% encoder "
+     "scored in its place", 'STUDY.parent / "pets-attention-dino8000-10pct-bf16.json"',
+     'STUDY.parent / "pets-attention-dino8000-bf16.json"'),
     ("10_scaling_up", "two processes train the one-process run: BatchNorm in the head",
      # the exercise the text names: per-process batch statistics make the runs differ (trained
      # into folders of their own, so the notebook's runs are left as they are)
