@@ -697,6 +697,20 @@ assert fair_cell["paired"], "the result file kept no per-image hits"
 fair_seed_gaps = [paired_gap([a], [b]) for a, b in zip(fair_run["finetune_correct"], fair_base["finetune_correct"])]
 
 
+def curve_panel(ax, rows, title, legend_size=7):
+    """Held-out top-1 against fine-tuning epoch for (name, curves, colour) rows: one line per
+    fine-tuning seed (solid seed 0, dashed seed 1), each labelled with its final top-1."""
+    for name, curves, colour in rows:
+        for seed, (curve, style) in enumerate(zip(curves, ["-", "--"])):
+            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color=colour,
+                    label=f"{name}, fine-tuning seed {seed}: {100 * curve[-1]:.1f}%")
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="lower right")
+
+
 def gap_bars(ax, rows, colours, xlabel):
     """Horizontal bars of (label, gap, SE) rows, top to bottom, with 2-SE whiskers, zero and
     the issue's 3-point bar."""
@@ -711,16 +725,9 @@ def gap_bars(ax, rows, colours, xlabel):
 
 
 fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-for name, curves, colour in [(f"DINO {fair['steps']:,} steps", fair_run["curves"], "tab:red"),
-                             ("random init", fair_base["curves"], "tab:orange")]:
-    for seed, (curve, style) in enumerate(zip(curves, ["-", "--"])):
-        ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color=colour,
-                label=f"{name}, fine-tuning seed {seed}: {100 * curve[-1]:.1f}%")
-ax.set_xlabel("fine-tuning epoch")
-ax.set_ylabel("held-out top-1 (%)")
-ax.set_title(f"30-epoch fine-tuning, {fair['precision']} (1,000 held-out images)", fontsize=9)
-ax.grid(alpha=0.3)
-ax.legend(fontsize=7, loc="lower right")
+curve_panel(ax, [(f"DINO {fair['steps']:,} steps", fair_run["curves"], "tab:red"),
+                 ("random init", fair_base["curves"], "tab:orange")],
+            f"30-epoch fine-tuning, {fair['precision']} (1,000 held-out images)")
 
 fair_rows = [(f"seed {s}", g, e) for s, (g, e) in enumerate(fair_seed_gaps)] + [("both seeds", g_fair, e_fair)]
 gap_bars(bx, fair_rows, ["tab:gray"] * (len(fair_rows) - 1) + ["tab:green"],
@@ -984,19 +991,10 @@ g10, e10 = gap10["over_random_init"], gap10["over_random_init_se"]
 frozen_drop = {k: 100 * (at100[k] - at10[k]) for k in ("knn_top1", "linear_top1")}
 
 fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [3, 1.4, 1.4]})
-for run in sorted(small_runs, key=lambda r: -r["fraction"]):
-    colour = "tab:green" if run["fraction"] == 1 else "tab:olive"
-    for seed, (curve, style) in enumerate(zip(run["curves"], ["-", "--"])):
-        ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color=colour,
-                label=f"DINO on {run['fraction']:.0%}, fine-tuning seed {seed}: {100 * curve[-1]:.1f}%")
-for seed, (curve, style) in enumerate(zip(fair_base["curves"], ["-", "--"])):
-    ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color="tab:orange",
-            label=f"random init, fine-tuning seed {seed}: {100 * curve[-1]:.1f}%")
-ax.set_xlabel("fine-tuning epoch")
-ax.set_ylabel("held-out top-1 (%)")
-ax.set_title(f"fine-tuning on all labelled images after {small['steps']:,} pre-training steps", fontsize=9)
-ax.grid(alpha=0.3)
-ax.legend(fontsize=6.5, loc="lower right")
+curve_panel(ax, [(f"DINO on {r['fraction']:.0%}", r["curves"], "tab:green" if r["fraction"] == 1 else "tab:olive")
+                 for r in sorted(small_runs, key=lambda r: -r["fraction"])] +
+            [("random init", fair_base["curves"], "tab:orange")],
+            f"fine-tuning on all labelled images after {small['steps']:,} pre-training steps", legend_size=6.5)
 bx.bar_label(bx.bar(range(3), list(paper_drop.values()), color="tab:gray"), fmt="%.1f", fontsize=8)
 bx.set_xticks(range(3), list(paper_drop))
 bx.set_ylabel("top-1 lost from 100% to 10% (points)")
