@@ -1024,8 +1024,8 @@ display(Markdown(
     " and its linear probe ".join(f"{abs(frozen_drop[k]):.1f} points {'below' if frozen_drop[k] > 0 else 'above'}"
                                   for k in ("knn_top1", "linear_top1")) +
     f" the 100% encoder's (one score's binomial SE: about {100 * np.sqrt(0.25 / n_test):.1f}). Over "
-    f"random init it fine-tunes {g10:+.1f} +- {e10:.1f} points higher, **{'beyond' if g10 > 2 * e10 else 'within'} "
-    f"two standard errors**."))
+    f"random init it fine-tunes {g10:+.1f} +- {e10:.1f} points, **{versus(g10, e10)}** it by two "
+    f"standard errors."))
 
 # %% [markdown]
 # **Reading it.** In this miniature, pre-training on a tenth of the images costs DINO nothing
