@@ -337,7 +337,7 @@ def cmd_smalldata(args):
                             progress=not args.json,
                             tokenizers=parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else [],
                             tokenizer_fraction=args.tokenizer_fraction,
-                            baseline=not args.no_baseline, mim_sets=args.mim_set,
+                            baseline=not args.no_baseline, mim_sets=args.mim_set or None,
                             overwrite=args.overwrite, dry_run=args.dry_run)
     if args.dry_run:
         _emit_json(args, summary)
@@ -623,7 +623,8 @@ def build_parser():
     sd.add_argument("--tokenizer-fraction", type=unit_interval,
                     help="fraction of the images for the tokenizer comparison (default: the last)")
     sd.add_argument("--mim-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for the BEiT and SplitMask cells only (e.g. lr=0.0015)")
+                    help="config override for the BEiT and SplitMask cells only (default: "
+                    "smalldata.MIM_SETS, their study learning rate lr=0.0015; any --mim-set replaces it)")
     sd.add_argument("--no-baseline", action="store_true",
                     help="skip the random-init baseline (to run the cells one at a time)")
     sd.add_argument("--overwrite", action="store_true",

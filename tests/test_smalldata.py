@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_MIM, is_share_of
 from dino_lite import precision
 from dino_lite.cli import main
+from dino_lite.config import make_config
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.finetune import finetune
 from dino_lite.smalldata import _errors, aggregate, cell_config, drops, over_random_init, paired_gap, verdict
@@ -164,8 +165,9 @@ def test_the_estimate_adds_the_timed_steps_of_what_is_left(tiny_folder, tmp_path
 
 def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, capsys, monkeypatch):
     """Without --steps and --finetune-layer-decay the study runs what docs/masked-image-modelling.md
-    measured: 8,000 pre-training steps (the shortest length clearly above random init there) and
-    fine-tuning with every layer at the full learning rate."""
+    measured: 8,000 pre-training steps (the shortest length clearly above random init there),
+    fine-tuning with every layer at the full learning rate, and without --mim-set the masked
+    models' study learning rate."""
     from dino_lite import smalldata
     monkeypatch.setattr(smalldata, "pretraining_step_seconds", lambda cfg: 0.5)
     monkeypatch.setattr(smalldata, "finetune_step_seconds", lambda cfg, batch: (1.0, 0.01))
@@ -176,6 +178,14 @@ def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, 
     assert smalldata.STEPS == 8000 and "cells of 8000 pre-training steps" in out
     assert est["estimate"]["pretrain_s"] == pytest.approx(4 * 8000 * 0.5)     # 4 cells
     assert est["finetune"]["layer_decay"] == 1.0
+    # the masked models' study learning rate, unless --mim-set gives others
+    assert est["mim_sets"] == ["lr=0.001"]                   # a --mim-set replaces the default
+    cells = smalldata.plan("cpu-demo", ["dino", "splitmask"], [1.0], 2, smalldata.FINETUNE,
+                           data=str(tiny_folder), mim_sets=smalldata.MIM_SETS)
+    assert [c.lr for _, c, _ in cells] == [make_config("cpu-demo").lr, 0.0015]
+    j = args.index("--mim-set")
+    main(args[:i] + args[i + 2:j] + args[j + 2:])          # no --steps and no --mim-set
+    assert smalldata.MIM_SETS == ("lr=0.0015",) and _last_json(capsys)[0]["mim_sets"] == ["lr=0.0015"]
 
 
 def test_another_fine_tuning_seed_runs_only_that_seed(tiny_folder, tmp_path, capsys, monkeypatch):
