@@ -566,9 +566,17 @@ def over_random_init(cell: dict, runs: list[dict], random_init: dict) -> dict:
 
 
 def _ends(cells: list[dict], method: str):
-    mine = sorted((c for c in cells if c["method"] == method),
-                  key=lambda c: c["fraction"])
+    """``method``'s cells at its largest and smallest fraction, or None with fewer than two."""
+    mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["fraction"])
     return (mine[-1], mine[0]) if len(mine) >= 2 else None
+
+
+def _drop_per_image(cells: list[dict], runs: list[dict], method: str):
+    """``method``'s drop image by image (largest fraction minus smallest, each image's mean hit
+    over the fine-tunings), or None without both ends' hits."""
+    ends = _ends(cells, method)
+    means = [image_means(runs, c) for c in ends] if ends else [None]
+    return None if any(m is None for m in means) else means[0] - means[1]
 
 
 def drops(cells: list[dict], runs: list[dict] = ()) -> dict:
@@ -581,14 +589,13 @@ def drops(cells: list[dict], runs: list[dict] = ()) -> dict:
         if (ends := _ends(cells, method)) is None:
             continue
         large, small = ends
-        a, b = image_means(runs, large), image_means(runs, small)
+        per_image = _drop_per_image(cells, runs, method)
         seeds = 100 * math.hypot(large.get("seed_se") or 0, small.get("seed_se") or 0)
-        paired = a is not None and b is not None
-        se = (math.hypot(_image_se(a - b), seeds) if paired
+        se = (math.hypot(_image_se(per_image), seeds) if per_image is not None
               else 100 * math.hypot(large["finetune_se"], small["finetune_se"]))
         out[method] = {"from": large["fraction"], "to": small["fraction"],
                        "drop": 100 * (large["finetune_top1"] - small["finetune_top1"]),
-                       "se": se, "paired": paired, "seed_se": seeds}
+                       "se": se, "paired": per_image is not None, "seed_se": seeds}
     return out
 
 
@@ -601,13 +608,9 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict
     if a not in drops or b not in drops:
         return None
     diff = drops[a]["drop"] - drops[b]["drop"]
-    se = math.hypot(drops[a]["se"], drops[b]["se"])
-    if drops[a].get("paired") and drops[b].get("paired") and cells:
-        (al, as_), (bl, bs) = _ends(cells, a), _ends(cells, b)
-        per_image = [image_means(runs, c) for c in (al, as_, bl, bs)]
-        if all(m is not None for m in per_image):
-            d = (per_image[0] - per_image[1]) - (per_image[2] - per_image[3])
-            se = math.hypot(_image_se(d), drops[a]["seed_se"], drops[b]["seed_se"])
+    da, db = _drop_per_image(cells, runs, a), _drop_per_image(cells, runs, b)
+    se = (math.hypot(_image_se(da - db), drops[a]["seed_se"], drops[b]["seed_se"])
+          if da is not None and db is not None else math.hypot(drops[a]["se"], drops[b]["se"]))
     names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
     na, nb = names.get(a, a), names.get(b, b)
     if abs(diff) > Z95 * se:
