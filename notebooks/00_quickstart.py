@@ -22,8 +22,9 @@
 #
 # 1. **Do the features know the classes?** A weighted k-NN classifier on frozen features,
 #    against the same network with random weights.
-# 2. **Does the last layer's attention find the object?** The CLS token's attention, thresholded
-#    to keep 60% of its mass, scored against the true object masks (Jaccard index).
+# 2. **Does the last layer's attention find the object?** The share of each head's CLS attention
+#    that lands on the object, and the head-mean map thresholded to keep 60% of its mass, scored
+#    against the true object masks (Jaccard index).
 #
 # **Run time:** measured with `jupytext --execute` on a 2-core AVX2 CPU in fp32 while another job
 # shared the cores: 11 minutes for a first run (9 of them training; the first section prints the
@@ -50,7 +51,8 @@ import torch
 from IPython.display import Markdown, display
 
 from dino_lite.ablate import collapse_verdict, teacher_information
-from dino_lite.attention import attention_maps, overlay_figure, score_maps, shapes_attention_set
+from dino_lite.attention import (attention_maps, object_head, object_mass, overlay_figure, score_maps,
+                                 shapes_attention_set)
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
 from dino_lite.collapse import COLLAPSE_NATS, WARN_MIN_STEPS
 from dino_lite.evaluate import random_init_backbone
@@ -62,7 +64,7 @@ torch.set_num_threads(2)
 STEPS = DEMO_STEPS   # knob: 160 steps of 64 images. Longer runs raise k-NN but sharpen the heads,
                      # which can lower the Jaccard score below (docs/RESULTS.md, "DINO learns
                      # the shapes")
-N_IMAGES = 200       # knob: test images scored for attention
+N_IMAGES = 200       # knob: test images scored for attention (and as many others to pick a head on)
 
 # %% [markdown]
 # ## Train
@@ -160,7 +162,8 @@ print(f"trained - random init: k-NN {100 * knn_gap:+.1f} points ({knn_gap / knn_
 # Per test image: the image, the 60%-mass mask of the head-averaged CLS attention, the head
 # mean, every head, and (last column) the head mean of the same network at random
 # initialisation; the cyan line is the true object outline, and all maps share one colour bar.
-# Look for maps that trace the shape after training, and the flat random-init map beside them.
+# Look for heads whose maps trace the shape after training (which heads do changes from run to
+# run), and for the random-init map beside them, which does not follow the object.
 
 # %%
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
@@ -178,24 +181,61 @@ overlay_figure(images, maps_trained, masks, names=names, max_images=4, random_ma
 plt.show()
 scores_trained, scores_random = score_maps(maps_trained, masks), score_maps(maps_random, masks)
 jac_trained, jac_random = scores_trained["jaccard"], scores_random["jaccard"]
-print(f"attention Jaccard over {len(images)} test images: trained {jac_trained:.3f}   random init {jac_random:.3f}")
+print(f"head-mean Jaccard over {len(images)} test images: trained {jac_trained:.3f}   random init {jac_random:.3f}")
+
+# %% [markdown]
+# Each head looks somewhere else, and which head looks at the object changes from run to run.
+# So each network's **object head** (`object_head`: the head whose attention lands most on the
+# object) is picked on `N_IMAGES` *other* test images, then scored on these: picked and scored
+# on the same images, the best of four noisy heads would look better than it is. Its score is
+# the share of its attention on the object, against the object's share of the image (what a
+# uniform map scores).
+
+# %%
+held_out, _, held_masks, _ = shapes_attention_set(cfg.image_size, N_IMAGES, start=N_IMAGES)
+head_trained = object_head(attention_maps(backbone, held_out), held_masks)
+head_random = object_head(attention_maps(random_backbone, held_out), held_masks)
+on_trained = object_mass(maps_trained[:, head_trained], masks)      # per test image, 0 to 1
+on_random = object_mass(maps_random[:, head_random], masks)
+area = float(object_mass(torch.ones_like(maps_trained[:, 0]), masks).mean())
+print(f"object head's share of attention on the object: trained (head {head_trained}) "
+      f"{on_trained.mean():.0%}   random init (head {head_random}) {on_random.mean():.0%}   "
+      f"object area {area:.0%}")
 
 # %% [markdown]
 # ## Reading the result
 
 # %%
 # the two claims' bars, defined once: the words below and the check at the end both read them
-knows, finds = knn_gap > 5 * knn_se, jac_trained > jac_random + 0.05
+se = lambda x: float(x.std() / len(x) ** 0.5)             # standard error of a mean over images
+head_gap = on_trained - on_random                          # paired: the same images
+knows = knn_gap > 5 * knn_se
+finds = (on_trained.mean() - 2 * area > 2 * se(on_trained)) and head_gap.mean() > 2 * se(head_gap)
+jac_gap = torch.tensor(scores_trained["per_image"]) - torch.tensor(scores_random["per_image"])
+jac_word = ("above" if jac_gap.mean() > 2 * se(jac_gap) else
+            "below" if jac_gap.mean() < -2 * se(jac_gap) else "level with")
 display(Markdown(
     f"* **The features {'know' if knows else 'do not clearly know'} the classes.** With no label, "
     f"k-NN on the trained teacher's CLS token {'beats' if knn_gap > 2 * knn_se else 'does not clearly beat'} "
     f"the same network with random weights: {100 * knn_gap:+.1f} points, {knn_gap / knn_se:.1f} "
     f"standard errors of the difference on {n_test} test images.\n"
-    f"* **Attention {'finds' if finds else 'does not find'} the objects in this run.** The 60% mask "
-    f"of the trained teacher's CLS attention overlaps the true object with a Jaccard index of "
-    f"{jac_trained:.3f} against {jac_random:.3f} for the random network "
-    f"({'higher by more than 0.05' if finds else '**within 0.05 of it**: the check below fails'}), "
-    f"over {len(images)} test images."))
+    f"* **Attention {'finds' if finds else '**does not find**'} the objects.** The trained "
+    f"teacher's object head (head {head_trained}) puts {on_trained.mean():.0%} of its attention on "
+    f"the object, which covers {area:.0%} of the image; the random network's object head puts "
+    f"{on_random.mean():.0%} there ({100 * head_gap.mean():+.0f} +- {100 * se(head_gap):.0f} points, "
+    f"paired over {len(images)} test images)" +
+    ("." if finds else ": not more than twice the area, or not beyond two standard errors above "
+     "random init, and the check below fails.") +
+    f"\n* **The head mean** (the maps above) averages all {maps_trained.shape[1]} heads: its 60% "
+    f"mask overlaps the object with a Jaccard index of {jac_trained:.3f} against {jac_random:.3f} "
+    f"for the random network, **{jac_word}** it ({jac_gap.mean():+.3f} +- {se(jac_gap):.3f}, paired)."))
+
+# %% [markdown]
+# Why two scores: a head that stares at the object and three that look elsewhere average to a
+# blurred map. How far the head mean is above random init changes from run to run of this
+# recipe (seeds 0-3 in bf16: from +0.01 to +0.44 Jaccard, docs/RESULTS.md, "Numbers in the
+# notebooks"), while every one of those runs had an object head far above random init's.
+# Notebook 06 looks at every head.
 
 # %% [markdown]
 # The dataset is built so that only shape tells the classes apart: every object has the same
@@ -228,9 +268,10 @@ display(Markdown(
 # * "k-NN beats random initialisation": by more than 5 standard errors of the difference (about
 #   10 points on 1000 test images; fails if training taught the features nothing about the
 #   classes);
-# * "attention finds the objects": the trained teacher's Jaccard beats the random network's by at
-#   least 0.05 (fails if the maps do not concentrate on the objects, e.g. trained and random maps
-#   swapped);
+# * "attention finds the objects": the trained teacher's object head (picked on other images)
+#   puts more than twice the object's area share of its attention on the object, and more than
+#   the random network's object head, each beyond two standard errors (fails if no head
+#   concentrates on the objects, e.g. trained and random maps swapped);
 # * "H = h + KL": the loss is the teacher entropy plus the KL at every logged step, to 1e-3 nats
 #   (fails if the logged quantities are not the ones the loss is made of);
 # * "the teacher keeps telling images apart": its information over the last 10% of steps is above
@@ -242,7 +283,7 @@ display(Markdown(
 # %%
 print(f"teacher information over the last 10% of steps: {information:.2f} nats; KL {kl_end:.3f}")
 assert knows, (dino["knn_top1"], random_init["knn_top1"])      # knn_gap > 5 * knn_se
-assert finds, (jac_trained, jac_random)                          # jac_trained > jac_random + 0.05
+assert finds, (head_trained, float(on_trained.mean()), area, float(on_random.mean()))
 assert all(abs(r["loss"] - r["teacher_entropy"] - r["kl"]) < 1e-3 for r in log)
 assert not collapse_verdict(log) and information > COLLAPSE_NATS, information
 assert kl_end > 0.05, kl_end

@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from dino_lite.attention import (attention_maps, centre_prior, mass_mask, object_mass,
+from dino_lite.attention import (attention_maps, centre_prior, mass_mask, object_head, object_mass,
                                  overlay_figure, published_dino, score_maps, shapes_attention_set)
 from dino_lite.checkpoint import teacher_backbone_from_checkpoint
 from dino_lite.data import eval_transform
@@ -56,7 +56,7 @@ from dino_lite.train import CHECKPOINT
 
 torch.set_num_threads(2)
 STEPS = DEMO_STEPS   # knob: training steps (160, notebook 00's run; another length trains its own run first); longer runs raise k-NN but sharpen the heads, which can lower the Jaccard (docs/RESULTS.md)
-N_IMAGES = 200       # knob: test images scored (the standard errors below shrink as 1/sqrt(N))
+N_IMAGES = 200       # knob: test images scored (the standard errors below shrink as 1/sqrt(N)), and as many others to pick a head on
 RUN = demo_run(STEPS)                                    # notebook 00's run, trained here if absent
 backbone, cfg = teacher_backbone_from_checkpoint(RUN / CHECKPOINT)
 random_backbone = random_init_backbone(cfg)
@@ -91,8 +91,13 @@ plt.show()
 # %%
 area = float(object_mass(torch.ones_like(maps[:, 0]), masks).mean())
 n_heads = maps.shape[1]
+# each network's object head (the head whose attention lands most on the object), picked on
+# N_IMAGES *other* test images so that picking it does not flatter its score on these
+held_out, _, held_masks, _ = shapes_attention_set(cfg.image_size, N_IMAGES, start=N_IMAGES)
+head, random_head = (object_head(attention_maps(net, held_out), held_masks) for net in (backbone, random_backbone))
 on_object = torch.stack([object_mass(maps[:, h], masks) for h in range(n_heads)])   # [heads, N]
 on_random = torch.stack([object_mass(random_maps[:, h], masks) for h in range(n_heads)])
+on_prior = object_mass(centre_prior(maps.shape[-2:]).expand(len(images), *maps.shape[-2:]), masks)
 se = lambda x: float(x.std() / len(x) ** 0.5)
 for h in range(n_heads):
     where = "mostly on the object" if on_object[h].mean() > 0.5 else "mostly off the object"
@@ -118,19 +123,26 @@ off_heads = [h for h in range(n_heads) if share[h] + 2 * share_se[h] < 0.5]
 listed = lambda hs: (("head " if len(hs) == 1 else "heads ") + ", ".join(f"{h} ({share[h]:.0%})" for h in hs)
                     if hs else "no head")
 display(Markdown(
-    f"**Two kinds of head.** In this run {listed(on_heads)} put most of the attention on "
+    f"**Where the heads look.** In this run {listed(on_heads)} put most of the attention on "
     f"the object, which covers {area:.0%} of the image, and {listed(off_heads)} put most of it "
-    f"*off* the object" + (f" ({sum(bool(share[h] < area) for h in off_heads)} of them even less on it "
-                          f"than a uniform map would)" if off_heads else "") +
-    f". The head-mean map, which the Jaccard below scores, averages the two kinds: "
-    f"{len(on_heads)} of its {n_heads} heads {'looks' if len(on_heads) == 1 else 'look'} at the object."))
+    f"*off* the object" + (f" ({below} of them even less on it than a uniform map would)"
+                          if (below := sum(bool(share[h] < area) for h in off_heads)) else "") +
+    f". The head-mean map, which the Jaccard below scores, averages them all: "
+    f"{len(on_heads)} of its {n_heads} heads {'looks' if len(on_heads) == 1 else 'look'} mostly at the object. "
+    f"Picked on {len(held_out)} other test images, the **object head** is head {head}: here it puts "
+    f"{share[head]:.0%} of its attention on the object, against {on_random[random_head].mean():.0%} for "
+    f"the random network's object head (head {random_head}) and {on_prior.mean():.0%} for the centre "
+    f"prior (a Gaussian bump in the middle, the fair comparison on centred objects)."))
 
 # %% [markdown]
-# Other runs of this recipe show both kinds too (docs/RESULTS.md: one head in four typically
-# attends to the background or a corner); which head does what changes from run to run, so the
-# sentence above is written from this run's numbers. Two plausible reasons for the background
-# heads, not tested here: attention must sum to 1, so a head whose query matches no patch well
-# still spends its weight somewhere, and ViTs are known to park such weight on a few
+# Which head does what changes from run to run, and so does how many heads look away: over
+# seeds 0-3 of this recipe in bf16, from none of the four heads to three of them put most of
+# their attention off the object (docs/RESULTS.md, "Numbers in the notebooks"), so the sentence
+# above is written from this run's numbers. What held in every one of those runs is an object
+# head with more than twice the object's area share, far above random init's object head and
+# above the centre prior: the check below asserts that. Two plausible reasons for background
+# heads, where a run has them, not tested here: attention must sum to 1, so a head whose query
+# matches no patch well still spends its weight somewhere, and ViTs are known to park such weight on a few
 # low-information background patches (Darcet et al. 2024, *Vision Transformers Need
 # Registers*); and the background's texture is shared by both global crops of an image, a cheap
 # cue for the student to match the teacher.
@@ -228,9 +240,11 @@ display(Markdown(
 # 64 px recipe from 280 to 1000 steps range from 0.25 to 0.48 (docs/RESULTS.md), one of them
 # below the prior (0.324 at 280 steps), and longer runs sharpen the heads until the Jaccard
 # falls to random init's level (0.248 at 997 steps), which is why `STEPS` says "longer is not
-# better" for this score. The check below asserts both comparisons for this notebook's recipe
-# (160 steps), where they held on both kinds of CPU we ran; for another `STEPS` read the verdicts
-# above instead.
+# better" for this score. Even at this notebook's 160 steps the head mean's comparisons depend
+# on the run: over seeds 0-3 in bf16 it was above random init at every seed but by only 0.01 at
+# seed 1, whose one object head is diluted by three heads looking elsewhere, and at that seed it
+# was below the centre prior (docs/RESULTS.md). So the verdicts above are printed from this run,
+# and the check below does not assert them.
 
 # %% [markdown]
 # ## What the patches encode: a PCA view
@@ -273,11 +287,11 @@ display(Markdown(
     f"In this run the first component's split overlaps the object with Jaccard "
     f"{split_j['trained'].mean():.2f} for the trained network against "
     f"{split_j['random init'].mean():.2f} at random initialisation: "
-    + ("**above** it" if d_pca.mean() > 2 * se(d_pca) else "not clearly above it")
+    + f"**{word(float(d_pca.mean()), se(d_pca))}** it"
     + f" ({d_pca.mean() / max(se(d_pca), 1e-12):+.1f} standard errors of the paired difference)."))
 
 # %% [markdown]
-# Where the random network's split is about as good as the trained one's, the split follows
+# Where the random network's split is as good as the trained one's, or better, the split follows
 # something any features carry: in this dataset the object is brighter than its background in
 # every image, and even random patch embeddings keep brightness. Compare the two figures above
 # for what else the colours group (exercise 4).
@@ -346,19 +360,20 @@ display(explorer.fig)
 # ## Check
 # Each assertion, and what would make it fail:
 #
-# 1. "above random initialisation": the trained head-mean Jaccard beats random init's by more
-#    than 2 standard errors of the paired per-image difference: fails if training no longer
-#    makes the 60% masks overlap the objects better than an untrained network does.
-# 2. "above the centre prior" (the fair comparison): the trained head-mean Jaccard beats the
-#    centre prior's by more than 2 paired standard errors, at this notebook's recipe
-#    (`STEPS = DEMO_STEPS`, 160; other lengths are not asserted, see "Which noise the error bars show"):
-#    fails if the trained maps find the object no better than "look at the middle".
-# 3. The trained head-mean map puts more than twice the object's area share of its attention on
-#    the object, by more than 2 standard errors: fails if the trained attention is about as
-#    spread as a uniform map.
-# 4. "Two kinds of head": at least one head puts more than half of its attention on the object
-#    (beyond 2 standard errors), and at least one head puts more than half off it: fails if no
-#    head follows the object, or if no head looks away from it.
+# 1. "The object head": the trained network's object head (picked on other test images) puts
+#    more than twice the object's area share of its attention on the object, beyond 2 standard
+#    errors: fails if no head concentrates on the object (its attention about as spread as a
+#    uniform map, or on the background).
+# 2. ... "far above random init's object head and above the centre prior": it puts more on the
+#    object than the random network's object head, and more than the centre prior, each beyond 2
+#    standard errors of the paired per-image difference: fails if training no longer makes any
+#    head look at the objects more than an untrained network's best one does, or more than
+#    "look at the middle" does.
+# 3. "Which head does what changes": the heads differ, the object head's share above the least
+#    object-focused head's by more than 2 standard errors of their paired difference: fails if
+#    every head looks at the same thing (a map copied across heads).
+# 4. The printed verdicts (above / level with / below random init and the centre prior, from
+#    this run) are not asserted: they depend on the run (see "Which noise the error bars show").
 # 5. The 60% rule keeps the smallest set reaching 60%: the kept share is at least 60% and
 #    dropping the weakest kept patch falls below it (fails if `mass_mask` keeps too many or too
 #    few patches).
@@ -366,14 +381,13 @@ display(explorer.fig)
 #    head 0) and follows its controls: fails if its cache or its head / block selection is wrong.
 
 # %%
-d, e = gaps["trained - random (head mean)"]
-assert d > 2 * e, (d, e)
-if STEPS == DEMO_STEPS:
-    d, e = gaps["trained - prior (head mean)"]
-    assert d > 2 * e, ("the trained maps should beat the centre prior", d, e)
-mass_on, e_on = scores["DINO (trained)"]["object_mass"], se(object_mass(maps.mean(1), masks))
-assert mass_on - 2 * area > 2 * e_on, (mass_on, area, e_on)
-assert on_heads and off_heads, share
+assert share[head] - 2 * area > 2 * se(on_object[head]), (head, share[head], area)
+for other in (on_random[random_head], on_prior):
+    d = on_object[head] - other
+    assert d.mean() > 2 * se(d), (float(d.mean()), se(d))
+least = int(share.argmin())
+d = on_object[head] - on_object[least]
+assert d.mean() > 2 * se(d), (head, least, share)
 for m in maps[:20].mean(1):
     keep = mass_mask(m)
     kept_share = (m * keep).sum() / m.sum()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dino_lite.attention import (all_attentions, attention_maps, centre_mask_like, jaccard,
-                                 mass_mask, object_mass, score_maps)
+                                 mass_mask, object_head, object_mass, score_maps,
+                                 shapes_attention_set)
 from dino_lite.evaluate import knn_classify
 from dino_lite.models import build_backbone
 
@@ -101,6 +102,34 @@ def test_object_mass_counts_attention_on_the_object_and_uniform_scores_the_area(
     valid = torch.ones_like(gt)
     valid[:, 4:] = False                          # ignoring the bottom half doubles the share
     assert object_mass(maps[1:, 0], gt[1:], valid[1:]).item() == pytest.approx(0.5)
+
+
+def test_object_head_is_the_head_with_the_largest_mean_share_on_the_object():
+    torch.manual_seed(0)
+    patches = torch.rand(5, 4, 4) > 0.6          # the object, patch by patch (every image has one)
+    patches[:, 0, 0] = True
+    gt = patches.repeat_interleave(2, 1).repeat_interleave(2, 2)   # at 8 x 8 pixels
+    maps = torch.rand(5, 3, 4, 4) ** 4            # three heads of random, peaky maps
+    by_hand = []                                  # each head's share, a loop over pixels
+    for h in range(3):
+        shares = []
+        for b in range(5):
+            a = maps[b, h].repeat_interleave(2, 0).repeat_interleave(2, 1)
+            shares.append(float((a * gt[b]).sum() / a.sum()))
+        by_hand.append(sum(shares) / 5)
+    assert object_head(maps, gt) == max(range(3), key=by_hand.__getitem__)
+    maps[:, 1] = patches.float() + 1e-3           # head 1 now looks (almost) only at the object
+    assert object_head(maps, gt) == 1
+
+
+def test_the_second_attention_set_shares_no_image_with_the_first():
+    a, names_a, masks_a, _ = shapes_attention_set(32, 4)
+    b, names_b, masks_b, _ = shapes_attention_set(32, 4, start=4)
+    both, _, _, _ = shapes_attention_set(32, 8)
+    assert torch.equal(torch.cat([a, b]), both) and not set(names_a) & set(names_b)
+    assert names_b == ["test_4", "test_5", "test_6", "test_7"]
+    with pytest.raises(ValueError, match="selects none"):
+        shapes_attention_set(32, 4, start=1000)
 
 
 def test_knn_with_fewer_test_images_than_k():

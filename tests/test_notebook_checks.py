@@ -1,7 +1,7 @@
 """The notebooks' check cells can fail: each case breaks one claim in a notebook's code (the
 text substitution a student might make by mistake) and runs the notebook's .py twin as a script;
 its check cell must then raise an AssertionError. The notebooks that read the shared run (00, 04,
-05, 09) get it first: trained here when absent (as a notebook run before 00 would), so that
+05, 06, 09) get it first: trained here when absent (as a notebook run before 00 would), so that
 `make test`, which runs these tests before the notebooks, exercises them too; the notebooks
 then reuse it."""
 
@@ -11,7 +11,8 @@ import pytest
 
 jupytext = pytest.importorskip("jupytext")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-READ_THE_SHARED_RUN = ("00_quickstart", "04_schedules", "05_train_and_evaluate", "09_emerging_properties")
+READ_THE_SHARED_RUN = ("00_quickstart", "04_schedules", "05_train_and_evaluate", "06_attention_maps",
+                       "09_emerging_properties")
 
 # (notebook, the sentence the check guards, code as written, the breakage); a breakage of several
 # edits gives tuples of old and new
@@ -29,6 +30,11 @@ BREAKAGES = [
      '"centering + sharpening": dict(centering=True, sharpening=False)'),
     ("00_quickstart", "attention finds the objects: trained and random maps swapped",
      "maps_trained = attention_maps(backbone, images)", "maps_trained = attention_maps(random_backbone, images)"),
+    ("06_attention_maps", "an object head far above random init's: trained and random maps swapped",
+     "maps = attention_maps(backbone, images)", "maps = attention_maps(random_backbone, images)"),
+    ("06_attention_maps", "the heads differ: the head-mean map copied into every head",
+     "maps = attention_maps(backbone, images)",
+     "maps = attention_maps(backbone, images).mean(1, keepdim=True).expand(-1, 4, -1, -1)"),
     ("04_schedules", "student copy against momentum: the rows swapped",
      'momentum, copy = ours["teacher_momentum"], ours["teacher_student_copy"]',
      'copy, momentum = ours["teacher_momentum"], ours["teacher_student_copy"]'),
