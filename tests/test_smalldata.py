@@ -186,6 +186,11 @@ def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, 
     j = args.index("--mim-set")
     main(args[:i] + args[i + 2:j] + args[j + 2:])          # no --steps and no --mim-set
     assert smalldata.MIM_SETS == ("lr=0.0015",) and _last_json(capsys)[0]["mim_sets"] == ["lr=0.0015"]
+    # the command's help names the same defaults (it does not import smalldata to build itself)
+    from dino_lite.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["smalldata"]
+    helps = {a.dest: a.help for a in sub._actions}
+    assert f"{smalldata.STEPS}," in helps["steps"] and smalldata.MIM_SETS[0] in helps["mim_set"]
 
 
 def test_another_fine_tuning_seed_runs_only_that_seed(tiny_folder, tmp_path, capsys, monkeypatch):
