@@ -1,7 +1,7 @@
 """The notebooks' check cells can fail: each case breaks one claim in a notebook's code (the
 text substitution a student might make by mistake) and runs the notebook's .py twin as a script;
 its check cell must then raise an AssertionError. The notebooks that read the shared run (00, 04,
-05, 06, 09) get it first: trained here when absent (as a notebook run before 00 would), so that
+05, 06, 07, 09) get it first: trained here when absent (as a notebook run before 00 would), so that
 `make test`, which runs these tests before the notebooks, exercises them too; the notebooks
 then reuse it."""
 
@@ -12,7 +12,7 @@ import pytest
 jupytext = pytest.importorskip("jupytext")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 READ_THE_SHARED_RUN = ("00_quickstart", "04_schedules", "05_train_and_evaluate", "06_attention_maps",
-                       "09_emerging_properties")
+                       "07_ablations", "09_emerging_properties")
 
 # (notebook, the sentence the check guards, code as written, the breakage); a breakage of several
 # edits gives tuples of old and new
@@ -40,6 +40,8 @@ BREAKAGES = [
      'copy, momentum = ours["teacher_momentum"], ours["teacher_student_copy"]'),
     ("05_train_and_evaluate", "trained features beat every random init: the trained net replaced",
      'nets = {"DINO (trained)": backbone}', 'nets = {"DINO (trained)": random_init_backbone(cfg, seed=7)}'),
+    ("07_ablations", "the momentum teacher beats the student copy: the two rows swapped",
+     'dino, copy = rows["dino"], rows["no_momentum"]', 'copy, dino = rows["dino"], rows["no_momentum"]'),
     ("09_emerging_properties", "retrieval, copy detection and VOS follow the trained features: "
      "the trained net replaced",
      'models = {"DINO (trained)": trained,', 'models = {"DINO (trained)": random_init_backbone(cfg, seed=7),'),
