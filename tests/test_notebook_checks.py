@@ -70,6 +70,12 @@ BREAKAGES = [
     ("08_masked_image_modelling", "the 10% encoder's attention is above the 100% one's: the 100% encoder "
      "scored in its place", 'STUDY.parent / "pets-attention-dino8000-10pct-bf16.json"',
      'STUDY.parent / "pets-attention-dino8000-bf16.json"'),
+    ("08_masked_image_modelling", "SplitMask's 100% cell fine-tunes below DINO's: the two swapped in the "
+     "paired gap", 'g_sd, e_sd = paired_gap(sm_run["finetune_correct"], hits[1.0])',
+     'g_sd, e_sd = paired_gap(hits[1.0], sm_run["finetune_correct"])'),
+    ("08_masked_image_modelling", "SplitMask's CLS attention is below random init's: the 10% DINO "
+     "encoder scored in its place", 'STUDY.parent / "pets-attention-splitmask8000-bf16.json"',
+     'STUDY.parent / "pets-attention-dino8000-10pct-bf16.json"'),
     ("10_scaling_up", "two processes train the one-process run: BatchNorm in the head",
      # the exercise the text names: per-process batch statistics make the runs differ (trained
      # into folders of their own, so the notebook's runs are left as they are)
