@@ -608,7 +608,8 @@ def build_parser():
                     help="pre-training steps, the same for every cell (default: smalldata.STEPS, "
                     "8000, the shortest length measured at which DINO fine-tunes clearly above "
                     "random init)")
-    sd.add_argument("--seeds", default="0", help="comma-separated pre-training seeds (each cell once per seed)")
+    sd.add_argument("--seeds", default="0,1", help="comma-separated pre-training seeds, each cell once "
+                    "per seed (default: smalldata.SEEDS, 0,1, the two the decisive comparison needs)")
     sd.add_argument("--finetune-epochs", type=positive_int, default=30)
     sd.add_argument("--finetune-steps", type=positive_int, help="cut each fine-tuning at this many steps")
     sd.add_argument("--finetune-lr", type=positive_float, default=1e-3,
@@ -616,8 +617,9 @@ def build_parser():
     sd.add_argument("--finetune-layer-decay", type=unit_interval,
                     help="layer-wise lr decay when fine-tuning pre-trained encoders (default 1: "
                     "none, as measured; BEiT's 0.75 for example; random init never decays)")
-    sd.add_argument("--finetune-seeds", default="0",
-                    help="comma-separated seeds: each encoder is fine-tuned once per seed (mean reported)")
+    sd.add_argument("--finetune-seeds", default="0,1",
+                    help="comma-separated seeds: each encoder is fine-tuned once per seed, the mean "
+                    "reported (default: smalldata.FINETUNE's, 0,1)")
     sd.add_argument("--tokenizers", help="comma-separated tokenizers for the BEiT tokenizer comparison "
                     "(random_projection, random_patches, kmeans); default: none")
     sd.add_argument("--tokenizer-fraction", type=unit_interval,

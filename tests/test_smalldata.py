@@ -22,7 +22,7 @@ SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
 def _study(tiny_folder, out, *extra, methods="dino,beit"):
     args = ["smalldata", "--preset", "cpu-demo", "--data", str(tiny_folder), "--fractions", "0.5,1",
             "--methods", methods, "--steps", "2", "--finetune-steps", "2", "--out", str(out),
-            "--finetune-seeds", "0,1", "--mim-set", "lr=0.001", "--json", *extra]
+            "--seeds", "0", "--finetune-seeds", "0,1", "--mim-set", "lr=0.001", "--json", *extra]
     return args + [a for s in SETS for a in ("--set", s)]
 
 
@@ -177,6 +177,13 @@ def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, 
     est, out = _last_json(capsys)
     assert smalldata.STEPS == 8000 and "cells of 8000 pre-training steps" in out
     assert est["estimate"]["pretrain_s"] == pytest.approx(4 * 8000 * 0.5)     # 4 cells
+    # without --seeds and --finetune-seeds: two pre-training seeds per cell, two fine-tunings each
+    s = args.index("--seeds")
+    main([a for k, a in enumerate(args) if k not in (s, s + 1, s + 2, s + 3)])
+    est, _ = _last_json(capsys)
+    assert smalldata.SEEDS == (0, 1) and smalldata.FINETUNE["seeds"] == [0, 1]
+    assert est["seeds"] == [0, 1] and est["finetune"]["seeds"] == [0, 1]
+    assert est["cells"] == [f"{m}-{f}-s{seed}" for seed in (0, 1) for m in ("dino", "beit") for f in ("0.5", "1")]
     assert est["finetune"]["layer_decay"] == 1.0
     # the masked models' study learning rate, unless --mim-set gives others
     assert est["mim_sets"] == ["lr=0.001"]                   # a --mim-set replaces the default
@@ -191,6 +198,9 @@ def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["smalldata"]
     helps = {a.dest: a.help for a in sub._actions}
     assert f"{smalldata.STEPS}," in helps["steps"] and smalldata.MIM_SETS[0] in helps["mim_set"]
+    defaults = {a.dest: a.default for a in sub._actions}
+    assert defaults["seeds"] == ",".join(map(str, smalldata.SEEDS)) and "smalldata.SEEDS" in helps["seeds"]
+    assert defaults["finetune_seeds"] == ",".join(map(str, smalldata.FINETUNE["seeds"]))
 
 
 def test_another_fine_tuning_seed_runs_only_that_seed(tiny_folder, tmp_path, capsys, monkeypatch):
