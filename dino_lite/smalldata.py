@@ -616,12 +616,18 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict
           if da is not None and db is not None else math.hypot(drops[a]["se"], drops[b]["se"]))
     names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
     na, nb = names.get(a, a), names.get(b, b)
+    # a cell of one pre-training seed carries its fine-tuning seeds' spread only: say so
+    ends = [c for m in (a, b) for c in _ends(cells, m) or ()]
+    single = sum(len(c.get("seeds", ())) == 1 for c in ends)
+    caveat = (f" {single} of the {len(ends)} cells have one pre-training seed: the pre-training "
+              f"seeds' spread is not in the interval." if single else "")
     if abs(diff) > Z95 * se:
         more = "more" if diff > 0 else "less"
         return (f"{na} loses {abs(diff):.1f} +- {se:.1f} points {more} than {nb} when the "
-                f"pre-training data shrink (95% interval {diff - Z95 * se:+.1f} to {diff + Z95 * se:+.1f}).")
+                f"pre-training data shrink (95% interval {diff - Z95 * se:+.1f} to "
+                f"{diff + Z95 * se:+.1f}).{caveat}")
     return (f"No difference larger than {abs(diff) + Z95 * se:.1f} points at 95% between "
-            f"{na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).")
+            f"{na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).{caveat}")
 
 
 def _provenance(summary: dict) -> str:

@@ -403,7 +403,14 @@ def test_drops_and_the_verdict_are_paired_image_by_image_when_the_hits_are_kept(
     assert diff == pytest.approx(1.4)
     assert verdict(d, cells=cells, runs=runs) == (
         f"DINO loses {diff:.1f} +- {se:.1f} points more than SplitMask when the pre-training data "
-        f"shrink (95% interval {diff - 1.96 * se:+.1f} to {diff + 1.96 * se:+.1f}).")
+        f"shrink (95% interval {diff - 1.96 * se:+.1f} to {diff + 1.96 * se:+.1f}). 4 of the 4 "
+        f"cells have one pre-training seed: the pre-training seeds' spread is not in the interval.")
+    # a second pre-training seed of every cell: no caveat, and its spread joins the error
+    second = [{**r, "seed": 1} for r in runs]
+    cells2 = aggregate(runs + second)
+    assert all(c["seeds"] == [0, 1] for c in cells2)
+    v2 = verdict(drops(cells2, runs + second), cells=cells2, runs=runs + second)
+    assert v2.startswith(f"DINO loses {diff:.1f} +- {se_of(both):.1f} points more") and "seed" not in v2, v2
     # without the image pairing the same drops are not told apart
     wide = math.hypot(d["dino"]["se"], d["splitmask"]["se"])
     assert wide > 2 * se and verdict(d).startswith("No difference larger than")
