@@ -1224,9 +1224,8 @@ display(Markdown(
                  f"({sm_frozen[k][0]:+.1f} +- {sm_frozen[k][1]:.1f})"
                  for name, k in (("k-NN", "knn_top1"), ("linear probe", "linear_top1"))) + ".\n\n"
     f"The study's verdict, as `smalldata` wrote it: *{four['verdict']}*\n\n"
-    f"That interval counts the held-out images and the two fine-tuning seeds of each cell, not "
-    f"the pre-training seed: every cell here has one. The only pre-training-seed spread measured "
-    f"at this length is DINO's at 100% (part 6): seeds 0 and 1 fine-tune to "
+    f"The only pre-training-seed spread measured at this length is DINO's at 100% (part 6): "
+    f"seeds 0 and 1 fine-tune to "
     f"{seed_top1[0]:.1f}% and {seed_top1[1]:.1f}%, {abs(seed_top1[0] - seed_top1[1]):.1f} points apart."))
 
 # %% [markdown]
