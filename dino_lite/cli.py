@@ -264,11 +264,18 @@ def cmd_attention(args):
     if args.pca:
         _pca_view(args, backbone, x, names, out)
         return
+    from .methods import get_method
+    cls_trained = get_method(cfg.method).trains_cls_attention
+    if not cls_trained:
+        print(f"note: {cfg.method}'s loss never reads the CLS token's output, so the last block's "
+              "CLS attention got no gradient: these maps are a by-product of weights trained for "
+              "the patch tokens, not where the encoder learned to look (--pca draws its patch "
+              "features instead)", file=sys.stderr)
     maps = torch.cat([attention_maps(backbone, x[i:i + 64]) for i in range(0, len(x), 64)])
     out.mkdir(parents=True, exist_ok=True)
     fig = overlay_figure(x, maps, masks, names=names)
     fig.savefig(out / "attention.png", dpi=110)
-    result = {"images": len(x), "figure": str(out / "attention.png")}
+    result = {"images": len(x), "figure": str(out / "attention.png"), "cls_attention_trained": cls_trained}
     if masks is not None:
         scores = score_maps(maps, masks, valid)
         result.update({k: scores[k] for k in ("jaccard", "jaccard_best_head", "object_mass",

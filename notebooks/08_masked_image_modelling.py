@@ -1122,7 +1122,8 @@ display(Markdown(
 # objective: each branch's encoder output is read at the patch tokens only
 # (`methods/splitmask.py` drops the prefix tokens before the decoder, and the global InfoNCE
 # average-pools the decoder's patch outputs), so no loss ever reads the CLS token's output, and
-# its last-block attention row is never trained. Scored like DINO's (`attention`, bf16):
+# its attention in the last block gets no gradient from the loss: where it looks is a by-product
+# of weights trained for the patch tokens. Scored like DINO's (`attention`, bf16):
 
 # %%
 psm = json.loads((STUDY.parent / "pets-attention-splitmask8000-bf16.json").read_text())

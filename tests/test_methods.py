@@ -98,3 +98,36 @@ def test_a_fitted_tokenizer_reads_the_trainers_images_without_building_them_agai
     assert len(calls) == 2 and len(alone) == 24
     tr.Trainer(cfg, tmp_path / "b", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(alone, seen["images"], strict=True))
+
+
+@pytest.mark.parametrize("method", ["dino", "beit", "splitmask", "mae"])
+def test_trains_cls_attention_says_whether_the_loss_reaches_the_last_cls_token(method, tiny_folder):
+    """``Method.trains_cls_attention`` is what the attention command warns by: the gradient of
+    the method's loss at the last block's CLS output (the only thing that block's CLS attention
+    feeds) is nonzero for DINO and exactly zero for the masked image models."""
+    from dino_lite.methods import get_method
+    cfg = tiny_config(tiny_folder, method=method, n_local=0, vocab_size=32, bf16=False)
+    torch.manual_seed(0)
+    model = build_method(cfg, fused_attention=False)
+    backbone = model.backbone
+    outputs = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        outputs.append(out)
+    backbone.blocks[-1].register_forward_hook(keep)
+    images = torch.randn(4, 3, 32, 32)
+    if method == "dino":
+        loss = sum(o.logsumexp(-1).sum() for o in model([images, images.flip(-1)]).output)
+    else:
+        loss = model(images, *model.draw_masks(torch.Generator().manual_seed(0), 4))[0]
+    loss.backward()
+    prefix = backbone.num_prefix_tokens
+    at_cls = max(o.grad[:, :prefix].abs().max().item() for o in outputs)
+    at_patches = max(o.grad[:, prefix:].abs().max().item() for o in outputs)
+    assert at_patches > 0 or method == "dino", method
+    if get_method(method).trains_cls_attention:
+        assert at_cls > 0, method
+    else:
+        assert at_cls == 0, (method, at_cls)
+    assert get_method(method).trains_cls_attention == (method == "dino")

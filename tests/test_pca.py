@@ -123,9 +123,9 @@ def test_figure_has_images_above_their_maps_and_a_caption():
     assert any("similar colours = similar features" in t.get_text() for t in fig.texts)
 
 
-def _our_checkpoint(path, reg_tokens=2):
+def _our_checkpoint(path, reg_tokens=2, method="dino"):
     """A dino_lite training checkpoint of a tiny ViT with registers (no training: its teacher)."""
-    cfg = make_config("cpu-demo", dict(TINY, reg_tokens=reg_tokens, bf16=False))
+    cfg = make_config("cpu-demo", dict(TINY, reg_tokens=reg_tokens, bf16=False, method=method))
     backbone = build_eval_backbone(cfg)
     torch.save({"config": dataclasses.asdict(cfg),
                 "teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, path)
@@ -191,3 +191,17 @@ def test_explorer_switches_to_the_pca_view_fitted_over_all_its_images():
     assert titles[1:] == ["trained: PCA of patches", "random init: PCA of patches"]
     e.view.value = "attention"
     assert e.shown["view"] == "attention" and "map" in e.shown
+
+
+def test_attention_says_when_the_method_never_trained_the_cls_attention(tmp_path, tiny_folder, capsys):
+    """A SplitMask checkpoint's CLS attention got no gradient (its loss reads patch tokens only):
+    the command draws the maps and says so, and its JSON records it; DINO's does not warn."""
+    for method in ("splitmask", "dino"):
+        _our_checkpoint(tmp_path / f"{method}.pt", reg_tokens=0, method=method)
+        main(["attention", "--checkpoint", str(tmp_path / f"{method}.pt"), "--images",
+              str(tiny_folder / "images"), "--limit", "2", "--out", str(tmp_path / method), "--json"])
+        captured = capsys.readouterr()
+        res = json.loads(captured.out.splitlines()[-1])
+        assert res["cls_attention_trained"] == (method == "dino")
+        assert ("never reads the CLS token's output" in captured.err) == (method == "splitmask")
+        assert (tmp_path / method / "attention.png").exists()

@@ -16,6 +16,10 @@ from torch import nn
 class Method:
     defaults: dict = {}          # the optimisation the method was published with (see make_config)
     needs_tokenizer = False      # whether networks() takes a fitted patch tokenizer
+    # whether the loss reads the CLS token's output. If it does not, the last block's CLS
+    # attention (which feeds only that output) gets no gradient: where it looks is a by-product
+    # of weights trained for the patch tokens, not something the encoder learned to look at
+    trains_cls_attention = True
 
     @staticmethod
     def validate(cfg):

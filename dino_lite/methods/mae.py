@@ -114,6 +114,7 @@ class MAE(nn.Module):
 
 class MAEMethod(Method):
     defaults = MAE_RECIPE
+    trains_cls_attention = False      # the decoder reads the patch tokens only
 
     @staticmethod
     def validate(cfg):

@@ -79,6 +79,7 @@ class MaskedMethod(Method):
     """A masked image model: :meth:`model` builds its module around a backbone and a tokenizer."""
     defaults = BEIT_RECIPE
     needs_tokenizer = True
+    trains_cls_attention = False      # the losses read the patch tokens only
 
     @staticmethod
     def validate(cfg):
