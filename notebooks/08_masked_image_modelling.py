@@ -990,16 +990,23 @@ gap10 = over_random_init(at10, small_runs, fair_base)
 g10, e10 = gap10["over_random_init"], gap10["over_random_init_se"]
 frozen_drop = {k: 100 * (at100[k] - at10[k]) for k in ("knn_top1", "linear_top1")}
 
+
+def paper_panel(ax):
+    """The paper's drops from 100% to 10% (iNat-19 fine-tuning after ImageNet), on an axis of
+    their own: its absolute numbers are not comparable with the miniature's."""
+    ax.bar_label(ax.bar(range(3), list(paper_drop.values()), color="tab:gray"), fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(3), list(paper_drop))
+    ax.set_ylabel("top-1 lost from 100% to 10% (points)")
+    ax.set_title("paper (iNat-19, after ImageNet)", fontsize=9)
+    ax.axhline(0, color="k", lw=0.8)
+
+
 fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [3, 1.4, 1.4]})
 curve_panel(ax, [(f"DINO on {r['fraction']:.0%}", r["curves"], "tab:green" if r["fraction"] == 1 else "tab:olive")
                  for r in sorted(small_runs, key=lambda r: -r["fraction"])] +
             [("random init", fair_base["curves"], "tab:orange")],
             f"fine-tuning on all labelled images after {small['steps']:,} pre-training steps", legend_size=6.5)
-bx.bar_label(bx.bar(range(3), list(paper_drop.values()), color="tab:gray"), fmt="%.1f", fontsize=8)
-bx.set_xticks(range(3), list(paper_drop))
-bx.set_ylabel("top-1 lost from 100% to 10% (points)")
-bx.set_title("paper (iNat-19, after ImageNet)", fontsize=9)
-bx.axhline(0, color="k", lw=0.8)
+paper_panel(bx)
 cx.bar([0], [drop], yerr=[2 * drop_se], capsize=5, color="tab:green")
 cx.set_xticks([0], ["dino"])
 cx.set_xlim(-0.8, 2.8)
@@ -1190,11 +1197,7 @@ curve_panel(ax, [(f"SplitMask on {f:.0%}", next(r for r in four["runs"] if (r["m
                  for f, c in ((1.0, "tab:blue"), (0.1, "tab:cyan"))] +
             [("random init", fair_base["curves"], "tab:orange")],
             f"fine-tuning on all labelled images after {four['steps']:,} SplitMask steps", legend_size=6.5)
-bx.bar_label(bx.bar(range(3), list(paper_drop.values()), color="tab:gray"), fmt="%.1f", fontsize=8)
-bx.set_xticks(range(3), list(paper_drop))
-bx.set_ylabel("top-1 lost from 100% to 10% (points)")
-bx.set_title("paper (iNat-19, after ImageNet)", fontsize=9)
-bx.axhline(0, color="k", lw=0.8)
+paper_panel(bx)
 rows = [("dino", four_drops["dino"]["drop"], four_drops["dino"]["se"], "tab:green"),
         ("splitmask", four_drops["splitmask"]["drop"], four_drops["splitmask"]["se"], "tab:blue"),
         ("DINO drop -\nSplitMask drop", diff, diff_se, "tab:purple")]
