@@ -771,9 +771,18 @@ display(Markdown(
 # %%
 from dino_lite.smalldata import over_random_init
 
-twice = json.loads((STUDY.parent / "smalldata-dino8000-30ep-bf16.json").read_text())
-assert twice["finetune"] == fair["finetune"] and twice["precision"] == fair["precision"], twice["finetune"]
-assert twice["steps"] == 8000 and twice["seeds"] == [0, 1], (twice["steps"], twice["seeds"])
+
+def at_fair_protocol(name, steps, seeds):
+    """A study result file, checked to share the fair test's fine-tuning recipe and precision
+    (so its cells compare with ``fair_base``), with the pre-training ``steps`` and ``seeds`` the
+    text says."""
+    result = json.loads((STUDY.parent / name).read_text())
+    assert result["finetune"] == fair["finetune"] and result["precision"] == fair["precision"], name
+    assert result["steps"] == steps and result["seeds"] == seeds, (name, result["steps"], result["seeds"])
+    return result
+
+
+twice = at_fair_protocol("smalldata-dino8000-30ep-bf16.json", 8000, [0, 1])
 twice_cell = next(c for c in twice["cells"] if (c["method"], c["fraction"]) == ("dino", 1.0))
 twice_gap = over_random_init(twice_cell, twice["runs"], fair_base)
 g_twice, e_twice = twice_gap["over_random_init"], twice_gap["over_random_init_se"]
@@ -975,9 +984,7 @@ display(Markdown(
 # %%
 from dino_lite.smalldata import drops
 
-small = json.loads((STUDY.parent / "smalldata-dino8000-frac-bf16.json").read_text())
-assert small["finetune"] == fair["finetune"] and small["precision"] == fair["precision"], small["finetune"]
-assert small["steps"] == 8000 and small["seeds"] == [0], (small["steps"], small["seeds"])
+small = at_fair_protocol("smalldata-dino8000-frac-bf16.json", 8000, [0])
 small_runs = small["runs"]
 small_cells = {(c["method"], c["fraction"]): c for c in small["cells"]}
 at10, at100 = small_cells[("dino", 0.1)], small_cells[("dino", 1.0)]
@@ -1079,9 +1086,8 @@ display(Markdown(
 # right: what each pre-training adds after fine-tuning, paired over the 1,000 held-out images.
 
 # %%
-sm = json.loads((STUDY.parent / "smalldata-splitmask8000-bf16.json").read_text())
-assert sm["finetune"] == fair["finetune"] and sm["precision"] == fair["precision"], sm["finetune"]
-assert sm["steps"] == 8000 and sm["seeds"] == [0] and sm["mim_sets"] == ["lr=0.0015"], sm["mim_sets"]
+sm = at_fair_protocol("smalldata-splitmask8000-bf16.json", 8000, [0])
+assert sm["mim_sets"] == ["lr=0.0015"], sm["mim_sets"]
 sm_cell = next(c for c in sm["cells"] if (c["method"], c["fraction"]) == ("splitmask", 1.0))
 sm_run = next(r for r in sm["runs"] if (r["method"], r["fraction"]) == ("splitmask", 1.0))
 (g_sm, e_sm), (g_d100, e_d100) = ((g["over_random_init"], g["over_random_init_se"]) for g in (
@@ -1161,14 +1167,13 @@ display(Markdown(
 # SplitMask's. All four cells are scored on the same 1,000 held-out images, so the package counts
 # it image by image, $(d_{100} - d_{10}) - (s_{100} - s_{10})$ per image (each term the mean hit
 # over the two fine-tunings); its standard error is that of a mean of 1,000 numbers, with each
-# cell's fine-tuning-seed spread added in quadrature (`smalldata.verdict`). Left: SplitMask's fine-tuning curves at both fractions; middle: the
-# paper's drops (iNaturalist-2019 after ImageNet, on their own axis); right: the drops here and
-# their difference.
+# cell's fine-tuning-seed spread added in quadrature (`smalldata.verdict`). Left: SplitMask's
+# fine-tuning curves at both fractions; middle: the paper's drops (iNaturalist-2019 after
+# ImageNet, on their own axis); right: the drops here and their difference.
 
 # %%
-four = json.loads((STUDY.parent / "smalldata-8000-frac-bf16.json").read_text())
-assert four["finetune"] == fair["finetune"] and four["precision"] == fair["precision"], four["finetune"]
-assert four["steps"] == 8000 and four["seeds"] == [0] and four["mim_sets"] == ["lr=0.0015"], four["seeds"]
+four = at_fair_protocol("smalldata-8000-frac-bf16.json", 8000, [0])
+assert four["mim_sets"] == ["lr=0.0015"], four["mim_sets"]
 four_cells = {(c["method"], c["fraction"]): c for c in four["cells"]}
 assert sorted(four_cells) == [(m, f) for m in ("dino", "splitmask") for f in (0.1, 1.0)], sorted(four_cells)
 # reused, not re-trained: the three earlier cells are the ones parts 8 and 9 read
