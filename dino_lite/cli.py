@@ -345,7 +345,8 @@ def cmd_smalldata(args):
                             tokenizers=parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else [],
                             tokenizer_fraction=args.tokenizer_fraction,
                             baseline=not args.no_baseline, mim_sets=args.mim_set or None,
-                            overwrite=args.overwrite, dry_run=args.dry_run)
+                            overwrite=args.overwrite, dry_run=args.dry_run,
+                            finished_only=args.finished_only)
     if args.dry_run:
         _emit_json(args, summary)
         return
@@ -361,7 +362,7 @@ def cmd_smalldata(args):
                           "tokenizer_cells": [{k: c[k] for k in keep if k in c}
                                               for c in summary["tokenizer_cells"]],
                           "drops": summary["drops"], "verdict": summary["verdict"],
-                          "precision": summary["precision"],
+                          "precision": summary["precision"], "left_out": summary["left_out"],
                           "random_init": base and {k: base[k] for k in (
                               "finetune_top1", "finetune_top1_seeds", "finetune_se", "converged")}}))
 
@@ -638,8 +639,13 @@ def build_parser():
                     help="skip the random-init baseline (to run the cells one at a time)")
     sd.add_argument("--overwrite", action="store_true",
                     help="replace cells whose folder holds a pre-training of other settings")
-    sd.add_argument("--dry-run", action="store_true",
-                    help="print the cells and the compute they need on this machine (timed), then stop")
+    only = sd.add_mutually_exclusive_group()
+    only.add_argument("--dry-run", action="store_true",
+                      help="print the cells and the compute they need on this machine (timed), then stop")
+    only.add_argument("--finished-only", action="store_true",
+                      help="train nothing: the table, drops and verdict of the cells already "
+                      "pre-trained and scored (a study still running or cut short); the others "
+                      "are named as left out")
     sd.add_argument("--out", default="runs/smalldata")
     sd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     sd.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -394,14 +394,16 @@ def describe_estimate(est: dict, threads: int) -> str:
 def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_recipe: dict | None = None,
                   data=None, seeds=SEEDS, sets=(), progress=True, tokenizers=(),
                   tokenizer_fraction=None, baseline=True, mim_sets=None, overwrite=False,
-                  dry_run=False) -> dict:
+                  dry_run=False, finished_only=False) -> dict:
     """Every cell and the random-init baseline; returns the summary (also in
     ``OUT/smalldata.json`` and ``OUT/smalldata.md``). ``finetune_recipe`` updates
     :data:`FINETUNE`; ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only
     (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small.
     ``steps`` defaults to :data:`STEPS`, ``mim_sets`` to :data:`MIM_SETS` (``()`` for none).
     The compute still needed is timed and printed first; ``dry_run`` stops there and returns
-    the estimate (:func:`estimate`)."""
+    the estimate (:func:`estimate`). ``finished_only`` trains and scores nothing: the summary
+    holds the cells already pre-trained and scored with this recipe (a study still running, or
+    cut short), and names the others in ``left_out``."""
     recipe = {**FINETUNE, **(finetune_recipe or {})}
     steps = steps or STEPS
     mim_sets = MIM_SETS if mim_sets is None else mim_sets
@@ -415,8 +417,22 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
     for name, cfg, _ in cells:          # a folder of other settings is refused before any timing
         if (out_dir / name).exists():
             _pretraining(cfg, out_dir / name, overwrite)
-    cost = estimate(cells, out_dir, recipe, baseline, steps)
-    print(describe_estimate(cost, torch.get_num_threads()))
+    left_out = []
+    if finished_only:                   # a cell is finished when its scores with this recipe are kept
+        left_out = [name for name, _, _ in cells
+                    if not (out_dir / name / f"result-{recipe_id(recipe)}.json").exists()]
+        cells = [cell for cell in cells if cell[0] not in left_out]
+        if not cells:
+            raise ValueError(f"no cell in {out_dir} is pre-trained and scored with these options "
+                             f"yet (planned: {', '.join(left_out)})")
+        if baseline and not _baseline(out_dir, recipe)[1].exists():
+            left_out.append("random init")
+            baseline = False
+        if left_out:
+            print(f"finished cells only: {len(left_out)} left out, not finished: {', '.join(left_out)}")
+    else:
+        cost = estimate(cells, out_dir, recipe, baseline, steps)
+        print(describe_estimate(cost, torch.get_num_threads()))
     if dry_run:
         return {"estimate": cost, "cells": [name for name, _, _ in cells], "seeds": list(seeds),
                 "finetune": recipe, "mim_sets": list(mim_sets)}
@@ -445,7 +461,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
                "finetune": recipe, "sets": list(sets), "mim_sets": list(mim_sets),
                "seeds": list(seeds), "convergence_rule": convergence_rule(),
                "cells": aggregate(rows), "tokenizer_cells": aggregate(tokenizer_rows),
-               "runs": rows + tokenizer_rows, "random_init": random_init}
+               "runs": rows + tokenizer_rows, "random_init": random_init, "left_out": left_out}
     if random_init is not None:
         random_init.update(_errors([random_init]))
         for c in summary["cells"]:      # what pre-training adds over the supervised baseline
@@ -656,8 +672,10 @@ def markdown_table(summary: dict) -> str:
              f"pre-training seeds {summary['seeds']}; fine-tuning on all of it: {recipe}, seeds "
              f"{summary['finetune']['seeds']}. Fine-tune: mean +- standard error (seed spread and "
              f"the test set's binomial error), then each run; {summary['convergence_rule']}.", "",
-             _provenance(summary), "",
-             "| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
+             _provenance(summary), ""]
+    if summary.get("left_out"):
+        lines += [f"Finished cells only; not finished, left out: {', '.join(summary['left_out'])}.", ""]
+    lines += ["| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"

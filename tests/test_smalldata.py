@@ -414,3 +414,34 @@ def test_drops_and_the_verdict_are_paired_image_by_image_when_the_hits_are_kept(
     # without the image pairing the same drops are not told apart
     wide = math.hypot(d["dino"]["se"], d["splitmask"]["se"])
     assert wide > 2 * se and verdict(d).startswith("No difference larger than")
+
+
+def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder, tmp_path, capsys,
+                                                                     monkeypatch):
+    from dino_lite import smalldata, train
+    args = _study(tiny_folder, tmp_path, methods="dino")
+    main(args + ["--no-baseline"])                            # seed 0 of both fractions
+    first, _ = _last_json(capsys)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("--finished-only trained, scored or timed something")
+    for name in ("finetune", "knn_and_linear_accuracy", "pretraining_step_seconds",
+                 "finetune_step_seconds"):
+        monkeypatch.setattr(smalldata, name, forbidden)
+    monkeypatch.setattr(train, "train", forbidden)
+    main(args + ["--seeds", "0,1", "--finished-only"])        # seed 1 and random init not run yet
+    out, printed = _last_json(capsys)
+    assert out["left_out"] == ["dino-0.5-s1", "dino-1-s1", "random init"]
+    assert "3 left out, not finished: dino-0.5-s1, dino-1-s1, random init" in printed
+    assert [c["finetune_top1"] for c in out["cells"]] == [c["finetune_top1"] for c in first["cells"]]
+    assert out["random_init"] is None and set(out["drops"]) == {"dino"}
+    saved = json.loads((tmp_path / "smalldata.json").read_text())
+    assert [c["seeds"] for c in saved["cells"]] == [[0], [0]]
+    assert not (tmp_path / "dino-1-s1").exists()
+    assert "left out: dino-0.5-s1, dino-1-s1, random init" in (tmp_path / "smalldata.md").read_text()
+    with pytest.raises(SystemExit):                           # nothing finished: said, not trained
+        main(_study(tiny_folder, tmp_path, methods="splitmask") + ["--finished-only"])
+    assert f"no cell in {tmp_path} is pre-trained and scored" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                           # two ways to train nothing: pick one
+        main(args + ["--finished-only", "--dry-run"])
+    assert "not allowed with" in capsys.readouterr().err
