@@ -279,12 +279,21 @@ def cmd_attention(args):
     if masks is not None:
         scores = score_maps(maps, masks, valid)
         result.update({k: scores[k] for k in ("jaccard", "jaccard_best_head", "object_mass",
-                                              "object_area", "jaccard_centre_prior")})
-        for key in ("per_image", "per_image_best_head", "per_image_centre_prior"):
-            result[key] = [round(v, 4) for v in scores[key]]     # for standard errors, pairs
+                                              "object_area", "jaccard_centre_prior",
+                                              "jaccard_held_out_head", "jaccard_held_out_head_prior",
+                                              "held_out_heads")})
+        for key in ("per_image", "per_image_best_head", "per_image_centre_prior",
+                    "per_image_held_out_head", "per_image_held_out_head_prior"):
+            if key in scores:                                    # for standard errors, pairs
+                result[key] = [round(v, 4) for v in scores[key]]
         print(f"attention Jaccard (head mean): {scores['jaccard']:.3f}, "
               f"best head: {scores['jaccard_best_head']:.3f} over {len(x)} images; the centre "
               f"prior of the same area: {scores['jaccard_centre_prior']:.3f}")
+        if scores["held_out_heads"] is not None:
+            print(f"one head picked on the other half of the images (heads "
+                  f"{scores['held_out_heads'][0]} and {scores['held_out_heads'][1]}): "
+                  f"{scores['jaccard_held_out_head']:.3f}; the centre prior of its area: "
+                  f"{scores['jaccard_held_out_head_prior']:.3f}")
         print(f"attention on the object: {scores['object_mass']:.0%} of the head-mean map's mass "
               f"(the object covers {scores['object_area']:.0%} of the image)")
     print(f"figure: {out / 'attention.png'}")

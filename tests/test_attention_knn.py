@@ -122,6 +122,43 @@ def test_object_head_is_the_head_with_the_largest_mean_share_on_the_object():
     assert object_head(maps, gt) == 1
 
 
+def test_the_held_out_head_is_picked_on_the_other_half_and_scored_against_its_own_prior():
+    torch.manual_seed(1)
+    gt = torch.rand(7, 8, 8) > 0.5                # 7 images: 4 even, 3 odd
+    maps = torch.rand(7, 3, 4, 4) ** 4            # three heads of random, peaky maps
+    s = score_maps(maps, gt)
+
+    def one(b, h):                                # a loop: one head's mask on one image
+        mask = mass_mask(maps[b, h], 0.6).repeat_interleave(2, 0).repeat_interleave(2, 1)
+        return float(jaccard(mask, gt[b])), int(mass_mask(maps[b, h], 0.6).sum())
+    scores = [[one(b, h)[0] for h in range(3)] for b in range(7)]
+    even, odd = range(0, 7, 2), range(1, 7, 2)
+    best_on = lambda rows: max(range(3), key=lambda h: sum(scores[b][h] for b in rows))   # noqa: E731
+    heads = [best_on(odd), best_on(even)]         # picked on the other half
+    assert s["held_out_heads"] == heads
+    scored = {b: scores[b][heads[b % 2]] for b in range(7)}
+    assert s["per_image_held_out_head"] == pytest.approx([scored[b] for b in range(7)])
+    assert s["jaccard_held_out_head"] == pytest.approx(sum(scored.values()) / 7)
+    # each image's prior: as many central patches (centre_mask_like, tested above) as the
+    # chosen head's mask holds on that image
+    for b in range(7):
+        area = one(b, heads[b % 2])[1]
+        some = torch.zeros(16, dtype=torch.bool)
+        some[:area] = True
+        central = centre_mask_like(some.view(1, 4, 4))[0].repeat_interleave(2, 0).repeat_interleave(2, 1)
+        assert s["per_image_held_out_head_prior"][b] == pytest.approx(float(jaccard(central, gt[b])))
+    # the oracle best head per image is never below the held-out head
+    assert s["jaccard_best_head"] >= s["jaccard_held_out_head"]
+    # a head that matches the object on every image is picked on both halves and scores 1
+    patches = torch.rand(7, 4, 4) > 0.5
+    patches[:, 0, 0] = True                       # every image has an object
+    maps[:, 2] = patches.float()                  # all of head 2's mass on the object's patches
+    gt = patches.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    s = score_maps(maps, gt, mass=1.0)
+    assert s["held_out_heads"] == [2, 2] and s["jaccard_held_out_head"] == pytest.approx(1.0)
+    assert score_maps(maps[:1], gt[:1])["jaccard_held_out_head"] is None   # one image: no halves
+
+
 def test_the_second_attention_set_shares_no_image_with_the_first():
     a, names_a, masks_a, _ = shapes_attention_set(32, 4)
     b, names_b, masks_b, _ = shapes_attention_set(32, 4, start=4)
