@@ -62,8 +62,8 @@ BREAKAGES = [
      'dino_pets, rand_pets = pets["dino4000"], pets["random-init"]',
      'rand_pets, dino_pets = pets["dino4000"], pets["random-init"]'),
     ("08_masked_image_modelling", "on the bf16 CPU 8,000 steps' head-mean map falls below 4,000's: the "
-     "encoders swapped", 'd8, d4, r16 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]',
-     'd4, d8, r16 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]'),
+     "encoders swapped", 'd8, d4, r16, d8s1 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]',
+     'd4, d8, r16, d8s1 = pets16["dino8000"], pets16["dino4000"], pets16["random-init"]'),
     ("08_masked_image_modelling", "at 10% of the images DINO fine-tunes level with 100%: the 10% cell's "
      "fine-tunings replaced by random init's", 'for f in (1.0, 0.1)}',
      'for f in (1.0, 0.1)} | {0.1: fair_base["finetune_correct"]}'),
