@@ -200,6 +200,20 @@ def _pretraining_cost(cell_dir: Path) -> dict:
             else {"pretrain_wall_s": 0.0, "pretrain_cpu_s": 0.0})
 
 
+def _cell_key(cfg, recipe: dict) -> dict:
+    return {"config": cfg.to_dict(), "finetune": recipe}
+
+
+def _finished(cfg, cell_dir: Path, recipe: dict) -> bool:
+    """Whether ``cell_dir`` keeps the scores of exactly this pre-training and recipe (what
+    :func:`_run_cell` would reuse without training or scoring anything)."""
+    result = cell_dir / f"result-{recipe_id(recipe)}.json"
+    try:
+        return json.loads(result.read_text()).get("key") == as_json(_cell_key(cfg, recipe))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> dict:
     """Pre-train one cell (or keep its finished pre-training) and score it with ``recipe`` (or
     read the scores that recipe already has)."""
@@ -221,7 +235,7 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
             write_json(cell_dir / PRETRAINING_COST, spent)
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
         return {**_scores(backbone, cfg, recipe, progress, cell_dir), **spent}
-    key = {"config": cfg.to_dict(), "finetune": recipe}
+    key = _cell_key(cfg, recipe)
     if state != "done":                 # scores of a pre-training that is being replaced
         for pattern in ("result-*.json", "frozen.json", "finetune-*.json"):
             for old in cell_dir.glob(pattern):
@@ -419,8 +433,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
             _pretraining(cfg, out_dir / name, overwrite)
     left_out = []
     if finished_only:                   # a cell is finished when its scores with this recipe are kept
-        left_out = [name for name, _, _ in cells
-                    if not (out_dir / name / f"result-{recipe_id(recipe)}.json").exists()]
+        left_out = [name for name, cfg, _ in cells if not _finished(cfg, out_dir / name, recipe)]
         cells = [cell for cell in cells if cell[0] not in left_out]
         if not cells:
             raise ValueError(f"no cell in {out_dir} is pre-trained and scored with these options "

@@ -439,6 +439,13 @@ def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder
     assert [c["seeds"] for c in saved["cells"]] == [[0], [0]]
     assert not (tmp_path / "dino-1-s1").exists()
     assert "left out: dino-0.5-s1, dino-1-s1, random init" in (tmp_path / "smalldata.md").read_text()
+    (result,) = (tmp_path / "dino-0.5-s0").glob("result-*.json")   # scores of another recipe there
+    kept = json.loads(result.read_text())
+    kept["key"]["finetune"]["lr"] *= 2
+    result.write_text(json.dumps(kept))
+    main(args + ["--finished-only"])                          # left out, not scored again
+    out, _ = _last_json(capsys)
+    assert out["left_out"] == ["dino-0.5-s0", "random init"] and len(out["cells"]) == 1
     with pytest.raises(SystemExit):                           # nothing finished: said, not trained
         main(_study(tiny_folder, tmp_path, methods="splitmask") + ["--finished-only"])
     assert f"no cell in {tmp_path} is pre-trained and scored" in capsys.readouterr().err
