@@ -194,7 +194,9 @@ def _all_converged(flags) -> bool | None:
 
 def _pretraining_cost(cell_dir: Path) -> dict:
     """The wall and CPU seconds a finished pre-training took, as written beside its checkpoint
-    (0 for folders from before the file; a resumed run counts its last part only)."""
+    (0 for folders from before the file). A resumed run counts every part (the checkpoint keeps
+    the count, :meth:`~dino_lite.train.Trainer.spent`), except parts before a checkpoint that
+    kept none."""
     f = cell_dir / PRETRAINING_COST
     return (json.loads(f.read_text()) if f.exists()
             else {"pretrain_wall_s": 0.0, "pretrain_cpu_s": 0.0})
@@ -229,9 +231,9 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
         else:
             print(f"{cell_dir.name}: {cfg.max_steps} steps on {cfg.data_fraction:g} of the images"
                   + (" (resuming the interrupted run)" if state == "partial" else ""))
-            _, wall, cpu = _timed(lambda: train(cfg, cell_dir, progress=progress,
-                                                resume=state == "partial", overwrite=True))
-            spent = {"pretrain_wall_s": wall, "pretrain_cpu_s": cpu}
+            trainer = train(cfg, cell_dir, progress=progress, resume=state == "partial", overwrite=True)
+            total = trainer.spent()     # every part of a resumed pre-training, not the last only
+            spent = {"pretrain_wall_s": total["wall_s"], "pretrain_cpu_s": total["cpu_s"]}
             write_json(cell_dir / PRETRAINING_COST, spent)
         backbone, _ = backbone_from_checkpoint(cell_dir / "checkpoint.pt")
         return {**_scores(backbone, cfg, recipe, progress, cell_dir), **spent}

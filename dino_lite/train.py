@@ -164,10 +164,14 @@ class Trainer:
     the step."""
 
     clock = staticmethod(time.perf_counter)      # seconds; the time budget's clock
+    cpu_clock = staticmethod(time.process_time)  # this process's CPU seconds, all its threads
 
     def __init__(self, cfg: Config, out_dir, resume=False, progress=True, on_step=None,
                  overwrite=False):
-        self.started = self.clock()
+        self.started, self.cpu_started = self.clock(), self.cpu_clock()
+        # the wall and CPU seconds of the processes that trained this run before this one (the
+        # checkpoint keeps them, so a resumed run's cost is the sum of its parts): spent()
+        self.spent_before = {"wall_s": 0.0, "cpu_s": 0.0}
         # torch's thread count: cfg.threads, or fitted to the other processes' load, measured
         # from now on (dino_lite.threads)
         self.threads = AdaptiveThreads()
@@ -272,6 +276,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.loss_fn.load_state_dict(ckpt["loss"])
         self.step = ckpt["step"]
+        self.spent_before = {k: float(v) for k, v in ckpt.get("spent", self.spent_before).items()}
         torch.set_rng_state(ckpt["rng"])
         if "cuda_rng" in ckpt and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
@@ -331,10 +336,19 @@ class Trainer:
         if line and self.rank == 0:
             print(line, file=file)
 
+    def spent(self) -> dict:
+        """Wall and CPU seconds this run has cost so far, over every process that trained it
+        (this one since it was built, rank 0's CPU). A checkpoint from before this count was
+        kept holds none: its earlier parts count as 0. Time after the last checkpoint of a
+        process that was killed is not counted (its steps are trained again)."""
+        return {"wall_s": self.spent_before["wall_s"] + self.clock() - self.started,
+                "cpu_s": self.spent_before["cpu_s"] + self.cpu_clock() - self.cpu_started}
+
     def state(self) -> dict:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "config": self.cfg.to_dict(),
+                "spent": self.spent(),
                 "precision": self.precision.to_dict(), "rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)}
                    if self.device.type == "cuda" else {})}

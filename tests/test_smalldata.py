@@ -452,3 +452,21 @@ def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder
     with pytest.raises(SystemExit):                           # two ways to train nothing: pick one
         main(args + ["--finished-only", "--dry-run"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_resumed_cell_counts_every_part_of_its_pre_training(tiny_folder, tmp_path, monkeypatch, capsys):
+    from dino_lite.train import Trainer, train
+    now = {"wall": 0.0, "cpu": 0.0}              # fake clocks that only the first part moves
+    monkeypatch.setattr(Trainer, "clock", staticmethod(lambda: now["wall"]))
+    monkeypatch.setattr(Trainer, "cpu_clock", staticmethod(lambda: now["cpu"]))
+
+    def tick(rec):
+        now["wall"] += 3.0
+        now["cpu"] += 5.0
+    cfg = cell_config("cpu-demo", "dino", 1.0, 2, str(tiny_folder), seed=0, sets=SETS)
+    train(cfg, tmp_path / "dino-1-s0", progress=False, until=1, on_step=tick)   # cut after step 1
+    main(_study(tiny_folder, tmp_path, methods="dino") + ["--fractions", "1", "--no-baseline"])
+    out = capsys.readouterr().out
+    assert "resuming the interrupted run" in out
+    cost = json.loads((tmp_path / "dino-1-s0" / "pretraining_cost.json").read_text())
+    assert cost == {"pretrain_wall_s": 3.0, "pretrain_cpu_s": 5.0}   # the first part is counted

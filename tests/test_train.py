@@ -85,6 +85,25 @@ def test_a_run_paused_with_until_keeps_its_schedule_and_resumes_exactly(tiny_fol
     assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
 
 
+def test_a_resumed_run_counts_the_time_of_every_part(tiny_folder, tmp_path, monkeypatch):
+    now = {"wall": 1000.0, "cpu": 50.0}          # fake clocks: each step costs 3 s and 5 CPU-s
+    monkeypatch.setattr(DINOTrainer, "clock", staticmethod(lambda: now["wall"]))
+    monkeypatch.setattr(DINOTrainer, "cpu_clock", staticmethod(lambda: now["cpu"]))
+
+    def tick(rec):
+        now["wall"] += 3.0
+        now["cpu"] += 5.0
+    cfg = tiny_config(tiny_folder, epochs=2, max_steps=9)
+    first = train(cfg, tmp_path, progress=False, until=4, on_step=tick)
+    assert first.spent() == {"wall_s": 12.0, "cpu_s": 20.0}
+    assert load_checkpoint(tmp_path / CHECKPOINT)["spent"] == {"wall_s": 12.0, "cpu_s": 20.0}
+    now["wall"] += 600.0                         # time between the two processes is not the run's
+    now["cpu"] += 600.0
+    resumed = train(cfg, tmp_path, resume=True, progress=False, on_step=tick)
+    assert resumed.spent() == {"wall_s": 27.0, "cpu_s": 45.0}   # 4 steps, then 5
+    assert load_checkpoint(tmp_path / CHECKPOINT)["spent"] == {"wall_s": 27.0, "cpu_s": 45.0}
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_folder, tmp_path):
     cfg = tiny_config(tiny_folder, epochs=3)
     trainer = DINOTrainer(cfg.__class__(**{**cfg.to_dict(), "epochs": 6}), tmp_path, progress=False)
