@@ -94,6 +94,15 @@ def as_json(obj):
     return json.loads(json.dumps(obj))
 
 
+def is_cached(path: Path, key) -> bool:
+    """Whether :func:`cached_result` would reuse ``path`` for ``key``, computing nothing."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("key") == as_json(key)
+
+
 def cached_result(path: Path, key, compute, name: str | None = None):
     """``compute()``, stored in ``path`` beside ``key`` and reused while the key is the same
     (the random-init baselines of the ablation table and of the small-data study, the study's

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .ablate import as_json, cached_result, write_json
+from .ablate import as_json, cached_result, is_cached, write_json
 from .checkpoint import backbone_from_checkpoint
 from .config import TOKENIZERS, make_config
 from .data import build_dataset
@@ -204,16 +204,6 @@ def _pretraining_cost(cell_dir: Path) -> dict:
 
 def _cell_key(cfg, recipe: dict) -> dict:
     return {"config": cfg.to_dict(), "finetune": recipe}
-
-
-def _finished(cfg, cell_dir: Path, recipe: dict) -> bool:
-    """Whether ``cell_dir`` keeps the scores of exactly this pre-training and recipe (what
-    :func:`_run_cell` would reuse without training or scoring anything)."""
-    result = cell_dir / f"result-{recipe_id(recipe)}.json"
-    try:
-        return json.loads(result.read_text()).get("key") == as_json(_cell_key(cfg, recipe))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> dict:
@@ -433,14 +423,18 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
     for name, cfg, _ in cells:          # a folder of other settings is refused before any timing
         if (out_dir / name).exists():
             _pretraining(cfg, out_dir / name, overwrite)
+    base_cfg = cell_config(preset, "dino", 1.0, steps, data, seeds[0], sets, cells[0][1].bf16)
+    base_recipe, base_file = _baseline(out_dir, recipe)
     left_out = []
-    if finished_only:                   # a cell is finished when its scores with this recipe are kept
-        left_out = [name for name, cfg, _ in cells if not _finished(cfg, out_dir / name, recipe)]
+    if finished_only:   # finished: the scores of exactly this cell and recipe are kept (reused as is)
+        left_out = [name for name, cfg, _ in cells
+                    if not is_cached(out_dir / name / f"result-{recipe_id(recipe)}.json",
+                                     _cell_key(cfg, recipe))]
         cells = [cell for cell in cells if cell[0] not in left_out]
         if not cells:
             raise ValueError(f"no cell in {out_dir} is pre-trained and scored with these options "
                              f"yet (planned: {', '.join(left_out)})")
-        if baseline and not _baseline(out_dir, recipe)[1].exists():
+        if baseline and not is_cached(base_file, _cell_key(base_cfg, base_recipe)):
             left_out.append("random init")
             baseline = False
         if left_out:
@@ -463,12 +457,9 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
         print(f"[{i + 1}/{len(cells)}] {name}: fine-tune {100 * result['finetune_top1']:.1f}% "
               f"(elapsed {elapsed / 60:.1f} min; at this pace about "
               f"{elapsed / (i + 1) * (len(cells) - i - 1) / 60:.0f} min to go)")
-    base_cfg = cell_config(preset, "dino", 1.0, steps, data, seeds[0], sets, cells[0][1].bf16)
     random_init = None
     if baseline:
-        base_recipe, base_file = _baseline(out_dir, recipe)
-        random_init = cached_result(base_file,
-                                    {"config": base_cfg.to_dict(), "finetune": base_recipe},
+        random_init = cached_result(base_file, _cell_key(base_cfg, base_recipe),
                                     lambda: _scores(random_init_backbone(base_cfg), base_cfg,
                                                     base_recipe, progress, out_dir, "random_init-"),
                                     name="random init")
@@ -691,7 +682,7 @@ def markdown_table(summary: dict) -> str:
     if summary.get("left_out"):
         lines += [f"Finished cells only; not finished, left out: {', '.join(summary['left_out'])}.", ""]
     lines += ["| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
         over = ("-" if "over_random_init" not in c else

@@ -420,7 +420,7 @@ def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder
                                                                      monkeypatch):
     from dino_lite import smalldata, train
     args = _study(tiny_folder, tmp_path, methods="dino")
-    main(args + ["--no-baseline"])                            # seed 0 of both fractions
+    main(args)                                                # seed 0 of both fractions, random init
     first, _ = _last_json(capsys)
 
     def forbidden(*a, **kw):
@@ -429,23 +429,25 @@ def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder
                  "finetune_step_seconds"):
         monkeypatch.setattr(smalldata, name, forbidden)
     monkeypatch.setattr(train, "train", forbidden)
-    main(args + ["--seeds", "0,1", "--finished-only"])        # seed 1 and random init not run yet
+    main(args + ["--seeds", "0,1", "--finished-only"])        # seed 1 not run yet
     out, printed = _last_json(capsys)
-    assert out["left_out"] == ["dino-0.5-s1", "dino-1-s1", "random init"]
-    assert "3 left out, not finished: dino-0.5-s1, dino-1-s1, random init" in printed
+    assert out["left_out"] == ["dino-0.5-s1", "dino-1-s1"]
+    assert "2 left out, not finished: dino-0.5-s1, dino-1-s1" in printed
     assert [c["finetune_top1"] for c in out["cells"]] == [c["finetune_top1"] for c in first["cells"]]
-    assert out["random_init"] is None and set(out["drops"]) == {"dino"}
+    assert out["random_init"]["finetune_top1"] == first["random_init"]["finetune_top1"]
     saved = json.loads((tmp_path / "smalldata.json").read_text())
-    assert [c["seeds"] for c in saved["cells"]] == [[0], [0]]
+    assert [c["seeds"] for c in saved["cells"]] == [[0], [0]] and set(saved["drops"]) == {"dino"}
     assert not (tmp_path / "dino-1-s1").exists()
-    assert "left out: dino-0.5-s1, dino-1-s1, random init" in (tmp_path / "smalldata.md").read_text()
-    (result,) = (tmp_path / "dino-0.5-s0").glob("result-*.json")   # scores of another recipe there
-    kept = json.loads(result.read_text())
-    kept["key"]["finetune"]["lr"] *= 2
-    result.write_text(json.dumps(kept))
+    assert "left out: dino-0.5-s1, dino-1-s1." in (tmp_path / "smalldata.md").read_text()
+    for result in [*(tmp_path / "dino-0.5-s0").glob("result-*.json"),   # scores of another
+                   *tmp_path.glob("random_init-????????.json")]:       # recipe there
+        kept = json.loads(result.read_text())
+        kept["key"]["finetune"]["lr"] *= 2
+        result.write_text(json.dumps(kept))
     main(args + ["--finished-only"])                          # left out, not scored again
     out, _ = _last_json(capsys)
     assert out["left_out"] == ["dino-0.5-s0", "random init"] and len(out["cells"]) == 1
+    assert out["random_init"] is None
     with pytest.raises(SystemExit):                           # nothing finished: said, not trained
         main(_study(tiny_folder, tmp_path, methods="splitmask") + ["--finished-only"])
     assert f"no cell in {tmp_path} is pre-trained and scored" in capsys.readouterr().err
