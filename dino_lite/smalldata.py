@@ -681,18 +681,20 @@ def markdown_table(summary: dict) -> str:
              _provenance(summary), ""]
     if summary.get("left_out"):
         lines += [f"Finished cells only; not finished, left out: {', '.join(summary['left_out'])}.", ""]
-    lines += ["| method | fraction | fine-tune | over random init | k-NN | linear | paper iNat-19 fine-tune |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| method | fraction | pre-training seeds | fine-tune | over random init | k-NN | linear | "
+              "paper iNat-19 fine-tune |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["cells"]:
         paper = "-" if c["paper_inat19"] is None else f"{c['paper_inat19']:.1f}"
         over = ("-" if "over_random_init" not in c else
                 f"{c['over_random_init']:+.1f} +- {c['over_random_init_se']:.1f}"
                 + (" (paired)" if c.get("paired") else ""))
-        lines.append(f"| {c['method']} | {c['fraction']:g} | {finetune_cell(c)} | {over} | "
+        lines.append(f"| {c['method']} | {c['fraction']:g} | {', '.join(map(str, c['seeds']))} | "
+                     f"{finetune_cell(c)} | {over} | "
                      f"{pct(c['knn_top1'])} | {pct(c['linear_top1'])} | {paper} |")
     r = summary["random_init"]
     if r is not None:
-        lines.append(f"| random init | - | {finetune_cell(r)} | - | "
+        lines.append(f"| random init | - | - | {finetune_cell(r)} | - | "
                      f"{pct(r['knn_top1'])} | {pct(r['linear_top1'])} | - |")
     if summary["drops"]:
         lines += ["", "| method | drop from the largest to the smallest fraction (points) |",

@@ -438,7 +438,8 @@ def test_finished_only_reports_the_finished_cells_and_trains_nothing(tiny_folder
     saved = json.loads((tmp_path / "smalldata.json").read_text())
     assert [c["seeds"] for c in saved["cells"]] == [[0], [0]] and set(saved["drops"]) == {"dino"}
     assert not (tmp_path / "dino-1-s1").exists()
-    assert "left out: dino-0.5-s1, dino-1-s1." in (tmp_path / "smalldata.md").read_text()
+    table = (tmp_path / "smalldata.md").read_text()
+    assert "left out: dino-0.5-s1, dino-1-s1." in table and "| dino | 0.5 | 0 | " in table
     for result in [*(tmp_path / "dino-0.5-s0").glob("result-*.json"),   # scores of another
                    *tmp_path.glob("random_init-????????.json")]:       # recipe there
         kept = json.loads(result.read_text())
