@@ -641,8 +641,8 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict
     # a cell of one pre-training seed carries its fine-tuning seeds' spread only: say so
     ends = [c for m in (a, b) for c in _ends(cells, m) or ()]
     single = sum(len(c.get("seeds", ())) == 1 for c in ends)
-    caveat = (f" {single} of the {len(ends)} cells have one pre-training seed: the pre-training "
-              f"seeds' spread is not in the interval." if single else "")
+    caveat = (f" {single} of the {len(ends)} cells {'has' if single == 1 else 'have'} one "
+              f"pre-training seed: the pre-training seeds' spread is not in the interval." if single else "")
     if abs(diff) > Z95 * se:
         more = "more" if diff > 0 else "less"
         return (f"{na} loses {abs(diff):.1f} +- {se:.1f} points {more} than {nb} when the "

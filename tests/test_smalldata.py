@@ -405,6 +405,9 @@ def test_drops_and_the_verdict_are_paired_image_by_image_when_the_hits_are_kept(
         f"DINO loses {diff:.1f} +- {se:.1f} points more than SplitMask when the pre-training data "
         f"shrink (95% interval {diff - 1.96 * se:+.1f} to {diff + 1.96 * se:+.1f}). 4 of the 4 "
         f"cells have one pre-training seed: the pre-training seeds' spread is not in the interval.")
+    one_left = aggregate(runs + [{**r, "seed": 1} for r in runs[:3]])    # 3 cells of 2 seeds
+    assert verdict(drops(one_left, runs), cells=one_left, runs=runs).endswith(
+        " 1 of the 4 cells has one pre-training seed: the pre-training seeds' spread is not in the interval.")
     # a second pre-training seed of every cell: no caveat, and its spread joins the error
     second = [{**r, "seed": 1} for r in runs]
     cells2 = aggregate(runs + second)
