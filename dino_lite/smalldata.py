@@ -146,6 +146,11 @@ def _timed(compute):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _result_file(cell_dir: Path, recipe: dict) -> Path:
+    """Where a cell's scores with ``recipe`` are kept (with the key they were computed for)."""
+    return cell_dir / f"result-{recipe_id(recipe)}.json"
+
+
 def _finetune_file(store: Path, prefix: str, recipe: dict, seed: int) -> Path:
     """Where one fine-tuning (one seed of ``recipe``) of an encoder is kept."""
     keywords = {k: v for k, v in recipe.items() if k != "seeds"}
@@ -212,7 +217,7 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
     from .train import train
     cell_dir.mkdir(parents=True, exist_ok=True)
     state = _pretraining(cfg, cell_dir, overwrite)
-    result = cell_dir / f"result-{recipe_id(recipe)}.json"
+    result = _result_file(cell_dir, recipe)
 
     def pretrain_and_score():
         if state == "done":             # what the pre-training cost when it ran, not 0
@@ -349,7 +354,7 @@ def estimate(cells, out_dir: Path, recipe: dict, baseline: bool, steps: int) -> 
                 sum(not _finetune_file(store, prefix, part_recipe, s).exists() for s in recipe["seeds"]))
     for name, cfg in dict((name, cfg) for name, cfg, _ in cells).items():   # a folder once
         cell = out_dir / name
-        if not (cell / f"result-{recipe_id(recipe)}.json").exists():
+        if not _result_file(cell, recipe).exists():
             todo_scores += 1
             done = len(read_log(cell)) if (cell / "log.jsonl").exists() else 0
             if cfg.method not in todo_pre:
@@ -428,8 +433,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
     left_out = []
     if finished_only:   # finished: the scores of exactly this cell and recipe are kept (reused as is)
         left_out = [name for name, cfg, _ in cells
-                    if not is_cached(out_dir / name / f"result-{recipe_id(recipe)}.json",
-                                     _cell_key(cfg, recipe))]
+                    if not is_cached(_result_file(out_dir / name, recipe), _cell_key(cfg, recipe))]
         cells = [cell for cell in cells if cell[0] not in left_out]
         if not cells:
             raise ValueError(f"no cell in {out_dir} is pre-trained and scored with these options "
