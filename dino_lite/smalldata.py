@@ -20,7 +20,9 @@ that holds a pre-training of other settings is refused unless ``overwrite``.
 The summary computes each method's drop from the largest to the smallest fraction with its
 standard error (the spread over seeds and the test set's error, paired image by image when the
 fine-tunings kept their per-image hits) and a verdict sentence for the decisive comparison,
-DINO's drop against SplitMask's.
+DINO's drop against SplitMask's. Its 95% interval is Student's t with the Welch-Satterthwaite
+degrees of freedom: a seed spread measured from two seeds has one, so 1.96 standard errors
+would claim more than the seeds show.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import itertools
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -69,7 +72,7 @@ STEPS = 8000
 # on a CPU": at the paper's rate the loss barely moves in a CPU-sized run)
 MIM_SETS = ("lr=0.0015",)
 PRETRAINING_COST = "pretraining_cost.json"     # beside each cell's checkpoint
-Z95 = 1.96
+Z95 = 1.96                                     # the normal's 97.5% quantile: a 95% interval
 
 
 def parse_list(text: str, kind, name: str) -> list:
@@ -484,6 +487,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
                           ("pretrain_cpu_s", "pretrain_wall_s", "score_cpu_s", "score_wall_s")}
     summary["machine"], summary["commit"] = machine_id(), _commit()
     summary["drops"] = drops(summary["cells"], rows)
+    summary["difference"] = difference(summary["drops"], cells=summary["cells"], runs=rows)
     summary["verdict"] = verdict(summary["drops"], cells=summary["cells"], runs=rows)
     write_json(out_dir / "smalldata.json", summary)
     (out_dir / "smalldata.md").write_text(markdown_table(summary))
@@ -526,6 +530,7 @@ def _errors(runs: list[dict]) -> dict:
     binomial_se = math.sqrt(mean * (1 - mean) / n)
     se = math.sqrt((seed_se or 0) ** 2 + binomial_se ** 2)
     return {"finetune_top1_mean": mean, "finetune_se": se, "seed_se": seed_se,
+            "seed_df": len(spread) - 1 if seed_se is not None else None,
             "binomial_se": binomial_se, "runs": len(singles)}
 
 
@@ -608,52 +613,132 @@ def _drop_per_image(cells: list[dict], runs: list[dict], method: str):
     return None if any(m is None for m in means) else means[0] - means[1]
 
 
+def _seed_df(cell: dict) -> int | None:
+    """Degrees of freedom of a cell's seed spread: pre-training seeds - 1, or with one
+    pre-training seed fine-tuning seeds - 1 (the spread :func:`_errors` measured); None without
+    a spread. Result files from before ``seed_df`` was kept are read the same way."""
+    if cell.get("seed_se") is None:
+        return None
+    if cell.get("seed_df") is not None:
+        return cell["seed_df"]
+    return (len(cell["seeds"]) if len(cell.get("seeds", ())) > 1 else len(cell["finetune_top1_seeds"])) - 1
+
+
+def _seed_parts(*cells) -> list[list]:
+    """The cells' seed errors (points) with their degrees of freedom, as ``[se, df]`` pairs."""
+    return [[100 * c["seed_se"], _seed_df(c)] for c in cells if c.get("seed_se")]
+
+
+def _cell_parts(cell: dict) -> list[list]:
+    """A cell's whole error as ``[se, df]`` pairs: the test set's binomial error (df None: a
+    variance known from the top-1, not estimated from a few runs) and its seed spread."""
+    if "binomial_se" not in cell:
+        return [[100 * cell["finetune_se"], None]]
+    return [[100 * cell["binomial_se"], None]] + _seed_parts(cell)
+
+
+def satterthwaite(parts) -> float | None:
+    """Welch-Satterthwaite: the degrees of freedom of a sum of independent variances, each a
+    squared standard error ``se`` estimated with ``df`` degrees of freedom (None: known exactly).
+    Two seeds give a spread of 1 degree of freedom, so a sum led by seed spreads has few, and
+    its 95% interval is wider than 1.96 standard errors. None when every part is exact."""
+    den = sum(se ** 4 / df for se, df in parts if df is not None and se > 0)
+    return sum(se ** 2 for se, _ in parts) ** 2 / den if den > 0 else None
+
+
+def t_quantile(p: float, df: float | None) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (fractional, as
+    :func:`satterthwaite` gives; None: the normal's). The density is integrated by Simpson's rule
+    and the CDF inverted by bisection."""
+    if not 0 < p < 1:
+        raise ValueError(f"a quantile needs 0 < p < 1, got {p}")
+    if df is None:
+        return statistics.NormalDist().inv_cdf(p)
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t):                         # P(T <= t) for t >= 0
+        x = np.linspace(0.0, t, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+        return 0.5 + t / 12000 * (f[0] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum() + f[-1])
+    lo, hi = 0.0, 2.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def drops(cells: list[dict], runs: list[dict] = ()) -> dict:
     """Each method's fine-tune top-1 at its largest fraction minus at its smallest (points, 0 to
     100) with its standard error. Both ends are scored on the same held-out images, so when
     ``runs`` hold the per-image hits the error is paired (per-image differences, plus both cells'
-    seed spread in quadrature); otherwise the two cells' errors are added in quadrature."""
+    seed spread in quadrature); otherwise the two cells' errors are added in quadrature.
+    ``parts`` lists the error's independent pieces as ``[se, df]`` (see :func:`satterthwaite`)."""
     out = {}
     for method in dict.fromkeys(c["method"] for c in cells):
         if (ends := _ends(cells, method)) is None:
             continue
         large, small = ends
         per_image = _drop_per_image(cells, runs, method)
-        seeds = 100 * math.hypot(large.get("seed_se") or 0, small.get("seed_se") or 0)
-        se = (math.hypot(_image_se(per_image), seeds) if per_image is not None
-              else 100 * math.hypot(large["finetune_se"], small["finetune_se"]))
+        seed_parts = _seed_parts(large, small)
+        parts = ([[_image_se(per_image), len(per_image) - 1]] + seed_parts if per_image is not None
+                 else _cell_parts(large) + _cell_parts(small))
         out[method] = {"from": large["fraction"], "to": small["fraction"],
                        "drop": 100 * (large["finetune_top1"] - small["finetune_top1"]),
-                       "se": se, "paired": per_image is not None, "seed_se": seeds}
+                       "se": math.hypot(*(se for se, _ in parts)), "paired": per_image is not None,
+                       "seed_se": math.hypot(*(se for se, _ in seed_parts)), "parts": parts}
     return out
+
+
+def difference(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict] = (),
+               runs: list[dict] = ()) -> dict | None:
+    """``a``'s drop minus ``b``'s (points) with its standard error and 95% interval. With the
+    four cells' per-image hits (``cells``, ``runs``) it is paired image by image, (a large -
+    a small) - (b large - b small) per held-out image, plus the four cells' seed spreads; the
+    interval uses Student's t with the Welch-Satterthwaite degrees of freedom of those pieces
+    (the normal's 1.96 when every piece is exact)."""
+    if a not in drops or b not in drops:
+        return None
+    diff = drops[a]["drop"] - drops[b]["drop"]
+    da, db = _drop_per_image(cells, runs, a), _drop_per_image(cells, runs, b)
+    if da is not None and db is not None:
+        ends = [c for m in (a, b) for c in _ends(cells, m)]
+        parts = [[_image_se(da - db), len(da) - 1]] + _seed_parts(*ends)
+    else:
+        parts = drops[a].get("parts", [[drops[a]["se"], None]]) + drops[b].get("parts", [[drops[b]["se"], None]])
+    se = math.hypot(*(s for s, _ in parts))
+    df = satterthwaite(parts)
+    q = t_quantile(0.975, df)
+    return {"a": a, "b": b, "difference": diff, "se": se, "df": df, "quantile": q,
+            "low": diff - q * se, "high": diff + q * se, "paired": da is not None and db is not None}
 
 
 def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict] = (),
             runs: list[dict] = ()) -> str | None:
     """The study's one-sentence answer: how many points more ``a`` loses than ``b`` when the
-    pre-training data shrink, or the largest difference the study rules out at 95%. With the
-    four cells' per-image hits (``cells``, ``runs``) the difference of the two drops is paired
-    image by image too: (a large - a small) - (b large - b small) per held-out image."""
-    if a not in drops or b not in drops:
+    pre-training data shrink, or the largest difference the study rules out at 95% (the
+    interval of :func:`difference`)."""
+    if (d := difference(drops, a, b, cells, runs)) is None:
         return None
-    diff = drops[a]["drop"] - drops[b]["drop"]
-    da, db = _drop_per_image(cells, runs, a), _drop_per_image(cells, runs, b)
-    se = (math.hypot(_image_se(da - db), drops[a]["seed_se"], drops[b]["seed_se"])
-          if da is not None and db is not None else math.hypot(drops[a]["se"], drops[b]["se"]))
+    diff, se, low, high = d["difference"], d["se"], d["low"], d["high"]
     names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
     na, nb = names.get(a, a), names.get(b, b)
+    # few seeds: the interval is Student's t, wider than 1.96 standard errors; say by how much
+    how = "" if d["df"] is None else f", Student's t with {d['df']:.0f} degrees of freedom"
     # a cell of one pre-training seed carries its fine-tuning seeds' spread only: say so
     ends = [c for m in (a, b) for c in _ends(cells, m) or ()]
     single = sum(len(c.get("seeds", ())) == 1 for c in ends)
     caveat = (f" {single} of the {len(ends)} cells {'has' if single == 1 else 'have'} one "
               f"pre-training seed: the pre-training seeds' spread is not in the interval." if single else "")
-    if abs(diff) > Z95 * se:
+    if low > 0 or high < 0:
         more = "more" if diff > 0 else "less"
         return (f"{na} loses {abs(diff):.1f} +- {se:.1f} points {more} than {nb} when the "
-                f"pre-training data shrink (95% interval {diff - Z95 * se:+.1f} to "
-                f"{diff + Z95 * se:+.1f}).{caveat}")
-    return (f"No difference larger than {abs(diff) + Z95 * se:.1f} points at 95% between "
-            f"{na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).{caveat}")
+                f"pre-training data shrink (95% interval{how}: {low:+.1f} to {high:+.1f}).{caveat}")
+    return (f"No difference larger than {max(abs(low), abs(high)):.1f} points at 95%{how and f' ({how[2:]})'} "
+            f"between {na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).{caveat}")
 
 
 def _provenance(summary: dict) -> str:

@@ -13,7 +13,8 @@ from dino_lite.cli import main
 from dino_lite.config import make_config
 from dino_lite.evaluate import random_init_backbone
 from dino_lite.finetune import finetune
-from dino_lite.smalldata import _errors, aggregate, cell_config, drops, over_random_init, paired_gap, verdict
+from dino_lite.smalldata import (_errors, aggregate, cell_config, difference, drops, over_random_init, paired_gap,
+                                 satterthwaite, t_quantile, verdict)
 from dino_lite.train import read_log
 
 SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
@@ -401,10 +402,20 @@ def test_drops_and_the_verdict_are_paired_image_by_image_when_the_hits_are_kept(
     se = math.hypot(se_of(both), d["dino"]["seed_se"], d["splitmask"]["seed_se"])
     diff = d["dino"]["drop"] - d["splitmask"]["drop"]
     assert diff == pytest.approx(1.4)
+    # four cells of two fine-tuning seeds each: their spreads have one degree of freedom each,
+    # the images' 999 (Welch-Satterthwaite by hand), so the interval is t's, not 1.96 SEs
+    pieces = [(se_of(both), n - 1)] + [(100 * c["seed_se"], 1) for c in cells if c["seed_se"]]
+    df = sum(s ** 2 for s, _ in pieces) ** 2 / sum(s ** 4 / k for s, k in pieces)
+    q = t_quantile(0.975, df)
+    assert q > 1.96
     assert verdict(d, cells=cells, runs=runs) == (
         f"DINO loses {diff:.1f} +- {se:.1f} points more than SplitMask when the pre-training data "
-        f"shrink (95% interval {diff - 1.96 * se:+.1f} to {diff + 1.96 * se:+.1f}). 4 of the 4 "
-        f"cells have one pre-training seed: the pre-training seeds' spread is not in the interval.")
+        f"shrink (95% interval, Student's t with {df:.0f} degrees of freedom: {diff - q * se:+.1f} to "
+        f"{diff + q * se:+.1f}). 4 of the 4 cells have one pre-training seed: the pre-training seeds' "
+        f"spread is not in the interval.")
+    got = difference(d, cells=cells, runs=runs)
+    assert got["paired"] and got["difference"] == pytest.approx(diff) and got["se"] == pytest.approx(se)
+    assert got["df"] == pytest.approx(df) and got["low"] == pytest.approx(diff - q * se)
     one_left = aggregate(runs + [{**r, "seed": 1} for r in runs[:3]])    # 3 cells of 2 seeds
     assert verdict(drops(one_left, runs), cells=one_left, runs=runs).endswith(
         " 1 of the 4 cells has one pre-training seed: the pre-training seeds' spread is not in the interval.")
@@ -476,3 +487,36 @@ def test_a_resumed_cell_counts_every_part_of_its_pre_training(tiny_folder, tmp_p
     assert "resuming the interrupted run" in out
     cost = json.loads((tmp_path / "dino-1-s0" / "pretraining_cost.json").read_text())
     assert cost == {"pretrain_wall_s": 3.0, "pretrain_cpu_s": 5.0}   # the first part is counted
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4.5, 10, 30, 1000])
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995])
+def test_t_quantiles_against_scipy(df, p):
+    stats = pytest.importorskip("scipy.stats")
+    assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-6)
+    assert t_quantile(1 - p, df) == pytest.approx(stats.t.ppf(1 - p, df), rel=1e-6)
+
+
+def test_t_quantiles_against_closed_forms():
+    # df 1 is the Cauchy distribution, df 2 has t = (2p - 1) sqrt(2 / (4p(1 - p))); no df: the normal
+    for p in (0.6, 0.9, 0.975):
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-7)
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) * math.sqrt(2 / (4 * p * (1 - p))), rel=1e-7)
+    assert t_quantile(0.975, None) == pytest.approx(1.959964, abs=1e-6)
+    assert t_quantile(0.975, 1e5) == pytest.approx(1.96, abs=1e-3)
+    assert t_quantile(0.5, 3) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        t_quantile(1.0, 3)
+
+
+def test_welch_satterthwaite_against_hand_computations():
+    # two seed spreads of one degree of freedom each and one exact part
+    parts = [[1.0, 1], [2.0, 1], [1.5, None]]
+    v = 1 + 4 + 2.25
+    assert satterthwaite(parts) == pytest.approx(v ** 2 / (1 + 16))
+    assert satterthwaite([[1.0, None], [2.0, None]]) is None        # every part exact: the normal
+    assert satterthwaite([[2.0, 5]]) == pytest.approx(5)            # one part keeps its own df
+    # the more the seed spread leads, the fewer the degrees of freedom and the wider the interval
+    image_led, seed_led = satterthwaite([[1.2, 999], [0.3, 1]]), satterthwaite([[0.3, 999], [1.2, 1]])
+    assert image_led > 100 and seed_led < 1.2
+    assert t_quantile(0.975, seed_led) > t_quantile(0.975, image_led) > 1.96
