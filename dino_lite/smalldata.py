@@ -726,8 +726,8 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict
     diff, se, low, high = d["difference"], d["se"], d["low"], d["high"]
     names = {"dino": "DINO", "splitmask": "SplitMask", "beit": "BEiT"}
     na, nb = names.get(a, a), names.get(b, b)
-    # few seeds: the interval is Student's t, wider than 1.96 standard errors; say by how much
-    how = "" if d["df"] is None else f", Student's t with {d['df']:.0f} degrees of freedom"
+    # few seeds: the interval is Student's t, wider than 1.96 standard errors; say so
+    t = None if d["df"] is None else f"Student's t with {d['df']:.0f} degrees of freedom"
     # a cell of one pre-training seed carries its fine-tuning seeds' spread only: say so
     ends = [c for m in (a, b) for c in _ends(cells, m) or ()]
     single = sum(len(c.get("seeds", ())) == 1 for c in ends)
@@ -736,8 +736,9 @@ def verdict(drops: dict, a: str = "dino", b: str = "splitmask", cells: list[dict
     if low > 0 or high < 0:
         more = "more" if diff > 0 else "less"
         return (f"{na} loses {abs(diff):.1f} +- {se:.1f} points {more} than {nb} when the "
-                f"pre-training data shrink (95% interval{how}: {low:+.1f} to {high:+.1f}).{caveat}")
-    return (f"No difference larger than {max(abs(low), abs(high)):.1f} points at 95%{how and f' ({how[2:]})'} "
+                f"pre-training data shrink (95% interval{f', {t}:' if t else ''} {low:+.1f} to "
+                f"{high:+.1f}).{caveat}")
+    return (f"No difference larger than {max(abs(low), abs(high)):.1f} points at 95%{f' ({t})' if t else ''} "
             f"between {na}'s drop and {nb}'s ({na} minus {nb}: {diff:+.1f} +- {se:.1f}).{caveat}")
 
 
