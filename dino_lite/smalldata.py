@@ -72,7 +72,6 @@ STEPS = 8000
 # on a CPU": at the paper's rate the loss barely moves in a CPU-sized run)
 MIM_SETS = ("lr=0.0015",)
 PRETRAINING_COST = "pretraining_cost.json"     # beside each cell's checkpoint
-Z95 = 1.96                                     # the normal's 97.5% quantile: a 95% interval
 
 
 def parse_list(text: str, kind, name: str) -> list:
