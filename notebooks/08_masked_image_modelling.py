@@ -1458,8 +1458,7 @@ flat = {name: converged(c) for name, (c, _, _) in curves.items()}
 long_gaps = [("DINO 30 − random init 30", *paired_gap([dino30["finetune_correct"][0]], [fair_base["finetune_correct"][0]])),
              ("DINO 60 − random init 60", *paired_gap(dino60["finetune_correct"], rand60["finetune_correct"])),
              ("DINO 60 − random init 90", *paired_gap(dino60["finetune_correct"], rand90["finetune_correct"]))]
-cell30 = [h for r in eight["runs"] if (r["method"], r["fraction"]) == ("dino", 1.0) for h in r["finetune_correct"]]
-g_cell90, e_cell90 = paired_gap(cell30, rand90["finetune_correct"])   # DINO's 30-epoch cell vs random init's plateau
+g_cell90, e_cell90 = paired_gap([hit2[("dino", 1.0)]], rand90["finetune_correct"])   # DINO's 30-epoch cell (part 11)
 rand_gain = paired_gap(rand90["finetune_correct"], rand60["finetune_correct"])
 rand_gain_all = paired_gap(rand90["finetune_correct"], [fair_base["finetune_correct"][0]])   # 30 -> 90 epochs
 dino_gain = paired_gap(dino60["finetune_correct"], [dino30["finetune_correct"][0]])
