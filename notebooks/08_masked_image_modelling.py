@@ -1208,11 +1208,11 @@ def cell_hits(runs, key):
     return np.mean([h for r in runs if (r["method"], r["fraction"]) == key for h in r["finetune_correct"]], axis=0)
 
 
-def drop_difference(hit, spreads):
-    """DINO's drop minus SplitMask's, counted here without the package: per held-out image from
-    each cell's mean hit ``hit``; its standard error with the cells' spreads ``(se, df)`` added
-    in quadrature; their Welch-Satterthwaite degrees of freedom and Student's t 95% interval."""
-    per_image = (hit[("dino", 1.0)] - hit[("dino", 0.1)]) - (hit[("splitmask", 1.0)] - hit[("splitmask", 0.1)])
+def drop_difference(hit, spreads, a="dino", b="splitmask"):
+    """Method ``a``'s drop minus ``b``'s, counted here without the package: per held-out image
+    from each cell's mean hit ``hit``; its standard error with the cells' spreads ``(se, df)``
+    added in quadrature; their Welch-Satterthwaite degrees of freedom and Student's t 95% interval."""
+    per_image = (hit[(a, 1.0)] - hit[(a, 0.1)]) - (hit[(b, 1.0)] - hit[(b, 0.1)])
     pieces = [(100 * per_image.std(ddof=1) / np.sqrt(len(per_image)), len(per_image) - 1)] + spreads
     se = float(np.hypot.reduce([s for s, _ in pieces]))
     nu = sum(s ** 2 for s, _ in pieces) ** 2 / sum(s ** 4 / k for s, k in pieces)
@@ -1418,8 +1418,8 @@ display(Markdown(
 #   pre-training seeds would narrow both the standard error and the quantile.
 # - **What two seeds do not change**: SplitMask's encoders still fine-tune level with random init
 #   at this length, within two standard errors (a pre-training that adds little has little to
-#   lose), and 1,000 or 10,000 photos of 20 classes are not ImageNet. BEiT's cells and the
-#   tokenizer comparison at this length are still to run.
+#   lose), and 1,000 or 10,000 photos of 20 classes are not ImageNet. BEiT's cells at this
+#   length are part 13; the tokenizer comparison at this length is still to run.
 
 # %% [markdown]
 # ## 12 · Fine-tuned until the curves flatten: is the lead kept over a converged random init?
@@ -1510,6 +1510,100 @@ display(Markdown(
 #   each would narrow it.
 
 # %% [markdown]
+# ## 13 · BEiT at the same length: the paper's third row
+# The paper pre-trains three methods; BEiT (a tokenizer's codewords predicted at block-masked
+# patches, part 4) is its other masked model, and it too stays flat from 100% to 10% of ImageNet
+# (75.2 to 74.5 on iNaturalist-2019, a drop of 0.7). Its two cells here were pre-trained like
+# SplitMask's (8,000 steps, pre-training seed 0, `lr=0.0015` per 256, the default
+# random-projection tokenizer) and fine-tuned like every cell, in bf16, on a 2-core AMD EPYC of
+# a newer generation than parts 8-12's (the machine each result file records is printed below):
+#
+#     python -m dino_lite smalldata --preset tinyimagenet --methods beit --fractions 1,0.1 \
+#         --seeds 0 --finetune-epochs 30 --finetune-seeds 0,1 --finetune-layer-decay 1.0 \
+#         --no-baseline --json
+#
+# Its drop is compared with DINO's and SplitMask's at the same pre-training seed (part 10's
+# cells), image by image as there: $(d_{100} - d_{10}) - (b_{100} - b_{10})$ per held-out image,
+# with the four cells' fine-tuning-seed spreads added. Left: BEiT's fine-tuning curves; middle:
+# the paper's drops; right: the three drops here, and DINO's minus BEiT's (95% interval, t).
+
+# %%
+from dino_lite.smalldata import difference
+
+beit = at_fair_protocol("smalldata-beit8000-frac-bf16.json", 8000, [0])
+assert beit["mim_sets"] == four["mim_sets"] and not beit["left_out"], beit["left_out"]
+beit_cells = {(c["method"], c["fraction"]): c for c in beit["cells"]}
+assert sorted(beit_cells) == [("beit", 0.1), ("beit", 1.0)], sorted(beit_cells)
+assert all(c["tokenizer"] == "random_projection" and len(c["finetune_top1_seeds"]) == 2 for c in beit_cells.values())
+b_drop, b_drop_se = beit["drops"]["beit"]["drop"], beit["drops"]["beit"]["se"]
+beit_over = {f: over_random_init(beit_cells[("beit", f)], beit["runs"], fair_base) for f in [1.0, 0.1]}
+beit_frozen = {k: binomial_gap(beit_cells[("beit", 1.0)][k], fair_base[k]) for k in ("knn_top1", "linear_top1")}
+# DINO's drop minus BEiT's, counted here (part 10's function), and by the package from the six cells
+hit_b = hit | {k: cell_hits(beit["runs"], k) for k in beit_cells}
+ft_se_b = [100 * np.std(c["finetune_top1_seeds"], ddof=1) / np.sqrt(len(c["finetune_top1_seeds"]))
+           for c in (four_cells[("dino", 1.0)], four_cells[("dino", 0.1)], beit_cells[("beit", 1.0)],
+                     beit_cells[("beit", 0.1)])]
+diff_b, diff_b_se, nu_b, q_b, (blo, bhi) = drop_difference(hit_b, [(s, 1) for s in ft_se_b], b="beit")
+six_cells, six_runs = four["cells"] + beit["cells"], four["runs"] + beit["runs"]
+pkg_b = difference(drops(six_cells, six_runs), "dino", "beit", six_cells, six_runs)
+paper_diff_b = paper_drop["dino"] - paper_drop["beit"]
+
+fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1.4, 1.9]})
+curve_panel(ax, [(f"BEiT on {f:.0%}", next(r for r in beit["runs"] if r["fraction"] == f)["curves"], c)
+                 for f, c in ((1.0, "tab:brown"), (0.1, "tab:pink"))] +
+            [("random init", fair_base["curves"], "tab:orange")],
+            f"fine-tuning on all labelled images after {beit['steps']:,} BEiT steps", legend_size=6.5)
+paper_panel(bx)
+rows = [("DINO", four_drops["dino"]["drop"], 2 * four_drops["dino"]["se"], "tab:green"),
+        ("SplitMask", sm_drop, 2 * sm_drop_se, "tab:blue"),
+        ("BEiT", b_drop, 2 * b_drop_se, "tab:brown"),
+        ("DINO's drop -\nBEiT's", diff_b, q_b * diff_b_se, "tab:purple")]
+cx.bar_label(cx.bar(range(4), [r[1] for r in rows], yerr=[r[2] for r in rows], capsize=5,
+                    color=[r[3] for r in rows]), fmt="%+.1f", fontsize=8, label_type="center")
+cx.set_xticks(range(4), [r[0] for r in rows], fontsize=8)
+cx.set_ylabel("top-1 lost from 100% to 10%\n(points, paired; bars: 2 SE,\nthe difference: 95% t)")
+cx.set_title(f"here, pre-training seed 0 ({beit['precision']})", fontsize=9)
+cx.axhline(0, color="k", lw=0.8)
+fig.tight_layout()
+plt.show()
+b100, b10 = beit_cells[("beit", 1.0)], beit_cells[("beit", 0.1)]
+display(Markdown(
+    "Pre-trained by BEiT, the encoder fine-tunes to " + " and ".join(
+        f"**{100 * c['finetune_top1']:.1f}%** on {f:.0%} (fine-tuning seeds "
+        f"{', '.join(f'{100 * t:.1f}' for t in c['finetune_top1_seeds'])}; "
+        f"{'converged' if c['converged'] else 'not converged'} by the rule; over random init "
+        f"{beit_over[f]['over_random_init']:+.1f} +- {beit_over[f]['over_random_init_se']:.1f}, "
+        f"{versus(beit_over[f]['over_random_init'], beit_over[f]['over_random_init_se'])} it)"
+        for f, c in ((1.0, b100), (0.1, b10))) +
+    f". Its drop from 100% to 10% is **{b_drop:+.1f} +- {b_drop_se:.1f} points**, "
+    f"**{'beyond' if abs(b_drop) > 2 * b_drop_se else 'within'} two standard errors** of zero "
+    f"(the paper's BEiT: {paper_drop['beit']:.1f}). DINO's and SplitMask's drops at the same "
+    f"pre-training seed: {four_drops['dino']['drop']:+.1f} +- {four_drops['dino']['se']:.1f} and "
+    f"{sm_drop:+.1f} +- {sm_drop_se:.1f}. **DINO's drop minus BEiT's: {diff_b:+.1f} +- "
+    f"{diff_b_se:.1f} points** (95% interval, Student's t with {nu_b:.0f} degrees of freedom: "
+    f"{blo:+.1f} to {bhi:+.1f}); the paper's {paper_diff_b:.1f} points is "
+    f"**{'inside' if blo <= paper_diff_b <= bhi else 'outside'}** it. Frozen, BEiT's 100% encoder "
+    "scores " + " and ".join(
+        f"{name} {100 * b100[k]:.1f}% ({versus(*beit_frozen[k])} random init's {100 * fair_base[k]:.1f}%)"
+        for name, k in (("k-NN", "knn_top1"), ("linear probe", "linear_top1"))) +
+    f"; SplitMask's scored k-NN {100 * sm_cell['knn_top1']:.1f}% and linear "
+    f"{100 * sm_cell['linear_top1']:.1f}%.\n\nMachines (CPU family / model, precision): BEiT's cells "
+    f"`{beit['machine']}`, parts 8-10's `{four['machine']}`; both fine-tune in {beit['precision']}."))
+
+# %% [markdown]
+# **Reading it.** BEiT behaves here as SplitMask does (parts 9 and 10):
+# - **Its pre-training adds little after fine-tuning**: at both fractions the encoder
+#   fine-tunes level with random init, within two standard errors, although its frozen features
+#   did learn (k-NN and linear probe above random init's). A pre-training that adds little
+#   has little to lose.
+# - **Its drop from 100% to 10% is within two standard errors of zero**, as DINO's and
+#   SplitMask's are, and DINO's drop minus BEiT's is within its interval of zero; a difference
+#   the size of the paper's (DINO losing 4.6 points more than BEiT) lies outside that interval.
+# - Cautions as in part 10: one pre-training seed per cell (the interval holds the held-out
+#   images and the fine-tuning seeds only), the masked models' learning rate not tuned at this
+#   length, and a miniature of 20 classes. The three tokenizers at this budget are still to run.
+
+# %% [markdown]
 # ## Summary
 # - BEiT hides ~40% of the patches in blocks, so a hidden patch's neighbours are mostly hidden
 #   too; uniform masking leaves most neighbours visible.
@@ -1552,6 +1646,9 @@ display(Markdown(
 #   spread in its interval (Student's t, since two seeds measure a spread roughly), and the
 #   paper's 5.3 points stay outside it: the paper's effect does not show in this miniature.
 #   `smalldata --dry-run` prints what the cells cost on your machine.
+# - BEiT at the same length (one pre-training seed) behaves as SplitMask does: level with random
+#   init after fine-tuning at both fractions, a drop within two standard errors of zero, and no
+#   difference from DINO's drop beyond its interval, which leaves out the paper's 4.6 points.
 # - On real photos the AVX2 run's DINO encoders attend to the pet far more than random init
 #   does, but their head-mean maps do not beat a centre prior of the same area. On the bf16
 #   CPU the 8,000-step encoder's head-mean map falls below random init's: one head looks at
@@ -1623,7 +1720,11 @@ display(Markdown(
 # above it by two standard errors (then "a flat tail says the schedule ended" is wrong), the lead not shrinking from 30 to 60 epochs to random init's plateau,
 # DINO's 30-epoch cell not level with random init's 90 epochs (then "saves about two thirds" is
 # wrong), or the lead over the converged random init within two standard errors or not at least
-# the 3 points the text renders.
+# the 3 points the text renders; for BEiT, a cell beyond two standard errors of random init or
+# frozen scores not above random init's (then "adds little" and "did learn" are wrong), its drop
+# beyond two standard errors, DINO's drop minus BEiT's beyond its interval of zero or the paper's
+# 4.6 points inside it (then "level" and "lies outside" are wrong), or that difference counted
+# here not the package's (its value, error or degrees of freedom).
 
 # %%
 assert int(block.sum(1).max()) <= target and block.sum(1).float().mean() > 0.8 * target
@@ -1707,3 +1808,7 @@ assert flat["random init, 30 epochs"] and rand_gain_all[0] > 2 * rand_gain_all[1
 assert long_gaps[0][1] > long_gaps[1][1] > long_gaps[2][1], long_gaps     # the lead shrinks,
 assert abs(g_cell90) < 2 * e_cell90, (g_cell90, e_cell90)                 # 30 epochs of DINO ~ 90 of random init,
 assert g90 > 2 * e90 and bar_word != "below" and abs(g90 - 3) < 1, (g90, e90)   # the converged lead: beyond 2 SE, about 3
+assert all(abs(g["over_random_init"]) < 2 * g["over_random_init_se"] for g in beit_over.values()), beit_over   # BEiT: little,
+assert all(d > 2 * e for d, e in beit_frozen.values()), beit_frozen                 # its frozen features learned,
+assert abs(b_drop) < 2 * b_drop_se and blo < 0 < bhi and not blo <= paper_diff_b <= bhi, (b_drop, blo, bhi)   # level, not 4.6,
+assert abs(pkg_b["difference"] - diff_b) < 1e-3 and abs(pkg_b["se"] - diff_b_se) < 1e-6 and abs(pkg_b["df"] - nu_b) < 1e-6, (pkg_b, diff_b)
