@@ -1419,7 +1419,8 @@ display(Markdown(
 # - **What two seeds do not change**: SplitMask's encoders still fine-tune level with random init
 #   at this length, within two standard errors (a pre-training that adds little has little to
 #   lose), and 1,000 or 10,000 photos of 20 classes are not ImageNet. BEiT's cells at this
-#   length are part 13; the tokenizer comparison at this length is still to run.
+#   length are part 13; the tokenizer comparison at this length is in
+#   `docs/masked-image-modelling.md` (one seed per tokenizer: the three fine-tune level).
 
 # %% [markdown]
 # ## 12 · Fine-tuned until the curves flatten: is the lead kept over a converged random init?
@@ -1601,7 +1602,8 @@ display(Markdown(
 #   the size of the paper's (DINO losing 4.6 points more than BEiT) lies outside that interval.
 # - Cautions as in part 10: one pre-training seed per cell (the interval holds the held-out
 #   images and the fine-tuning seeds only), the masked models' learning rate not tuned at this
-#   length, and a miniature of 20 classes. The three tokenizers at this budget are still to run.
+#   length, and a miniature of 20 classes. The three tokenizers at this budget (one seed each)
+#   are compared in `docs/masked-image-modelling.md`.
 
 # %% [markdown]
 # ## Summary
