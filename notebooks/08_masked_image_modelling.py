@@ -50,6 +50,7 @@ from dino_lite.tokenizers import build_tokenizer, codebook_image, redraw
 from dino_lite.train import read_log, train
 
 torch.set_num_threads(2)
+plt.rcParams["figure.dpi"] = 80   # the stored figures stay readable and the notebook file small
 STEPS = 20         # knob: steps of each method's short run (batch 32 on the embedded shapes)
 VOCAB = 512        # knob: codebook size of the tokenizer figures (the runs use the preset's 8192)
 GRID = (8, 8)      # 64 px images, 8 px patches: the cpu-demo and tinyimagenet presets
