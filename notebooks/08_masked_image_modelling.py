@@ -1223,9 +1223,13 @@ def drop_difference(hit, spreads, a="dino", b="splitmask"):
 
 
 hit = {k: cell_hits(four["runs"], k) for k in four_cells}
-ft_se = [100 * np.std(c["finetune_top1_seeds"], ddof=1) / np.sqrt(len(c["finetune_top1_seeds"]))
-         for c in four_cells.values()]                  # each cell's fine-tuning-seed spread: 1 df
-diff, diff_se, nu, q95, (dlo, dhi) = drop_difference(hit, [(s, 1) for s in ft_se])
+def finetune_spread(cell):
+    """The standard error (points) of a cell's mean over its fine-tuning seeds: two seeds, 1 df."""
+    return 100 * np.std(cell["finetune_top1_seeds"], ddof=1) / np.sqrt(len(cell["finetune_top1_seeds"]))
+
+
+# each cell's fine-tuning-seed spread, 1 df
+diff, diff_se, nu, q95, (dlo, dhi) = drop_difference(hit, [(finetune_spread(c), 1) for c in four_cells.values()])
 paper_diff = paper_drop["dino"] - paper_drop["splitmask"]
 gap_sm10 = over_random_init(sm10, four["runs"], fair_base)
 g_sm10, e_sm10 = gap_sm10["over_random_init"], gap_sm10["over_random_init_se"]
@@ -1542,10 +1546,9 @@ beit_over = {f: over_random_init(beit_cells[("beit", f)], beit["runs"], fair_bas
 beit_frozen = {k: binomial_gap(beit_cells[("beit", 1.0)][k], fair_base[k]) for k in ("knn_top1", "linear_top1")}
 # DINO's drop minus BEiT's, counted here (part 10's function), and by the package from the six cells
 hit_b = hit | {k: cell_hits(beit["runs"], k) for k in beit_cells}
-ft_se_b = [100 * np.std(c["finetune_top1_seeds"], ddof=1) / np.sqrt(len(c["finetune_top1_seeds"]))
-           for c in (four_cells[("dino", 1.0)], four_cells[("dino", 0.1)], beit_cells[("beit", 1.0)],
-                     beit_cells[("beit", 0.1)])]
-diff_b, diff_b_se, nu_b, q_b, (blo, bhi) = drop_difference(hit_b, [(s, 1) for s in ft_se_b], b="beit")
+spreads_b = [(finetune_spread(c), 1) for c in (four_cells[("dino", 1.0)], four_cells[("dino", 0.1)],
+                                                beit_cells[("beit", 1.0)], beit_cells[("beit", 0.1)])]
+diff_b, diff_b_se, nu_b, q_b, (blo, bhi) = drop_difference(hit_b, spreads_b, b="beit")
 six_cells, six_runs = four["cells"] + beit["cells"], four["runs"] + beit["runs"]
 pkg_b = difference(drops(six_cells, six_runs), "dino", "beit", six_cells, six_runs)
 paper_diff_b = paper_drop["dino"] - paper_drop["beit"]
