@@ -1592,7 +1592,7 @@ display(Markdown(
         f"{name} {100 * b100[k]:.1f}% ({versus(*beit_frozen[k])} random init's {100 * fair_base[k]:.1f}%)"
         for name, k in (("k-NN", "knn_top1"), ("linear probe", "linear_top1"))) +
     f"; SplitMask's scored k-NN {100 * sm_cell['knn_top1']:.1f}% and linear "
-    f"{100 * sm_cell['linear_top1']:.1f}%.\n\nMachines (CPU family / model, precision): BEiT's cells "
+    f"{100 * sm_cell['linear_top1']:.1f}%.\n\nMachines as the result files record them (CPU family / model / name, torch, ISA): BEiT's cells "
     f"`{beit['machine']}`, parts 8-10's `{four['machine']}`; both fine-tune in {beit['precision']}."))
 
 # %% [markdown]
