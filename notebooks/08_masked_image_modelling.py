@@ -1425,7 +1425,8 @@ display(Markdown(
 #   at this length, within two standard errors (a pre-training that adds little has little to
 #   lose), and 1,000 or 10,000 photos of 20 classes are not ImageNet. BEiT's cells at this
 #   length are part 13; the tokenizer comparison at this length is in
-#   `docs/masked-image-modelling.md` (one seed per tokenizer: the three fine-tune level).
+#   `docs/masked-image-modelling.md` (one pre-training and two fine-tuning seeds per tokenizer:
+#   the three fine-tune level).
 
 # %% [markdown]
 # ## 12 · Fine-tuned until the curves flatten: is the lead kept over a converged random init?
