@@ -1324,21 +1324,33 @@ display(Markdown(
 eight = at_fair_protocol("smalldata-8000-frac-2seeds-bf16.json", 8000, [0, 1])
 assert eight["mim_sets"] == four["mim_sets"] and not eight["left_out"], eight["left_out"]
 run_key = lambda r: (r["method"], r["fraction"], r["seed"])   # noqa: E731
+
+
+def reused(earlier, later):
+    """Every run of ``earlier`` is in ``later`` with the same fine-tunings: reused, not re-trained."""
+    for r in earlier:
+        again = next(x for x in later if run_key(x) == run_key(r))
+        assert again["finetune_top1_seeds"] == r["finetune_top1_seeds"], run_key(r)
+
+
+def pretraining_seeds(runs, keys):
+    """Each cell's fine-tuned top-1 (points) per pre-training seed, and the standard error of
+    those seed means: one degree of freedom per cell of two seeds."""
+    means = {k: [100 * r["finetune_top1"] for r in runs if (r["method"], r["fraction"]) == k] for k in keys}
+    assert all(len(v) == 2 for v in means.values()), means
+    return means, [np.std(v, ddof=1) / np.sqrt(len(v)) for v in means.values()]
+
+
 eight_cells = {(c["method"], c["fraction"]): c for c in eight["cells"]}
 assert sorted(eight_cells) == sorted(four_cells), sorted(eight_cells)
-for r in four["runs"]:                  # reused, not re-trained: seed 0's runs are part 10's
-    again = next(x for x in eight["runs"] if run_key(x) == run_key(r))
-    assert again["finetune_top1_seeds"] == r["finetune_top1_seeds"], run_key(r)
+reused(four["runs"], eight["runs"])     # seed 0's runs are part 10's
 eight_drops = drops(eight["cells"], eight["runs"])
 
 
 # the difference of the two drops counted here without the package: per image, plus the four
 # cells' pre-training-seed errors (the standard error of each cell's two seed means)
 hit2 = {k: cell_hits(eight["runs"], k) for k in eight_cells}
-seed_means = {k: [100 * r["finetune_top1"] for r in eight["runs"] if (r["method"], r["fraction"]) == k]
-              for k in eight_cells}
-assert all(len(v) == 2 for v in seed_means.values()), seed_means
-seed_se2 = [np.std(v, ddof=1) / np.sqrt(len(v)) for v in seed_means.values()]
+seed_means, seed_se2 = pretraining_seeds(eight["runs"], eight_cells)
 diff2, diff2_se, nu2, q2, (lo2, hi2) = drop_difference(hit2, [(s, 1) for s in seed_se2])
 seed_apart = {k: abs(v[0] - v[1]) for k, v in seed_means.items()}
 
@@ -1546,9 +1558,7 @@ beit_cells = {(c["method"], c["fraction"]): c for c in beit["cells"]}
 assert sorted(beit_cells) == [("beit", 0.1), ("beit", 1.0)], sorted(beit_cells)
 assert all(c["tokenizer"] == "random_projection" and c["seeds"] == [0, 1] for c in beit_cells.values())
 beit_seed0 = json.loads((STUDY.parent / "smalldata-beit8000-frac-bf16.json").read_text())
-for r in beit_seed0["runs"]:            # reused, not re-trained: seed 0's runs are the first command's
-    again = next(x for x in beit["runs"] if run_key(x) == run_key(r))
-    assert again["finetune_top1_seeds"] == r["finetune_top1_seeds"], run_key(r)
+reused(beit_seed0["runs"], beit["runs"])   # seed 0's runs are the first command's
 b_drop, b_drop_se = beit["drops"]["beit"]["drop"], beit["drops"]["beit"]["se"]
 beit_over = {f: over_random_init(beit_cells[("beit", f)], beit["runs"], fair_base) for f in [1.0, 0.1]}
 beit_frozen = {k: binomial_gap(beit_cells[("beit", 1.0)][k], fair_base[k]) for k in ("knn_top1", "linear_top1")}
@@ -1557,9 +1567,8 @@ beit_frozen = {k: binomial_gap(beit_cells[("beit", 1.0)][k], fair_base[k]) for k
 runs_b = eight["runs"] + beit["runs"]
 keys_b = [("dino", 1.0), ("dino", 0.1), ("beit", 1.0), ("beit", 0.1)]
 hit_b = {k: cell_hits(runs_b, k) for k in [*eight_cells, *beit_cells]}   # the six cells' mean hits
-seed_means_b = {k: [100 * r["finetune_top1"] for r in runs_b if (r["method"], r["fraction"]) == k] for k in keys_b}
-assert all(len(v) == 2 for v in seed_means_b.values()), seed_means_b
-spreads_b = [(np.std(v, ddof=1) / np.sqrt(2), 1) for v in seed_means_b.values()]
+seed_means_b, seed_se_b = pretraining_seeds(runs_b, keys_b)
+spreads_b = [(s, 1) for s in seed_se_b]
 diff_b, diff_b_se, nu_b, q_b, (blo, bhi) = drop_difference(hit_b, spreads_b, b="beit")
 cells_b = eight["cells"] + beit["cells"]
 pkg_b = difference(drops(cells_b, runs_b), "dino", "beit", cells_b, runs_b)
