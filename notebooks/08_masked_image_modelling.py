@@ -1557,8 +1557,7 @@ assert beit["mim_sets"] == eight["mim_sets"] and not beit["left_out"], beit["lef
 beit_cells = {(c["method"], c["fraction"]): c for c in beit["cells"]}
 assert sorted(beit_cells) == [("beit", 0.1), ("beit", 1.0)], sorted(beit_cells)
 assert all(c["tokenizer"] == "random_projection" and c["seeds"] == [0, 1] for c in beit_cells.values())
-beit_seed0 = json.loads((STUDY.parent / "smalldata-beit8000-frac-bf16.json").read_text())
-reused(beit_seed0["runs"], beit["runs"])   # seed 0's runs are the first command's
+reused(at_fair_protocol("smalldata-beit8000-frac-bf16.json", 8000, [0])["runs"], beit["runs"])   # seed 0's runs are the first command's
 b_drop, b_drop_se = beit["drops"]["beit"]["drop"], beit["drops"]["beit"]["se"]
 beit_over = {f: over_random_init(beit_cells[("beit", f)], beit["runs"], fair_base) for f in [1.0, 0.1]}
 beit_frozen = {k: binomial_gap(beit_cells[("beit", 1.0)][k], fair_base[k]) for k in ("knn_top1", "linear_top1")}
@@ -1575,9 +1574,9 @@ pkg_b = difference(drops(cells_b, runs_b), "dino", "beit", cells_b, runs_b)
 paper_diff_b = paper_drop["dino"] - paper_drop["beit"]
 
 fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1.4, 1.9]})
-curve_panel(ax, [(f"BEiT on {r['fraction']:.0%}, seed {r['seed']}", r["curves"], c)
-                 for r in beit["runs"] for c in [{(1.0, 0): "tab:brown", (1.0, 1): "tab:olive",
-                                                   (0.1, 0): "tab:pink", (0.1, 1): "tab:gray"}[(r["fraction"], r["seed"])]]] +
+beit_colours = {(1.0, 0): "tab:brown", (1.0, 1): "tab:olive", (0.1, 0): "tab:pink", (0.1, 1): "tab:gray"}
+curve_panel(ax, [(f"BEiT on {r['fraction']:.0%}, seed {r['seed']}", r["curves"], beit_colours[(r["fraction"], r["seed"])])
+                 for r in beit["runs"]] +
             [("random init", fair_base["curves"], "tab:orange")],
             f"fine-tuning on all labelled images after {beit['steps']:,} BEiT steps", legend_size=6)
 paper_panel(bx)
@@ -1614,9 +1613,11 @@ display(Markdown(
         f"{name} {100 * b100[k]:.1f}% ({versus(*beit_frozen[k])} random init's {100 * fair_base[k]:.1f}%)"
         for name, k in (("k-NN", "knn_top1"), ("linear probe", "linear_top1"))) +
     f"; SplitMask's 100% cell scores k-NN {100 * eight_cells[('splitmask', 1.0)]['knn_top1']:.1f}% and linear "
-    f"{100 * eight_cells[('splitmask', 1.0)]['linear_top1']:.1f}%.\n\nMachines as the result files record them "
-    f"(CPU family / model / name, torch, ISA): BEiT's cells `{beit['machine']}`, parts 8-11's "
-    f"`{eight['machine']}`; both fine-tune in {beit['precision']}."))
+    f"{100 * eight_cells[('splitmask', 1.0)]['linear_top1']:.1f}%.\n\nBEiT's cells ran on "
+    f"{'another CPU than' if beit['machine'] != eight['machine'] else 'the same CPU as'} parts 8-11's "
+    f"(same recipe and precision; another CPU is not bit for bit the same arithmetic). Machines as the "
+    f"result files record them (CPU family / model / name, torch, ISA): BEiT's cells `{beit['machine']}`, "
+    f"parts 8-11's `{eight['machine']}`; both fine-tune in {beit['precision']}."))
 
 # %% [markdown]
 # **Reading it.** BEiT behaves here as SplitMask does (parts 9-11):
@@ -1629,8 +1630,8 @@ display(Markdown(
 #   the size of the paper's (DINO losing 4.6 points more than BEiT) lies outside that interval.
 # - **The pre-training seeds' spread is in that interval now**, as in part 11 (two seeds per
 #   cell, one degree of freedom each, hence Student's t). Cautions: the masked models' learning
-#   rate was not tuned at this length, BEiT ran on another CPU than DINO's cells (same recipe
-#   and precision, not bit for bit the same arithmetic), and this is a miniature of 20 classes.
+#   rate was not tuned at this length, the machines differ as rendered above, and this is a
+#   miniature of 20 classes.
 #   The three tokenizers at this budget are compared in `docs/masked-image-modelling.md`.
 
 # %% [markdown]
