@@ -115,10 +115,10 @@ print("max |conv - linear| =", (tokens_conv - tokens_linear).abs().max().item())
 # interpolation does to embeddings that *do* encode position, we load the fixed 2-D sine-cosine
 # embeddings (used by MAE and MoCo v3; a trained DINO's learned ones look much the same) into the
 # model's `pos_embed`, then ask the model itself for its 6 x 6 version (`vit._pos_embed` on a
-# 96 px grid). Each map shows the cosine similarity of one cell's embedding (the white cross) to
+# 96 px grid). Each map shows the cosine similarity of one cell's embedding (the red cross) to
 # every cell's embedding, on the 14 x 14 grid (left) and on the model's interpolated 6 x 6 grid
-# (right; the red cross marks where the cell's centre falls on the coarser grid; each row has its
-# own colour scale). **Look for** a smooth bump around the cross that survives the interpolation.
+# (right, where the red cross marks where that cell's centre falls on the coarser grid; each row
+# has its own colour scale). **Look for** a smooth bump around the cross that survives the interpolation.
 # The bottom row does the same for the random initialisation the model actually starts from: one
 # bright cell (the marked vector itself) in noise at 14 x 14; at 6 x 6 a faint remnant of that
 # vector, smeared by the interpolation, and no geometry.

@@ -230,7 +230,7 @@ widgets.interact(explore,
 # 1. Set `center_momentum=1.0` (the center never moves) and predict the curves before you run.
 # 2. Find, with the sliders, the highest teacher temperature at which the run still avoids the
 #    uniform collapse.
-# 3. Run sharpening only for longer, `collapse_run(steps=2000, centering=False)` (about ten times
+# 3. Run sharpening only for longer, `collapse_run(steps=10 * STEPS, centering=False)` (ten times
 #    this notebook's runs): does its KL reach 0, and does its information fall below the collapse
 #    line, as the paper's Fig. 7 would predict? Run both operations for as long: why is a low h
 #    then no sign of collapse?

@@ -96,9 +96,10 @@ print(f"DINO after all {DEMO_STEPS} steps: k-NN {100 * full['dino']['knn_top1']:
 # line at 0.2 nats: where the two entropies meet, the teacher no longer tells images apart.
 # (The table's verdict averages it over the last 10% of a run's steps; a single step can dip
 # below the line without the run being called collapsed.) Right: the teacher's k-NN during
-# training, with neighbours among 1000 training images only (cheaper than the table's 5000,
-# hence lower); its step-0 point is the random initialisation measured the same way, so compare
-# each curve with its own start, not with the table's random-init row.
+# training, with neighbours among 1000 training images (cheaper than 5000); the table's 80-step
+# column and its random-init row are these curves' points at steps 80 and 0. Only the printed
+# line for DINO's full run uses 5000 training images, so it is not comparable with the curve's
+# last point.
 
 # %%
 fig, (ax_h, ax_i, ax_k) = plt.subplots(1, 3, figsize=(15, 4))

@@ -215,8 +215,8 @@ display(Markdown(
 # %%
 root, seq, side = write_davis(work / "davis", frames=16, size=(96, 144)), "shapes", 192
 vos = {name: segment_sequence(root, seq, net, short_side=side) for name, net in models.items()}
-vos["repeat first mask"] = segment_sequence(root, seq, None, out=work / "vos")
-out = segment_sequence(root, seq, trained, out=work / "vos", short_side=side)
+vos["repeat first mask"] = segment_sequence(root, seq, None, out=work / "vos-repeat")
+out = segment_sequence(root, seq, trained, out=work / "vos", short_side=side)   # drawn below
 for name, r in vos.items():
     print(f"{name:18s} J {r['J']:.3f}  F {r['F']:.3f}  J&F {(r['J'] + r['F']) / 2:.3f}")
 

@@ -38,6 +38,8 @@ BREAKAGES = [
     ("04_schedules", "student copy against momentum: the rows swapped",
      'momentum, copy = ours["teacher_momentum"], ours["teacher_student_copy"]',
      'copy, momentum = ours["teacher_momentum"], ours["teacher_student_copy"]'),
+    ("04_schedules", "the previous-epoch sentence's error is the difference's: se_diff as one accuracy's error",
+     "return math.sqrt(p * (1 - p) / n + q * (1 - q) / n)", "return math.sqrt(p * (1 - p) / n)"),
     ("05_train_and_evaluate", "trained features beat every random init: the trained net replaced",
      'nets = {"DINO (trained)": backbone}', 'nets = {"DINO (trained)": random_init_backbone(cfg, seed=7)}'),
     ("07_ablations", "the momentum teacher beats the student copy: the two rows swapped",
