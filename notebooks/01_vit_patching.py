@@ -118,7 +118,8 @@ print("max |conv - linear| =", (tokens_conv - tokens_linear).abs().max().item())
 # 96 px grid). Each map shows the cosine similarity of one cell's embedding (the red cross) to
 # every cell's embedding, on the 14 x 14 grid (left) and on the model's interpolated 6 x 6 grid
 # (right, where the red cross marks where that cell's centre falls on the coarser grid; each row
-# has its own colour scale). **Look for** a smooth bump around the cross that survives the interpolation.
+# has its own colour scale). **Look for** a smooth bump around the cross that survives the
+# interpolation.
 # The bottom row does the same for the random initialisation the model actually starts from: one
 # bright cell (the marked vector itself) in noise at 14 x 14; at 6 x 6 a faint remnant of that
 # vector, smeared by the interpolation, and no geometry.

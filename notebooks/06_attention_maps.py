@@ -240,10 +240,10 @@ display(Markdown(
 # earlier version of this recipe (QK-norm, K = 4096; `git show 669ac52:docs/RESULTS.md`) from
 # 280 to 1,000 steps scored head-mean Jaccards from 0.25 to 0.47, and longer runs sharpened the
 # heads until the Jaccard fell to that recipe's random init (0.248 at 997 steps against 0.263),
-# which is why `STEPS` says "longer is not better" for this score. Even at this notebook's 160 steps the head mean's comparisons depend
-# on the run: over seeds 0-3 in bf16 it was above random init at every seed but by only 0.01 at
-# seed 1, whose one object head is diluted by three heads looking elsewhere, and at that seed it
-# was below the centre prior (docs/RESULTS.md). So the verdicts above are printed from this run,
+# which is why `STEPS` says "longer is not better" for this score. Even at this notebook's 160
+# steps the head mean's comparisons depend on the run: over seeds 0-3 in bf16 it was above
+# random init at every seed but by only 0.01 at seed 1, whose one object head is diluted by three
+# heads looking elsewhere, and at that seed it was below the centre prior (docs/RESULTS.md). So the verdicts above are printed from this run,
 # and the check below does not assert them.
 
 # %% [markdown]

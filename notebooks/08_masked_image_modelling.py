@@ -1153,8 +1153,8 @@ display(Markdown(
 # **Reading it.** At this length SplitMask's pre-training adds little after fine-tuning: its lead
 # over random init is inside two standard errors and under 3 points, and it fine-tunes below DINO's
 # 100% cell by more than two. Its frozen features did learn (k-NN and linear above random init),
-# less than DINO's under both the k-NN and the linear probe. Two cautions: one pre-training seed, and the masked models'
-# learning rate (0.0015 per 256, chosen on a 150-step BEiT check) was not tuned at 8,000 steps.
+# less than DINO's under both the k-NN and the linear probe. Two cautions: one pre-training
+# seed, and the masked models' learning rate (0.0015 per 256, chosen on a 150-step BEiT check) was not tuned at 8,000 steps.
 # For the paper's question this cell is half of SplitMask's drop: what matters is how much of its
 # small lead survives at 10% of the images, measured against DINO's drop on the same images: that
 # cell is part 10.
@@ -1456,9 +1456,10 @@ display(Markdown(
 # ## 12 · Fine-tuned until the curves flatten: is the lead kept over a converged random init?
 # Every comparison so far fine-tunes for an equal 30 epochs, and 30 epochs need not be random
 # init's plateau (the rule passes one of its two 30-epoch curves in part 6's fair test, not the
-# other). The claim that pre-training *helps* needs the baseline at its plateau. So the seed-0 encoder of DINO's 100% cell (8,000 steps) was fine-tuned again for
-# 60 epochs, and random init (its seed-0 weights, fine-tuning seed 0) for 60 and for 90 epochs,
-# with the study's own command and baseline:
+# other). The claim that pre-training *helps* needs the baseline at its plateau. So the seed-0
+# encoder of DINO's 100% cell (8,000 steps) was fine-tuned again for 60 epochs, and random init
+# (its seed-0 weights, fine-tuning seed 0) for 60 and for 90 epochs, with the study's own command
+# and baseline:
 #
 #     python -m dino_lite smalldata --preset tinyimagenet --methods dino --fractions 1 --steps 8000 \
 #         --seeds 0 --finetune-epochs 60 --finetune-seeds 0 --finetune-layer-decay 1.0 --json
@@ -1711,9 +1712,8 @@ display(Markdown(
 #    still keep the shapes recognisable?
 # 3. Re-run the study's cells for SplitMask with `--set split=uniform` (the paper's small-data
 #    variant, each branch seeing 25%): does it help at 10%?
-# 4. Run `python -m dino_lite smalldata --dry-run
-#    --dry-run` and read how long the full study would take on your machine; which part costs
-#    most, pre-training or fine-tuning?
+# 4. Run `python -m dino_lite smalldata --dry-run` and read how long the full study would take
+#    on your machine; which part costs most, pre-training or fine-tuning?
 
 # %% [markdown]
 # ## Check: the claims above hold
@@ -1724,8 +1724,8 @@ display(Markdown(
 # tokens would give another loss); the package's SplitMask loss changing when its halves swap
 # (asymmetry); the AVX2 DINO encoders putting no more, or 10 points or more, of their attention
 # on the pet than random init (the summary's "a few points more"); the 8,000-step encoder of
-# pre-training seed 1 below random init's head-mean map by two standard errors; a short run whose loss (for DINO: its KL term) did
-# not fall; and the study's statements, read from its result file: DINO's frozen k-NN and
+# pre-training seed 1 below random init's head-mean map by two standard errors; a short run
+# whose loss (for DINO: its KL term) did not fall; and the study's statements, read from its result file: DINO's frozen k-NN and
 # linear probe, and its top-1 after the first fine-tuning epoch, not above random init's by two
 # standard errors; its lead not shrinking epoch after epoch; a fine-tuned gap over random init
 # outside two standard errors (then the text's "level" is wrong); a curve marked converged; DINO
