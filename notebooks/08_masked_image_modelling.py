@@ -1154,7 +1154,8 @@ display(Markdown(
 # over random init is inside two standard errors and under 3 points, and it fine-tunes below DINO's
 # 100% cell by more than two. Its frozen features did learn (k-NN and linear above random init),
 # less than DINO's under both the k-NN and the linear probe. Two cautions: one pre-training
-# seed, and the masked models' learning rate (0.0015 per 256, chosen on a 150-step BEiT check) was not tuned at 8,000 steps.
+# seed, and the masked models' learning rate (0.0015 per 256, chosen on a 150-step BEiT check)
+# was not tuned at 8,000 steps.
 # For the paper's question this cell is half of SplitMask's drop: what matters is how much of its
 # small lead survives at 10% of the images, measured against DINO's drop on the same images: that
 # cell is part 10.
@@ -1824,6 +1825,7 @@ assert g30 > 2 * e30 and abs(g30 - 5) < 1.5, (g30, e30)   # 15 epochs: not rando
 assert 100 * long30["finetune_top1"] > dino15              # 30 epochs of it beat DINO's 15
 assert 0 < g_fair < min(3, 2 * e_fair), (g_fair, e_fair)  # 30 epochs each: a lead under 2 SE
 assert g_twice > max(3, 2 * e_twice) and abs(g_twice - 5) < 1.5, (g_twice, e_twice)  # 8,000: clear, ~5 points,
+assert sum(map(converged, fair_base["curves"])) == 1       # part 12: one of random init's two 30-epoch curves passes the rule
 assert all(g > 0 for g, _ in twice_seed_gaps) and shortest == 8000   # at both pre-training seeds
 assert g_rand > 2 * e_rand                                 # attention: DINO beats random init,
 assert g_prior < -2 * e_prior                              # not the centre prior (head mean),
