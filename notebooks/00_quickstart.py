@@ -32,6 +32,8 @@
 # notebooks 04-09 reuse it (they train it first when it is missing).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 137 s (00's run trained there first).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 127 s (00's run trained there first, in fp32).
 #
 # **Knobs:** `STEPS` (training length; another value trains a new run beside this one) and
 # `N_IMAGES` (test images scored for attention).

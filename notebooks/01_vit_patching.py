@@ -30,6 +30,8 @@
 # than absolute speeds).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 12 s.
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 9 s.
 # **Knobs:** `BATCH` and `REPEATS` in section 5 (images per timing, and how many timed passes of
 # which the fastest counts; larger gives steadier timings, slower).
 #

@@ -42,6 +42,8 @@
 # job on the cores (section 6 computes in fp32 on every CPU, so that the two steps compare exactly).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 9 s.
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 7 s.
 # **Knobs:** `N_DRAWS` in section 1 (augmentation draws per view used to measure the policy;
 # more gives tighter estimates) and `HAND_STEPS` in section 6 (steps of the hand-built loop).
 

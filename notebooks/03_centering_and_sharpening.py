@@ -25,6 +25,8 @@
 # job on the cores (the toy runs compute in fp32 on every CPU).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 12 s.
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 8 s.
 # **Knobs:** `STEPS` (length of the four runs), and the sliders of the last section.
 #
 # **Centering** subtracts a running mean C of the teacher's logits before the softmax:

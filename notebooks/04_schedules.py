@@ -39,6 +39,8 @@
 # (or trained here first), and a second run reuses both.
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 64 s (00's run reused).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 61 s (00's run reused).
 # **Knobs:** the recipe in the first code cell (`make_config("imagenet-vits16", ...)`) and the
 # momenta of the EMA demonstration.
 

@@ -35,6 +35,8 @@
 # with a progress bar showing the expected wait (a few minutes).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 44 s (00's run reused).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 48 s (00's run reused).
 #
 # **Knobs:** `LIVE_STEPS` (the short live-plotted run), `K` (neighbours of the k-NN) and
 # `SEEDS` (the random initialisations the baseline is drawn from).

@@ -32,6 +32,8 @@
 # run first, with a progress bar showing the expected wait (a few minutes).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 10 s (00's run reused).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 9 s (00's run reused).
 #
 # **Knobs:** `STEPS` (the run's length), `N_IMAGES` (test images scored), `SOURCE` (the
 # explorer's network: this project's or the paper's published ViT-S/16).

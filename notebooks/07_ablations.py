@@ -45,6 +45,8 @@
 # them, it trains their rows first too (a few minutes more; 00's with a progress bar).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 57 s (00's and 04's rows reused).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 66 s (00's and 04's rows reused).
 #
 # **Knobs:** `RUN_ROWS` (any of `dino_lite.ablate.ROWS`; each new row costs about a minute on 2
 # cores: try `"byol"`, `"moco_v2"`, `"swav"`).

@@ -31,6 +31,8 @@
 # in bf16 (`jupytext --execute`, idle machine); the study itself is read from `docs/results/`.
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 33 s.
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 24 s.
 # **Knobs:** `STEPS` (steps of each short run), `VOCAB` (codebook size of the tokenizer figures).
 
 # %%

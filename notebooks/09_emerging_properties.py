@@ -29,6 +29,8 @@
 # first, with a progress bar showing the expected wait (a few minutes).
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 16 s (00's run reused).
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 13 s (00's run reused).
 #
 # **Knobs:** `N_QUERIES` (retrieval queries). The video is the embedded generated one; the real
 # DAVIS sequences run from the command line (`python -m dino_lite vos --davis DIR`, section 3).

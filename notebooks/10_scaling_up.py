@@ -34,6 +34,8 @@
 # of it the two short training runs (process start-up included); a second execution reuses them.
 # On a 2-core AVX-512 BF16 CPU in bf16 (idle; every notebook in order from a fresh clone,
 # `pytest --nbval-lax`): 26 s.
+# The same CPU limited to AVX2 kernels, so fp32 as on an AVX2-only CPU (`ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`; idle, the same procedure): 22 s.
 # It needs no other notebook's run. **Knob:** `STEPS` in the 2-process section.
 #
 # **Which recipe.** The `imagenet-vits16` preset is the reference training script's *default*
