@@ -354,6 +354,7 @@ def cmd_smalldata(args):
                             tokenizers=parse_list(args.tokenizers, str, "tokenizers") if args.tokenizers else [],
                             tokenizer_fraction=args.tokenizer_fraction,
                             baseline=not args.no_baseline, mim_sets=args.mim_set or None,
+                            dino_sets=args.dino_set or None,
                             overwrite=args.overwrite, dry_run=args.dry_run,
                             finished_only=args.finished_only)
     if args.dry_run:
@@ -644,6 +645,10 @@ def build_parser():
     sd.add_argument("--mim-set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the BEiT and SplitMask cells only (default: "
                     "smalldata.MIM_SETS, their study learning rate lr=0.0015; any --mim-set replaces it)")
+    sd.add_argument("--dino-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the DINO cells only (default: smalldata.DINO_SETS, "
+                    "the paper's DINO: koleo=0 ibot=0, after --set and whatever the preset adds; any "
+                    "--dino-set replaces it)")
     sd.add_argument("--no-baseline", action="store_true",
                     help="skip the random-init baseline (to run the cells one at a time)")
     sd.add_argument("--overwrite", action="store_true",

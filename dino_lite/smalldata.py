@@ -65,12 +65,18 @@ FINETUNE = dict(epochs=30, lr=1e-3, batch_size=64, warmup_epochs=3, drop_path=0.
 SEEDS = (0, 1)
 # pre-training steps per cell: the shortest length measured at which DINO on 100% of
 # tinyimagenet-dev20 fine-tunes clearly above random init, both fine-tuned 30 epochs (4,000
-# steps: +1.4 +- 1.2 points; 8,000: +5.2 +- 1.0 over two pre-training seeds)
+# steps: +1.4 +- 1.2 points; 8,000: +5.2 +- 1.0 over two pre-training seeds; measured with the
+# preset's KoLeo and iBOT terms, before DINO_SETS)
 STEPS = 8000
 # overrides for the masked models' cells: 1.5e-3 per 256, 8x BEiT's linearly scaled 1.875e-4, as
 # the CPU presets give DINO 8x its paper lr (docs/masked-image-modelling.md, "BEiT's learning rate
 # on a CPU": at the paper's rate the loss barely moves in a CPU-sized run)
 MIM_SETS = ("lr=0.0015",)
+# overrides for DINO's cells: the paper's DINO, without the two terms a preset may add (the
+# tinyimagenet preset's KoLeo, and iBOT's masked patch prediction, itself a masked-prediction
+# objective, which would blur the very contrast the study measures: docs/masked-image-modelling.md,
+# "Which DINO")
+DINO_SETS = ("koleo=0", "ibot=0")
 PRETRAINING_COST = "pretraining_cost.json"     # beside each cell's checkpoint
 
 
@@ -243,7 +249,7 @@ def _run_cell(cfg, cell_dir: Path, recipe: dict, progress, overwrite: bool) -> d
 
 
 def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, seeds=(0,), sets=(),
-         tokenizers=(), tokenizer_fraction=None, mim_sets=()) -> list[tuple[str, object, dict]]:
+         tokenizers=(), tokenizer_fraction=None, mim_sets=(), dino_sets=()) -> list[tuple[str, object, dict]]:
     """Every cell of the study, resolved and validated before anything runs: ``(folder name,
     config, cell fields)`` tuples, the tokenizer rows last."""
     bad = [t for t in tokenizers if t not in TOKENIZERS]
@@ -263,7 +269,7 @@ def plan(preset, methods, fractions, steps, finetune_recipe: dict, data=None, se
         for method in methods:
             for fraction in fractions:
                 cfg = cell_config(preset, method, fraction, steps, data, seed,
-                                  list(sets) + (list(mim_sets) if method != "dino" else []), bf16)
+                                  list(sets) + list(dino_sets if method == "dino" else mim_sets), bf16)
                 cells.append((f"{method}-{fraction:g}-s{seed}", cfg,
                               {"method": method, "fraction": fraction, "seed": seed,
                                "tokenizer": cfg.tokenizer if get_method(method).needs_tokenizer
@@ -406,13 +412,15 @@ def describe_estimate(est: dict, threads: int) -> str:
 
 def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_recipe: dict | None = None,
                   data=None, seeds=SEEDS, sets=(), progress=True, tokenizers=(),
-                  tokenizer_fraction=None, baseline=True, mim_sets=None, overwrite=False,
-                  dry_run=False, finished_only=False) -> dict:
+                  tokenizer_fraction=None, baseline=True, mim_sets=None, dino_sets=None,
+                  overwrite=False, dry_run=False, finished_only=False) -> dict:
     """Every cell and the random-init baseline; returns the summary (also in
     ``OUT/smalldata.json`` and ``OUT/smalldata.md``). ``finetune_recipe`` updates
     :data:`FINETUNE`; ``mim_sets`` are ``KEY=VALUE`` overrides for the masked models' cells only
-    (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small.
-    ``steps`` defaults to :data:`STEPS`, ``mim_sets`` to :data:`MIM_SETS` (``()`` for none).
+    (after ``sets``), for example a learning rate for short runs, where BEiT's is far too small;
+    ``dino_sets`` the same for DINO's cells. ``steps`` defaults to :data:`STEPS`, ``mim_sets`` to
+    :data:`MIM_SETS` and ``dino_sets`` to :data:`DINO_SETS` (``()`` for none). The random-init
+    baseline takes ``sets`` only.
     The compute still needed is timed and printed first; ``dry_run`` stops there and returns
     the estimate (:func:`estimate`). ``finished_only`` trains and scores nothing: the summary
     holds the cells already pre-trained and scored with this recipe (a study still running, or
@@ -420,9 +428,10 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
     recipe = {**FINETUNE, **(finetune_recipe or {})}
     steps = steps or STEPS
     mim_sets = MIM_SETS if mim_sets is None else mim_sets
+    dino_sets = DINO_SETS if dino_sets is None else dino_sets
     out_dir = Path(out_dir)
     cells = plan(preset, methods, fractions, steps, recipe, data, seeds, sets, tokenizers,
-                 tokenizer_fraction, mim_sets)
+                 tokenizer_fraction, mim_sets, dino_sets)
     precision = "bf16" if cells[0][1].bf16 else "fp32"
     print(f"small-data study: {len(cells)} cells of {steps} pre-training steps, fine-tuned "
           f"{recipe['epochs']} epochs x {len(recipe['seeds'])} seeds, in {precision} "
@@ -450,7 +459,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
         print(describe_estimate(cost, torch.get_num_threads()))
     if dry_run:
         return {"estimate": cost, "cells": [name for name, _, _ in cells], "seeds": list(seeds),
-                "finetune": recipe, "mim_sets": list(mim_sets)}
+                "finetune": recipe, "mim_sets": list(mim_sets), "dino_sets": list(dino_sets)}
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, tokenizer_rows, started = [], [], time.perf_counter()
     for i, (name, cfg, fields) in enumerate(cells):
@@ -471,6 +480,7 @@ def run_smalldata(preset, methods, fractions, out_dir, steps=None, finetune_reci
                                     name="random init")
     summary = {"preset": preset, "data": base_cfg.data, "steps": steps, "precision": precision,
                "finetune": recipe, "sets": list(sets), "mim_sets": list(mim_sets),
+               "dino_sets": list(dino_sets),
                "seeds": list(seeds), "convergence_rule": convergence_rule(),
                "cells": aggregate(rows), "tokenizer_cells": aggregate(tokenizer_rows),
                "runs": rows + tokenizer_rows, "random_init": random_init, "left_out": left_out}
@@ -762,8 +772,10 @@ def markdown_table(summary: dict) -> str:
     recipe = {k: v for k, v in summary["finetune"].items() if k != "seeds"}
     sets = " ".join(summary.get("sets", [])) or "none"
     mim = " ".join(summary.get("mim_sets", [])) or "none"
+    dino = " ".join(summary.get("dino_sets", [])) or "none"      # absent from older studies
     lines = [f"Pre-training: {summary['steps']} steps on each fraction of `{summary['data']}` "
-             f"in {summary['precision']} (overrides: {sets}; masked models also: {mim}), "
+             f"in {summary['precision']} (overrides: {sets}; DINO also: {dino}; masked models "
+             f"also: {mim}), "
              f"pre-training seeds {summary['seeds']}; fine-tuning on all of it: {recipe}, seeds "
              f"{summary['finetune']['seeds']}. Fine-tune: mean +- standard error (seed spread and "
              f"the test set's binomial error), then each run; {summary['convergence_rule']}.", "",

@@ -194,11 +194,22 @@ def test_the_defaults_are_the_measured_length_and_recipe(tiny_folder, tmp_path, 
     j = args.index("--mim-set")
     main(args[:i] + args[i + 2:j] + args[j + 2:])          # no --steps and no --mim-set
     assert smalldata.MIM_SETS == ("lr=0.0015",) and _last_json(capsys)[0]["mim_sets"] == ["lr=0.0015"]
+    # DINO's cells are the paper's DINO (no KoLeo, no iBOT term) whatever the preset adds, unless
+    # --dino-set gives others; the masked cells and random init keep the preset's
+    assert est["dino_sets"] == ["koleo=0", "ibot=0"] and smalldata.DINO_SETS == ("koleo=0", "ibot=0")
+    preset = make_config("tinyimagenet")
+    assert preset.koleo > 0 and preset.ibot > 0                  # the preset adds both
+    cells = smalldata.plan("tinyimagenet", ["dino", "beit"], [1.0], 2, smalldata.FINETUNE,
+                           data=str(tiny_folder), dino_sets=smalldata.DINO_SETS)
+    assert [(c.koleo, c.ibot) for _, c, _ in cells] == [(0, 0), (preset.koleo, preset.ibot)]
+    main(args + ["--dino-set", "ibot=0.5"])
+    assert _last_json(capsys)[0]["dino_sets"] == ["ibot=0.5"]    # a --dino-set replaces the default
     # the command's help names the same defaults (it does not import smalldata to build itself)
     from dino_lite.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["smalldata"]
     helps = {a.dest: a.help for a in sub._actions}
     assert f"{smalldata.STEPS}," in helps["steps"] and smalldata.MIM_SETS[0] in helps["mim_set"]
+    assert " ".join(smalldata.DINO_SETS) in helps["dino_set"]
     defaults = {a.dest: a.default for a in sub._actions}
     assert defaults["seeds"] == ",".join(map(str, smalldata.SEEDS)) and "smalldata.SEEDS" in helps["seeds"]
     assert defaults["finetune_seeds"] == ",".join(map(str, smalldata.FINETUNE["seeds"]))
