@@ -90,11 +90,16 @@ def parse_list(text: str, kind, name: str) -> list:
     return items
 
 
+# the config fields counted in epochs of the recipe (learning rate, teacher temperature, frozen
+# last layer); a cell rescales each to its own epochs
+WARMUPS = ("warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer")
+
+
 def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=(), bf16=None):
     """A cell's pre-training config, as it runs: the preset and the method's defaults, ``steps``
-    iterations on ``fraction`` of the images (epochs cover the steps, the warm-up keeps its
-    share), in precision ``bf16`` (None: this machine's decision) with the fp32 variant applied
-    where it computes in fp32."""
+    iterations on ``fraction`` of the images (epochs cover the steps, every warm-up of
+    ``WARMUPS`` keeps its share), in precision ``bf16`` (None: this machine's decision) with the
+    fp32 variant applied where it computes in fp32."""
     given = {"method": method, "data_fraction": fraction, "max_steps": steps, "minutes": None}
     if data is not None:
         given["data"] = data
@@ -108,7 +113,10 @@ def cell_config(preset, method, fraction, steps, data=None, seed=None, sets=(), 
     images = max(1, round(fraction * len(build_dataset(cfg.data, train=True, image_size=cfg.image_size))))
     per_epoch = max(1, images // cfg.batch_size)
     epochs = max(1, math.ceil(steps / per_epoch))
-    cfg.warmup_epochs = cfg.warmup_epochs * epochs / cfg.epochs
+    # every warm-up is given in epochs of the preset's recipe: rescaled to the cell's epochs, each
+    # keeps its share of the run, whatever the fraction (a 10% cell runs ten times the epochs)
+    for k in WARMUPS:
+        setattr(cfg, k, getattr(cfg, k) * epochs / cfg.epochs)
     cfg.epochs = epochs
     return cfg.validate()
 

@@ -5,6 +5,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from conftest import TINY_MIM, is_share_of
@@ -15,7 +16,7 @@ from dino_lite.evaluate import random_init_backbone
 from dino_lite.finetune import finetune
 from dino_lite.smalldata import (_errors, aggregate, cell_config, difference, drops, over_random_init, paired_gap,
                                  satterthwaite, t_quantile, verdict)
-from dino_lite.train import read_log
+from dino_lite.train import make_schedules, read_log
 
 SETS = TINY_MIM + ["out_dim=64", "head_hidden=64", "head_bottleneck=32"]
 
@@ -115,6 +116,21 @@ def test_smalldata_trains_every_cell_fine_tunes_and_reuses_finished_cells(tiny_f
     rescored = json.loads((tmp_path / "smalldata.json").read_text())   # what pre-training cost
     assert rescored["compute"]["pretrain_cpu_s"] == pytest.approx(saved["compute"]["pretrain_cpu_s"])
     assert len(list((tmp_path / "beit-1-s0").glob("result-*.json"))) == 2   # and the old scores too
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_every_warm_up_keeps_its_share_of_the_run_at_every_fraction(tiny_folder, fraction):
+    """Steps are fixed, so a smaller subset is seen for more epochs; warm-ups are counted in the
+    preset's epochs, and each one (lr, teacher temperature, frozen last layer) must cover the same
+    share of the steps at every fraction: the preset's share."""
+    sets = SETS + ["batch_size=8", "epochs=30", "warmup_epochs=6", "teacher_temp=0.07",
+                   "warmup_teacher_temp_epochs=9", "freeze_last_layer=3"]
+    cfg = cell_config("cpu-demo", "dino", fraction, 60, str(tiny_folder), sets=sets)
+    assert cfg.epochs == {1.0: 5, 0.25: 20}[fraction]       # 96 or 24 images, batches of 8
+    sched = make_schedules(cfg, 60, cfg.batch_size)
+    assert int(np.argmax(sched["lr"])) == 12                  # 6 / 30 of the 60 steps warm up
+    assert sched["teacher_temp_warmup"] == 18                 # 9 / 30
+    assert sched["freeze_last_layer"] == 6                    # 3 / 30
 
 
 def test_the_fine_tuning_probe_times_the_fine_tunings_own_batches(tiny_folder, monkeypatch):
