@@ -113,6 +113,9 @@ BREAKAGES = [
     ("08_masked_image_modelling", "the two terms carried DINO's cells: the cells with and without them "
      "swapped", 'terms = {f: cell_apart(eight["runs"], paper_dino["runs"], ("dino", f), eight_cells[("dino", f)],',
      'terms = {f: cell_apart(paper_dino["runs"], eight["runs"], ("dino", f), eight_cells[("dino", f)],'),
+    ("08_masked_image_modelling", "the one command's DINO on 100% is level with its random init: DINO's "
+     "10% cell read as its 100%", 'lead = over_random_init(whole_cells[("dino", 1.0)]',
+     'lead = over_random_init(whole_cells[("dino", 0.1)]'),
     ("10_scaling_up", "two processes train the one-process run: BatchNorm in the head",
      # the exercise the text names: per-process batch statistics make the runs differ (trained
      # into folders of their own, so the notebook's runs are left as they are)
