@@ -233,7 +233,16 @@ def cmd_embed(args):
           f"by row: {r['paths']}")
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} unreadable files, listed in {r['skipped_file']}")
-    _emit_json(args, {**r, "precision": _precision_name(args)})
+    spread = None
+    if args.pool != "patch" and r["images"] > 1:  # how many directions the features vary along
+        import numpy as np
+
+        from .collapse import feature_spread
+        spread = feature_spread(np.load(r["features"], mmap_mode="r"))
+        print(f"spread: effective rank {spread['effective_rank']:.1f} of {spread['dims']} dimensions "
+              f"(the first direction holds {spread['top_share']:.0%} of the variance); mean cosine "
+              f"between two images {spread['mean_cosine']:.2f}")
+    _emit_json(args, {**r, "spread": spread, "precision": _precision_name(args)})
 
 
 def cmd_attention(args):

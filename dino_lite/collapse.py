@@ -1,5 +1,6 @@
-"""Collapse: the rule that says a teacher has collapsed, the warning training gives by it, and
-the collapse lab (DINO's student/teacher loop on toy data, fast enough for a slider).
+"""Collapse: the rule that says a teacher has collapsed, the warning training gives by it, the
+spread of a backbone's features (:func:`feature_spread`, the dimensional kind), and the collapse
+lab (DINO's student/teacher loop on toy data, fast enough for a slider).
 
 The rule (:func:`collapse_verdict`) reads the two teacher entropies every training step logs:
 a collapsed teacher gives every image the same distribution, so the entropy of the batch-mean
@@ -51,6 +52,44 @@ def collapse_verdict(history: list[dict], tail: float = 0.1) -> bool:
     """Collapsed when the teacher's information (:func:`teacher_information`) is below
     :data:`COLLAPSE_NATS`: the teacher gives (almost) every image the same distribution."""
     return teacher_information(history, tail) < COLLAPSE_NATS
+
+
+def feature_spread(features, chunk: int = 65536) -> dict:
+    """How many directions a set of features (one row per image) spreads over: the other
+    collapse. A teacher can tell images apart (:func:`teacher_information`) while the backbone's
+    features vary along almost one direction ("dimensional collapse"): each image's feature is
+    the same large vector plus small differences, which cosine k-NN still reads but which a fresh
+    linear layer, as fine-tuning starts, sees as one number. Returned:
+
+    - ``effective_rank``: exp of the entropy of the covariance's eigenvalues, each as its share
+      of the total variance; ``dims`` if every direction varies alike, 1 if one direction holds
+      all of it;
+    - ``top_share``: the largest eigenvalue's share of the variance;
+    - ``mean_cosine``: the mean cosine similarity between two different images' features (near
+      1: the features share one large common vector);
+    - ``dims`` and ``images``.
+
+    Computed in chunks of rows, so a memory-mapped ``[N, D]`` array (``embed``'s ``OUT.npy``)
+    is never read whole."""
+    n, d = features.shape
+    if n < 2:
+        raise ValueError(f"the spread of features needs at least 2 rows, got {n}")
+    total, outer, unit = np.zeros(d), np.zeros((d, d)), np.zeros(d)
+    for i in range(0, n, chunk):
+        x = np.asarray(features[i:i + chunk], dtype=np.float64)
+        total += x.sum(0)
+        outer += x.T @ x
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        unit += (x / np.where(norms > 0, norms, 1)).sum(0)
+    mean = total / n
+    cov = (outer - n * np.outer(mean, mean)) / (n - 1)
+    eig = np.clip(np.linalg.eigvalsh(cov), 0, None)
+    share = eig / eig.sum() if eig.sum() > 0 else np.full(d, 1 / d)
+    nonzero = share[share > 0]
+    return {"effective_rank": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+            "top_share": float(share.max()),
+            "mean_cosine": float((unit @ unit - n) / (n * (n - 1))),
+            "dims": d, "images": n}
 
 
 def collapse_kind(history: list[dict]) -> str:
