@@ -1911,8 +1911,9 @@ display(Markdown(
 
 # %% [markdown]
 # **Reading the curves.** DINO's encoders pre-trained on 100% begin their fine-tuning far *below*
-# random init after the first epoch (more than 5 points; the cell below prints the numbers; why
-# is not measured here: with KoLeo and iBOT the same cells started above it), pass it from the
+# random init after the first epoch (more than 5 points; the cell below prints the numbers; with
+# KoLeo and iBOT the same cells started above it; `docs/masked-image-modelling.md`, "Why the
+# paper's DINO lags on 100%", finds their features varying along almost one direction), pass it from the
 # second epoch on, and lead by more at epoch 5 than at the end. The 10% encoders start above
 # random init. Every cell, DINO's and the masked models', leads random init more at epoch 5 than
 # at epoch 30: a head start that the fine-tuning gives back, the pattern of part 12, now at the
