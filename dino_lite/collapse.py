@@ -66,7 +66,8 @@ def feature_spread(features, chunk: int = 65536) -> dict:
       all of it;
     - ``top_share``: the largest eigenvalue's share of the variance;
     - ``mean_cosine``: the mean cosine similarity between two different images' features (near
-      1: the features share one large common vector);
+      1: the features share one large common vector; rows of zeros left out, nan if fewer than
+      two are left);
     - ``dims`` and ``images``.
 
     Computed in chunks of rows, so a memory-mapped ``[N, D]`` array (``embed``'s ``OUT.npy``)
@@ -74,21 +75,26 @@ def feature_spread(features, chunk: int = 65536) -> dict:
     n, d = features.shape
     if n < 2:
         raise ValueError(f"the spread of features needs at least 2 rows, got {n}")
-    total, outer, unit = np.zeros(d), np.zeros((d, d)), np.zeros(d)
+    total, outer, unit, directed = np.zeros(d), np.zeros((d, d)), np.zeros(d), 0
     for i in range(0, n, chunk):
         x = np.asarray(features[i:i + chunk], dtype=np.float64)
         total += x.sum(0)
         outer += x.T @ x
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         unit += (x / np.where(norms > 0, norms, 1)).sum(0)
+        directed += int((norms > 0).sum())          # a zero vector has no direction: no cosine
     mean = total / n
     cov = (outer - n * np.outer(mean, mean)) / (n - 1)
     eig = np.clip(np.linalg.eigvalsh(cov), 0, None)
-    share = eig / eig.sum() if eig.sum() > 0 else np.full(d, 1 / d)
-    nonzero = share[share > 0]
-    return {"effective_rank": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
-            "top_share": float(share.max()),
-            "mean_cosine": float((unit @ unit - n) / (n * (n - 1))),
+    if eig.sum() > 0:
+        share = eig / eig.sum()
+        nonzero = share[share > 0]
+        rank, top = float(np.exp(-(nonzero * np.log(nonzero)).sum())), float(share.max())
+    else:                                            # identical rows: no direction varies
+        rank, top = 0.0, 0.0
+    return {"effective_rank": rank, "top_share": top,
+            "mean_cosine": (float((unit @ unit - directed) / (directed * (directed - 1)))
+                            if directed > 1 else float("nan")),
             "dims": d, "images": n}
 
 

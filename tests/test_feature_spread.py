@@ -56,6 +56,14 @@ def test_reads_a_memory_mapped_file_in_chunks(tmp_path):
         pytest.approx(feature_spread(x), rel=1e-9)
 
 
+def test_zero_rows_have_no_cosine():
+    x = np.random.default_rng(2).normal(size=(6, 3))
+    x[[1, 4]] = 0
+    assert feature_spread(x)["mean_cosine"] == pytest.approx(brute_force(x[[0, 2, 3, 5]])[2], abs=1e-12)
+    same = feature_spread(np.zeros((3, 2)))                  # identical rows: nothing varies
+    assert np.isnan(same["mean_cosine"]) and same["effective_rank"] == same["top_share"] == 0
+
+
 def test_needs_two_rows():
     with pytest.raises(ValueError, match="at least 2 rows"):
         feature_spread(np.ones((1, 4)))
